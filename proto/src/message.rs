@@ -1,0 +1,375 @@
+//! Messages on the shim ↔ broker socket, one enum per direction.
+//!
+//! Every enum is internally tagged and ends in an `Unknown` catch-all, so a
+//! peer one version ahead can add a variant without breaking this one: the
+//! broker answers an unknown request with [`ErrorCode::UnknownRequest`] and a
+//! shim ignores an unknown event. No type denies unknown fields, for the same
+//! reason.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A chat room's id: a random UUID v4, so ids are unguessable and never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RoomId(pub Uuid);
+
+impl RoomId {
+    pub fn new_random() -> Self {
+        Self(Uuid::new_v4())
+    }
+}
+
+impl fmt::Display for RoomId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for RoomId {
+    type Err = uuid::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s.trim()).map(Self)
+    }
+}
+
+/// Shim → broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMsg {
+    /// Must be the first frame on a connection.
+    Hello {
+        protocol: u32,
+        client_name: String,
+        client_version: String,
+        pid: u32,
+    },
+    /// A request; the broker's [`BrokerMsg::Response`] echoes `id`.
+    Request { id: u64, request: Request },
+    #[serde(other)]
+    Unknown,
+}
+
+/// What a session can ask of the broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    EnterQueue,
+    SendMessage { room_id: RoomId, message: String },
+    LeaveChat { room_id: RoomId },
+    Status,
+    Ping,
+    #[serde(other)]
+    Unknown,
+}
+
+/// Broker → shim.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BrokerMsg {
+    /// The handshake succeeded; requests may follow.
+    Welcome {
+        protocol: u32,
+        broker_version: String,
+        session_id: u64,
+    },
+    /// The handshake failed; the broker closes the connection after this.
+    Refused { code: ErrorCode, message: String },
+    Response { id: u64, reply: Reply },
+    /// Pushed unsolicited. `seq` starts at 1 and grows by exactly one per
+    /// event of this session, so a gap proves a lost event.
+    Event { seq: u64, event: Event },
+    #[serde(other)]
+    Unknown,
+}
+
+/// The answer to one [`Request`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Reply {
+    /// In the queue; `position` is 1-based (1 = next to be matched).
+    Waiting { position: usize },
+    Matched { room_id: RoomId },
+    Sent,
+    Left,
+    Status(StatusInfo),
+    Pong,
+    Error { code: ErrorCode, message: String },
+    #[serde(other)]
+    Unknown,
+}
+
+impl Reply {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Broker-wide figures, for `mcp-chat status` and the `chat_status` tool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusInfo {
+    pub broker_version: String,
+    pub pid: u32,
+    pub uptime_s: u64,
+    /// Connected sessions, whatever their state.
+    pub sessions: usize,
+    pub waiting: usize,
+    pub rooms: usize,
+}
+
+/// Something that happened to a session without it asking.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    ChatroomFound {
+        room_id: RoomId,
+    },
+    MessageReceived {
+        room_id: RoomId,
+        message: String,
+        /// When the broker relayed it, in milliseconds since the Unix epoch.
+        sent_at: u64,
+    },
+    PartnerDisconnected {
+        room_id: RoomId,
+        reason: DisconnectReason,
+    },
+    /// The broker is going away; the connection closes after this.
+    Shutdown,
+    #[serde(other)]
+    Unknown,
+}
+
+/// Why a partner is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisconnectReason {
+    /// The partner called `leave_chat`.
+    Left,
+    /// The partner's connection closed, or the broker dropped it.
+    Disconnected,
+    /// The broker is shutting down.
+    Shutdown,
+    /// Said by a shim, never the broker: the shim lost its broker connection.
+    BrokerLost,
+    /// Said by a shim, never the broker: the broker restarted and the room
+    /// did not survive it.
+    BrokerRestart,
+    #[serde(other)]
+    Unknown,
+}
+
+impl DisconnectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Left => "left",
+            Self::Disconnected => "disconnected",
+            Self::Shutdown => "shutdown",
+            Self::BrokerLost => "broker_lost",
+            Self::BrokerRestart => "broker_restart",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Every failure the broker reports, in replies and refusals alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// No such room, or the session is not a member of it.
+    UnknownRoom,
+    /// The room exists but the partner has left it.
+    PartnerGone,
+    EmptyMessage,
+    MessageTooLong,
+    AlreadyInRoom,
+    UnknownRequest,
+    /// A frame that was not valid JSON for this protocol.
+    BadFrame,
+    ProtocolMismatch,
+    /// The first frame was not a `Hello`.
+    BadHandshake,
+    /// The peer runs as another user.
+    WrongUser,
+    BrokerFull,
+    ShuttingDown,
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnknownRoom => "unknown_room",
+            Self::PartnerGone => "partner_gone",
+            Self::EmptyMessage => "empty_message",
+            Self::MessageTooLong => "message_too_long",
+            Self::AlreadyInRoom => "already_in_room",
+            Self::UnknownRequest => "unknown_request",
+            Self::BadFrame => "bad_frame",
+            Self::ProtocolMismatch => "protocol_mismatch",
+            Self::BadHandshake => "bad_handshake",
+            Self::WrongUser => "wrong_user",
+            Self::BrokerFull => "broker_full",
+            Self::ShuttingDown => "shutting_down",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Checks a chat message against the limits both ends enforce: the shim
+/// early, so a model gets a precise tool error, and the broker again, because
+/// it trusts no client.
+pub fn check_message(message: &str) -> Result<(), (ErrorCode, String)> {
+    if message.trim().is_empty() {
+        return Err((
+            ErrorCode::EmptyMessage,
+            "the message is empty; send some text".to_owned(),
+        ));
+    }
+    if message.len() > crate::MAX_MESSAGE_BYTES {
+        return Err((
+            ErrorCode::MessageTooLong,
+            format!(
+                "the message is {} bytes of UTF-8; the limit is {} bytes, so split it into shorter messages",
+                message.len(),
+                crate::MAX_MESSAGE_BYTES
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn wire_shapes_are_stable() {
+        let room_id: RoomId = "6f1c2a52-8b44-4c8e-9d57-0c1f9d3f5a10".parse().unwrap();
+        let msg = ClientMsg::Request {
+            id: 7,
+            request: Request::SendMessage {
+                room_id,
+                message: "hi".into(),
+            },
+        };
+        assert_eq!(
+            serde_json::to_value(&msg).unwrap(),
+            json!({"type":"request","id":7,"request":{"op":"send_message","room_id":room_id.to_string(),"message":"hi"}})
+        );
+        let event = BrokerMsg::Event {
+            seq: 3,
+            event: Event::PartnerDisconnected {
+                room_id,
+                reason: DisconnectReason::Left,
+            },
+        };
+        assert_eq!(
+            serde_json::to_value(&event).unwrap(),
+            json!({"type":"event","seq":3,"event":{"event":"partner_disconnected","room_id":room_id.to_string(),"reason":"left"}})
+        );
+        let status = Reply::Status(StatusInfo {
+            broker_version: "1".into(),
+            pid: 1,
+            uptime_s: 2,
+            sessions: 3,
+            waiting: 4,
+            rooms: 5,
+        });
+        let back: Reply = serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap();
+        assert_eq!(back, status);
+    }
+
+    #[test]
+    fn unknown_variants_decode_to_unknown() {
+        let msg: ClientMsg = serde_json::from_value(json!({"type":"teleport","to":"mars"})).unwrap();
+        assert_eq!(msg, ClientMsg::Unknown);
+        let msg: ClientMsg =
+            serde_json::from_value(json!({"type":"request","id":1,"request":{"op":"dance"}})).unwrap();
+        assert_eq!(
+            msg,
+            ClientMsg::Request {
+                id: 1,
+                request: Request::Unknown
+            }
+        );
+        let event: Event = serde_json::from_value(json!({"event":"typing","room_id":"x"})).unwrap();
+        assert_eq!(event, Event::Unknown);
+        let reason: DisconnectReason = serde_json::from_value(json!("eaten_by_grue")).unwrap();
+        assert_eq!(reason, DisconnectReason::Unknown);
+        let code: ErrorCode = serde_json::from_value(json!("new_code")).unwrap();
+        assert_eq!(code, ErrorCode::Unknown);
+    }
+
+    #[test]
+    fn extra_fields_are_ignored() {
+        let msg: ClientMsg = serde_json::from_value(
+            json!({"type":"hello","protocol":1,"client_name":"x","client_version":"1","pid":2,"future":true}),
+        )
+        .unwrap();
+        assert!(matches!(msg, ClientMsg::Hello { protocol: 1, .. }));
+    }
+
+    #[test]
+    fn as_str_matches_serde_name() {
+        for code in [
+            ErrorCode::UnknownRoom,
+            ErrorCode::PartnerGone,
+            ErrorCode::EmptyMessage,
+            ErrorCode::MessageTooLong,
+            ErrorCode::AlreadyInRoom,
+            ErrorCode::UnknownRequest,
+            ErrorCode::BadFrame,
+            ErrorCode::ProtocolMismatch,
+            ErrorCode::BadHandshake,
+            ErrorCode::WrongUser,
+            ErrorCode::BrokerFull,
+            ErrorCode::ShuttingDown,
+        ] {
+            assert_eq!(serde_json::to_value(code).unwrap(), json!(code.as_str()));
+        }
+        for reason in [
+            DisconnectReason::Left,
+            DisconnectReason::Disconnected,
+            DisconnectReason::Shutdown,
+            DisconnectReason::BrokerLost,
+            DisconnectReason::BrokerRestart,
+        ] {
+            assert_eq!(serde_json::to_value(reason).unwrap(), json!(reason.as_str()));
+        }
+    }
+
+    #[test]
+    fn message_limits() {
+        assert_eq!(check_message("  \n").unwrap_err().0, ErrorCode::EmptyMessage);
+        assert!(check_message(&"a".repeat(crate::MAX_MESSAGE_BYTES)).is_ok());
+        assert_eq!(
+            check_message(&"a".repeat(crate::MAX_MESSAGE_BYTES + 1)).unwrap_err().0,
+            ErrorCode::MessageTooLong
+        );
+        // The cap counts bytes, not characters: 4-byte emoji hit it sooner.
+        let emoji = "🦀".repeat(crate::MAX_MESSAGE_BYTES / 4 + 1);
+        assert_eq!(check_message(&emoji).unwrap_err().0, ErrorCode::MessageTooLong);
+    }
+}
