@@ -172,7 +172,11 @@ mod tests {
             codec.encode("a".repeat(MAX_FRAME_BYTES - 1), &mut buf),
             Err(CodecError::FrameTooLarge { .. })
         ));
-        assert!(codec.encode("a".repeat(MAX_FRAME_BYTES - 2), &mut buf).is_ok());
+        assert!(
+            codec
+                .encode("a".repeat(MAX_FRAME_BYTES - 2), &mut buf)
+                .is_ok()
+        );
     }
 
     #[test]

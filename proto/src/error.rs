@@ -21,7 +21,9 @@ pub enum SocketDirError {
     Create { path: PathBuf, source: io::Error },
     #[error("could not inspect socket directory {path}: {source}")]
     Inspect { path: PathBuf, source: io::Error },
-    #[error("socket directory {path} is a symbolic link; refusing to use it (remove the link or set MCP_CHAT_SOCKET)")]
+    #[error(
+        "socket directory {path} is a symbolic link; refusing to use it (remove the link or set MCP_CHAT_SOCKET)"
+    )]
     Symlink { path: PathBuf },
     #[error("socket directory {path} is not a directory")]
     NotADirectory { path: PathBuf },
@@ -33,8 +35,14 @@ pub enum SocketDirError {
         "socket directory {path} has mode {mode:03o}, open to other users; run `chmod 700 {path}` or set MCP_CHAT_SOCKET"
     )]
     TooOpen { path: PathBuf, mode: u32 },
-    #[error("socket path {path} is {len} bytes; the OS allows at most {max} (set MCP_CHAT_SOCKET to a shorter path)")]
-    PathTooLong { path: PathBuf, len: usize, max: usize },
+    #[error(
+        "socket path {path} is {len} bytes; the OS allows at most {max} (set MCP_CHAT_SOCKET to a shorter path)"
+    )]
+    PathTooLong {
+        path: PathBuf,
+        len: usize,
+        max: usize,
+    },
     #[error("socket path {path} has no parent directory")]
     NoParent { path: PathBuf },
 }

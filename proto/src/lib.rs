@@ -17,7 +17,7 @@ pub mod limits;
 pub mod message;
 pub mod socket_path;
 
-pub use codec::{ClientCodec, BrokerCodec, JsonCodec};
+pub use codec::{BrokerCodec, ClientCodec, JsonCodec};
 pub use error::{CodecError, SocketDirError};
 pub use limits::{MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
 pub use message::{

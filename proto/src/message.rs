@@ -59,8 +59,13 @@ pub enum ClientMsg {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     EnterQueue,
-    SendMessage { room_id: RoomId, message: String },
-    LeaveChat { room_id: RoomId },
+    SendMessage {
+        room_id: RoomId,
+        message: String,
+    },
+    LeaveChat {
+        room_id: RoomId,
+    },
     Status,
     Ping,
     #[serde(other)]
@@ -78,11 +83,20 @@ pub enum BrokerMsg {
         session_id: u64,
     },
     /// The handshake failed; the broker closes the connection after this.
-    Refused { code: ErrorCode, message: String },
-    Response { id: u64, reply: Reply },
+    Refused {
+        code: ErrorCode,
+        message: String,
+    },
+    Response {
+        id: u64,
+        reply: Reply,
+    },
     /// Pushed unsolicited. `seq` starts at 1 and grows by exactly one per
     /// event of this session, so a gap proves a lost event.
-    Event { seq: u64, event: Event },
+    Event {
+        seq: u64,
+        event: Event,
+    },
     #[serde(other)]
     Unknown,
 }
@@ -92,13 +106,20 @@ pub enum BrokerMsg {
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Reply {
     /// In the queue; `position` is 1-based (1 = next to be matched).
-    Waiting { position: usize },
-    Matched { room_id: RoomId },
+    Waiting {
+        position: usize,
+    },
+    Matched {
+        room_id: RoomId,
+    },
     Sent,
     Left,
     Status(StatusInfo),
     Pong,
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
     #[serde(other)]
     Unknown,
 }
@@ -303,10 +324,12 @@ mod tests {
 
     #[test]
     fn unknown_variants_decode_to_unknown() {
-        let msg: ClientMsg = serde_json::from_value(json!({"type":"teleport","to":"mars"})).unwrap();
+        let msg: ClientMsg =
+            serde_json::from_value(json!({"type":"teleport","to":"mars"})).unwrap();
         assert_eq!(msg, ClientMsg::Unknown);
         let msg: ClientMsg =
-            serde_json::from_value(json!({"type":"request","id":1,"request":{"op":"dance"}})).unwrap();
+            serde_json::from_value(json!({"type":"request","id":1,"request":{"op":"dance"}}))
+                .unwrap();
         assert_eq!(
             msg,
             ClientMsg::Request {
@@ -356,20 +379,31 @@ mod tests {
             DisconnectReason::BrokerLost,
             DisconnectReason::BrokerRestart,
         ] {
-            assert_eq!(serde_json::to_value(reason).unwrap(), json!(reason.as_str()));
+            assert_eq!(
+                serde_json::to_value(reason).unwrap(),
+                json!(reason.as_str())
+            );
         }
     }
 
     #[test]
     fn message_limits() {
-        assert_eq!(check_message("  \n").unwrap_err().0, ErrorCode::EmptyMessage);
+        assert_eq!(
+            check_message("  \n").unwrap_err().0,
+            ErrorCode::EmptyMessage
+        );
         assert!(check_message(&"a".repeat(crate::MAX_MESSAGE_BYTES)).is_ok());
         assert_eq!(
-            check_message(&"a".repeat(crate::MAX_MESSAGE_BYTES + 1)).unwrap_err().0,
+            check_message(&"a".repeat(crate::MAX_MESSAGE_BYTES + 1))
+                .unwrap_err()
+                .0,
             ErrorCode::MessageTooLong
         );
         // The cap counts bytes, not characters: 4-byte emoji hit it sooner.
         let emoji = "🦀".repeat(crate::MAX_MESSAGE_BYTES / 4 + 1);
-        assert_eq!(check_message(&emoji).unwrap_err().0, ErrorCode::MessageTooLong);
+        assert_eq!(
+            check_message(&emoji).unwrap_err().0,
+            ErrorCode::MessageTooLong
+        );
     }
 }

@@ -273,7 +273,10 @@ mod tests {
     fn too_long_path_is_named() {
         let long = PathBuf::from(format!("/{}", "a".repeat(200)));
         let err = check_path_length(&long).unwrap_err().to_string();
-        assert!(err.contains("aaaa") && err.contains("MCP_CHAT_SOCKET"), "{err}");
+        assert!(
+            err.contains("aaaa") && err.contains("MCP_CHAT_SOCKET"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -302,7 +305,10 @@ mod tests {
             std::fs::create_dir(&dir).unwrap();
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o740)).unwrap();
             let err = prepare_socket_dir(&dir.join("broker.sock")).unwrap_err();
-            assert!(matches!(err, SocketDirError::TooOpen { mode: 0o740, .. }), "{err}");
+            assert!(
+                matches!(err, SocketDirError::TooOpen { mode: 0o740, .. }),
+                "{err}"
+            );
             let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o740, "left as it was");
         }

@@ -1,0 +1,26 @@
+//! The mcp-chat broker: one long-lived process per user that holds the
+//! waiting queue and the rooms, and relays messages between sessions.
+//!
+//! - [`listener`]: claiming the socket: the single-instance lock, stale socket
+//!   removal, binding with private permissions, and unlinking on the way out.
+//! - [`server`]: the accept loop, connection limits and graceful shutdown.
+//! - `connection`: one task per client: peer uid check, `Hello` handshake,
+//!   then decode → forward to the hub, and hub → encode.
+//! - `hub`: the one task that owns all chat state, fed by a channel.
+//! - `state`: that state and its rules (FIFO matching, rooms, relay), pure and
+//!   synchronous, so it is tested without sockets.
+//! - [`config`]: the knobs.
+
+pub mod config;
+mod connection;
+mod hub;
+pub mod listener;
+pub mod server;
+mod state;
+
+pub use config::Config;
+pub use listener::{BindError, BoundListener};
+pub use server::run;
+
+/// The broker's version, reported in `Welcome` and `Status`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,130 @@
+//! `mcp-chat-broker`: the daemon binary. Everything testable is in the library.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use mcp_chat_broker::{BoundListener, Config};
+use mcp_chat_proto::socket_path::{SocketEnv, broker_log_path};
+use tracing_subscriber::EnvFilter;
+
+/// The mcp-chat broker: holds the waiting queue and the chat rooms for every
+/// `mcp-chat` process of this user, on a private local socket.
+///
+/// You rarely start it yourself: `mcp-chat` starts it on demand and it exits
+/// when idle. Run `mcp-chat-broker --foreground -v` to watch it work.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Args {
+    /// Stay attached to the terminal, log to stderr, run until Ctrl-C.
+    #[arg(long)]
+    foreground: bool,
+    /// Socket to listen on [default: $MCP_CHAT_SOCKET, else
+    /// $XDG_RUNTIME_DIR/mcp-chat/broker.sock, else /tmp/mcp-chat-UID/broker.sock].
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Exit after this many seconds with no sessions (0 = never) [default: 600,
+    /// or never with --foreground].
+    #[arg(long, value_name = "SECS")]
+    idle_exit: Option<u64>,
+    /// Refuse connections beyond this many sessions.
+    #[arg(long, value_name = "N", default_value_t = Config::default().max_sessions)]
+    max_sessions: usize,
+    /// Log more: -v for per-session events, -vv for everything.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(|| SocketEnv::from_process().socket_path());
+    init_logging(&args, &socket)?;
+
+    let idle_secs = args
+        .idle_exit
+        .unwrap_or(if args.foreground { 0 } else { 600 });
+    let config = Config {
+        idle_exit: (idle_secs > 0).then(|| Duration::from_secs(idle_secs)),
+        max_sessions: args.max_sessions,
+        ..Config::default()
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = BoundListener::bind(&socket)?;
+        mcp_chat_broker::run(listener, shutdown_signal(), config).await;
+        anyhow::Ok(())
+    })
+}
+
+fn init_logging(args: &Args, socket: &std::path::Path) -> anyhow::Result<()> {
+    let default = match args.verbose {
+        0 => "info",
+        1 => "info,mcp_chat_broker=debug",
+        _ => "debug",
+    };
+    let filter =
+        EnvFilter::try_from_env("MCP_CHAT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if args.foreground {
+        builder.with_writer(std::io::stderr).init();
+    } else {
+        let path = log_path(socket);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating log directory {}", dir.display()))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening log file {}", path.display()))?;
+        builder.with_writer(file).with_ansi(false).init();
+    }
+    Ok(())
+}
+
+/// The user's state directory for the default socket; beside the socket when
+/// it was overridden, so tests and side-by-side brokers keep separate logs.
+fn log_path(socket: &std::path::Path) -> PathBuf {
+    let env = SocketEnv::from_process();
+    let is_default = env.socket_override.is_none() && socket == env.socket_path();
+    let state_dir = directories::ProjectDirs::from("", "", "mcp-chat")
+        .map(|dirs| dirs.state_dir().unwrap_or(dirs.cache_dir()).to_owned());
+    match state_dir {
+        Some(dir) if is_default => dir.join("broker.log"),
+        _ => broker_log_path(socket),
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,91 @@
+//! Rooms: relaying messages and leaving.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mcp_chat_proto::message::check_message;
+use mcp_chat_proto::{DisconnectReason, ErrorCode, Event, Reply, RoomId};
+
+use super::{Place, SessionId, State};
+
+impl State {
+    pub(super) fn send_message(
+        &mut self,
+        session: SessionId,
+        room_id: RoomId,
+        message: String,
+    ) -> Reply {
+        if !self.is_member(session, room_id) {
+            return unknown_room(room_id);
+        }
+        if let Err((code, text)) = check_message(&message) {
+            return Reply::error(code, text);
+        }
+        let Some(partner) = self.partner_of(session, room_id) else {
+            return Reply::error(
+                ErrorCode::PartnerGone,
+                format!(
+                    "your partner has left room {room_id}; call enter_queue to meet someone new"
+                ),
+            );
+        };
+        let sent_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.emit(
+            partner,
+            Event::MessageReceived {
+                room_id,
+                message,
+                sent_at,
+            },
+        );
+        Reply::Sent
+    }
+
+    pub(super) fn leave_chat(&mut self, session: SessionId, room_id: RoomId) -> Reply {
+        if !self.is_member(session, room_id) {
+            return unknown_room(room_id);
+        }
+        self.vacate(session, room_id, DisconnectReason::Left);
+        self.set_place(session, Place::Idle);
+        Reply::Left
+    }
+
+    /// Takes `session` out of the room and tells the partner why. The room
+    /// is forgotten once nobody is left in it.
+    pub(super) fn vacate(&mut self, session: SessionId, room_id: RoomId, reason: DisconnectReason) {
+        let partner = self.partner_of(session, room_id);
+        let Some(room) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
+        room.members.retain(|&m| m != session);
+        if room.members.is_empty() {
+            self.rooms.remove(&room_id);
+        }
+        if let Some(partner) = partner {
+            self.emit(partner, Event::PartnerDisconnected { room_id, reason });
+        }
+    }
+
+    pub(super) fn is_member(&self, session: SessionId, room_id: RoomId) -> bool {
+        self.sessions
+            .get(&session)
+            .is_some_and(|s| s.place == Place::InRoom(room_id))
+    }
+
+    pub(super) fn partner_of(&self, session: SessionId, room_id: RoomId) -> Option<SessionId> {
+        self.rooms
+            .get(&room_id)?
+            .members
+            .iter()
+            .copied()
+            .find(|&m| m != session)
+    }
+}
+
+fn unknown_room(room_id: RoomId) -> Reply {
+    Reply::error(
+        ErrorCode::UnknownRoom,
+        format!("you are not in room {room_id}; use the room_id from your chatroom.found event"),
+    )
+}
