@@ -1,0 +1,484 @@
+//! The broker binary over real sockets: matching, relay, errors, framing
+//! abuse, single instance, shutdown.
+
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
+
+use bytes::BufMut;
+use futures::{SinkExt, StreamExt};
+use mcp_chat_proto::{
+    BrokerMsg, ClientCodec, ClientMsg, DisconnectReason, ErrorCode, Event, MAX_FRAME_BYTES,
+    MAX_MESSAGE_BYTES, Reply, Request, RoomId,
+};
+use mcp_chat_tests::proto_client::{connect_raw, hello, matched_pair};
+use mcp_chat_tests::{BrokerProcess, ProtoClient, TestSocket, within};
+use tokio::io::AsyncWriteExt;
+use tokio_util::codec::Framed;
+
+fn error_code(reply: Reply) -> ErrorCode {
+    match reply {
+        Reply::Error { code, .. } => code,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn fifo_matching_of_five_sessions() {
+    let socket = TestSocket::new();
+    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(ProtoClient::connect(&socket.path).await);
+    }
+    let mut replies = Vec::new();
+    for c in &mut clients {
+        replies.push(c.enter().await);
+    }
+    assert_eq!(replies[0], Reply::Waiting { position: 1 });
+    assert_eq!(replies[2], Reply::Waiting { position: 1 });
+    assert_eq!(replies[4], Reply::Waiting { position: 1 });
+    let room = |r: &Reply| match r {
+        Reply::Matched { room_id } => *room_id,
+        other => panic!("{other:?}"),
+    };
+    let (r01, r23) = (room(&replies[1]), room(&replies[3]));
+    assert_ne!(r01, r23);
+    // The first waiter meets the second entrant, the third meets the fourth.
+    for (i, expected) in [(0, r01), (1, r01), (2, r23), (3, r23)] {
+        assert_eq!(
+            clients[i].next_event().await,
+            Event::ChatroomFound { room_id: expected }
+        );
+    }
+    let status = clients[4].status().await;
+    assert_eq!((status.sessions, status.waiting, status.rooms), (5, 1, 2));
+    // Room ids are random UUID v4.
+    assert_eq!(r01.0.get_version_num(), 4);
+}
+
+#[tokio::test]
+async fn messages_flow_both_ways_in_order() {
+    let socket = TestSocket::new();
+    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let (mut a, mut b, room_id) = matched_pair(&socket.path).await;
+    for i in 0..20 {
+        assert_eq!(a.say(room_id, &format!("a{i}")).await, Reply::Sent);
+        assert_eq!(b.say(room_id, &format!("b{i}")).await, Reply::Sent);
+    }
+    for i in 0..20 {
+        for (client, from) in [(&mut b, "a"), (&mut a, "b")] {
+            match client.next_event().await {
+                Event::MessageReceived {
+                    room_id: r,
+                    message,
+                    sent_at,
+                } => {
+                    assert_eq!(r, room_id);
+                    assert_eq!(message, format!("{from}{i}"));
+                    assert!(sent_at > 1_700_000_000_000, "sent_at is epoch millis");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn leave_notifies_partner_and_both_can_reenter() {
+    let socket = TestSocket::new();
+    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let (mut a, mut b, room_id) = matched_pair(&socket.path).await;
+    assert_eq!(a.request(Request::LeaveChat { room_id }).await, Reply::Left);
+    assert_eq!(
+        b.next_event().await,
+        Event::PartnerDisconnected {
+            room_id,
+            reason: DisconnectReason::Left
+        }
+    );
+    assert_eq!(
+        error_code(b.say(room_id, "still there?").await),
+        ErrorCode::PartnerGone
+    );
+    assert_eq!(a.enter().await, Reply::Waiting { position: 1 });
+    let Reply::Matched { room_id: again } = b.enter().await else {
+        panic!("re-entering pairs them again")
+    };
+    assert_ne!(again, room_id);
+    assert_eq!(
+        a.next_event().await,
+        Event::ChatroomFound { room_id: again }
+    );
+    assert_eq!(a.status().await.rooms, 1);
+}
+
+#[tokio::test]
+async fn disconnect_notifies_partner_and_cleans_queue() {
+    let socket = TestSocket::new();
+    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let (a, mut b, room_id) = matched_pair(&socket.path).await;
+    drop(a);
+    assert_eq!(
+        b.next_event().await,
+        Event::PartnerDisconnected {
+            room_id,
+            reason: DisconnectReason::Disconnected
+        }
+    );
+    let mut waiter = ProtoClient::connect(&socket.path).await;
+    assert_eq!(waiter.enter().await, Reply::Waiting { position: 1 });
+    drop(waiter);
+    // The hub handles commands in order, so once b's status reflects one
+    // session, the waiter's disconnect has been processed.
+    let mut probe = ProtoClient::connect(&socket.path).await;
+    let status = loop {
+        let status = probe.status().await;
+        if status.sessions == 2 {
+            break status;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!((status.waiting, status.rooms), (0, 0));
+    // b's dead room is closed when it moves on; nothing lingers.
+    assert_eq!(b.enter().await, Reply::Waiting { position: 1 });
+}
+
+#[tokio::test]
+async fn every_error_code() {
+    let socket = TestSocket::new();
+    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let (mut a, _b, room_id) = matched_pair(&socket.path).await;
+    let nowhere = RoomId::new_random();
+    assert_eq!(
+        error_code(a.say(nowhere, "hi").await),
+        ErrorCode::UnknownRoom
+    );
+    assert_eq!(
+        error_code(a.request(Request::LeaveChat { room_id: nowhere }).await),
+        ErrorCode::UnknownRoom
+    );
+    assert_eq!(
+        error_code(a.say(room_id, "").await),
+        ErrorCode::EmptyMessage
+    );
+    let long = "é".repeat(MAX_MESSAGE_BYTES / 2 + 1);
+    let Reply::Error { code, message } = a.say(room_id, &long).await else {
+        panic!()
+    };
+    assert_eq!(code, ErrorCode::MessageTooLong);
+    assert!(
+        message.contains(&MAX_MESSAGE_BYTES.to_string()),
+        "{message}"
+    );
+    assert_eq!(error_code(a.enter().await), ErrorCode::AlreadyInRoom);
+    assert_eq!(
+        error_code(a.request(Request::Unknown).await),
+        ErrorCode::UnknownRequest
+    );
+    // After all that the connection still works.
+    assert_eq!(a.say(room_id, "fine").await, Reply::Sent);
+    assert_eq!(a.request(Request::Ping).await, Reply::Pong);
+}
+
+#[tokio::test]
+async fn unknown_request_type_from_a_newer_client_keeps_the_connection() {
+    let socket = TestSocket::new();
+    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let client = ProtoClient::connect(&socket.path).await;
+    let mut transport = client.into_transport();
+    let raw = br#"{"type":"request","id":5,"request":{"op":"teleport","to":"mars"}}"#;
+    send_raw_frame(transport.get_mut(), raw).await;
+    let reply = within("reply", transport.next()).await;
+    assert!(
+        matches!(
+            reply,
+            Some(Ok(BrokerMsg::Response {
+                id: 5,
+                reply: Reply::Error {
+                    code: ErrorCode::UnknownRequest,
+                    ..
+                }
+            }))
+        ),
+        "{reply:?}"
+    );
+}
+
+async fn send_raw_frame(stream: &mut interprocess::local_socket::tokio::Stream, payload: &[u8]) {
+    let mut buf = Vec::new();
+    buf.put_u32(u32::try_from(payload.len()).unwrap());
+    buf.extend_from_slice(payload);
+    stream.write_all(&buf).await.unwrap();
+}
+
+async fn expect_refused_then_closed(
+    transport: &mut Framed<interprocess::local_socket::tokio::Stream, ClientCodec>,
+    code: ErrorCode,
+) {
+    match within("refusal", transport.next()).await {
+        Some(Ok(BrokerMsg::Refused { code: got, .. })) => assert_eq!(got, code),
+        other => panic!("expected refusal {code}, got {other:?}"),
+    }
+    assert!(
+        within("close", transport.next()).await.is_none(),
+        "closed after refusal"
+    );
+}
+
+#[tokio::test]
+async fn oversized_and_garbage_frames_end_only_their_connection() {
+    let socket = TestSocket::new();
+    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let (mut a, mut b, room_id) = matched_pair(&socket.path).await;
+
+    // A length prefix of 1 MiB + 1: refused from the header alone.
+    let mut big = ProtoClient::connect(&socket.path).await.into_transport();
+    let header = u32::try_from(MAX_FRAME_BYTES + 1).unwrap().to_be_bytes();
+    big.get_mut().write_all(&header).await.unwrap();
+    big.get_mut().write_all(&[b' '; 4096]).await.unwrap();
+    expect_refused_then_closed(&mut big, ErrorCode::BadFrame).await;
+
+    let mut garbage = ProtoClient::connect(&socket.path).await.into_transport();
+    send_raw_frame(garbage.get_mut(), b"\x00\xffnot json at all").await;
+    expect_refused_then_closed(&mut garbage, ErrorCode::BadFrame).await;
+
+    // Nested 100k deep: serde_json's recursion limit refuses it.
+    let mut nested = ProtoClient::connect(&socket.path).await.into_transport();
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    send_raw_frame(nested.get_mut(), deep.as_bytes()).await;
+    expect_refused_then_closed(&mut nested, ErrorCode::BadFrame).await;
+
+    // The room next door never noticed.
+    assert_eq!(a.say(room_id, "still here").await, Reply::Sent);
+    assert!(matches!(
+        b.next_event().await,
+        Event::MessageReceived { .. }
+    ));
+}
+
+#[tokio::test]
+async fn handshake_is_checked() {
+    let socket = TestSocket::new();
+    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+
+    let stream = connect_raw(&socket.path).await.unwrap();
+    let mut wrong_version = Framed::new(stream, ClientCodec::new());
+    wrong_version.send(hello(99)).await.unwrap();
+    match within("refusal", wrong_version.next()).await {
+        Some(Ok(BrokerMsg::Refused { code, message })) => {
+            assert_eq!(code, ErrorCode::ProtocolMismatch);
+            assert!(message.contains("99") && message.contains('1'), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let stream = connect_raw(&socket.path).await.unwrap();
+    let mut no_hello = Framed::new(stream, ClientCodec::new());
+    no_hello
+        .send(ClientMsg::Request {
+            id: 1,
+            request: Request::EnterQueue,
+        })
+        .await
+        .unwrap();
+    expect_refused_then_closed(&mut no_hello, ErrorCode::BadHandshake).await;
+}
+
+#[tokio::test]
+async fn second_broker_on_the_same_socket_refuses() {
+    let socket = TestSocket::new();
+    let first = BrokerProcess::start(&socket.path, &[]).await;
+    let output = tokio::process::Command::new(mcp_chat_tests::bin_path("mcp-chat-broker"))
+        .args(["--foreground", "--socket"])
+        .arg(&socket.path)
+        .output();
+    let output = within("second broker exit", output).await.unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let pid = first.child.id().unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "a broker is already running on {} (pid {pid})",
+            socket.path.display()
+        )),
+        "{stderr}"
+    );
+    // The first broker is unharmed.
+    ProtoClient::connect(&socket.path).await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn stale_socket_file_is_replaced() {
+    let socket = TestSocket::new();
+    mcp_chat_proto::socket_path::prepare_socket_dir(&socket.path).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(&socket.path).unwrap());
+    assert!(
+        socket.path.exists(),
+        "a dead socket file, as a crash leaves"
+    );
+    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let (mut a, _b, room_id) = matched_pair(&socket.path).await;
+    assert_eq!(a.say(room_id, "hello").await, Reply::Sent);
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn socket_and_directory_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let socket = TestSocket::new();
+    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&socket.path), 0o600);
+    assert_eq!(mode(socket.path.parent().unwrap()), 0o700);
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sigterm_tells_everyone_and_removes_the_socket() {
+    let socket = TestSocket::new();
+    let mut broker = BrokerProcess::start(&socket.path, &[]).await;
+    let (mut a, mut b, room_id) = matched_pair(&socket.path).await;
+    let mut waiter = ProtoClient::connect(&socket.path).await;
+    waiter.enter().await;
+    broker.terminate();
+    for client in [&mut a, &mut b] {
+        assert_eq!(
+            client.next_event().await,
+            Event::PartnerDisconnected {
+                room_id,
+                reason: DisconnectReason::Shutdown
+            }
+        );
+        assert_eq!(client.next_event().await, Event::Shutdown);
+    }
+    assert_eq!(waiter.next_event().await, Event::Shutdown);
+    assert!(
+        a.next_frame().await.is_none(),
+        "connection closed after shutdown"
+    );
+    assert!(broker.wait_exit().await.success());
+    assert!(!socket.path.exists(), "socket removed on exit");
+}
+
+#[tokio::test]
+async fn idle_broker_exits_by_itself() {
+    let socket = TestSocket::new();
+    let mut broker = BrokerProcess::start(&socket.path, &["--idle-exit", "1"]).await;
+    let client = ProtoClient::connect(&socket.path).await;
+    drop(client);
+    broker.wait_for_log("idle timeout").await;
+    assert!(broker.wait_exit().await.success());
+    assert!(!socket.path.exists());
+}
+
+#[tokio::test]
+async fn two_hundred_pairs_fifty_messages_each_nothing_lost() {
+    const PAIRS: usize = 200;
+    const MESSAGES: usize = 50;
+    let socket = TestSocket::new();
+    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let mut pairs = Vec::new();
+    for _ in 0..PAIRS {
+        pairs.push(matched_pair(&socket.path).await);
+    }
+    let tasks: Vec<_> = pairs
+        .into_iter()
+        .map(|(a, b, room_id)| {
+            tokio::spawn(async move {
+                let (a, b) = tokio::join!(converse(a, room_id, "a"), converse(b, room_id, "b"));
+                a + b
+            })
+        })
+        .collect();
+    let mut received = 0;
+    for task in tasks {
+        received += within("pair to finish", task).await.unwrap();
+    }
+    assert_eq!(received, PAIRS * MESSAGES * 2);
+
+    /// Pipelines all its messages, then checks the partner's arrive exactly
+    /// once and in order. Returns how many it received.
+    async fn converse(mut me: ProtoClient, room_id: RoomId, name: &str) -> usize {
+        let other = if name == "a" { "b" } else { "a" };
+        for i in 0..MESSAGES {
+            me.send_request(Request::SendMessage {
+                room_id,
+                message: format!("{name}:{i}"),
+            })
+            .await;
+        }
+        let (mut sent, mut got) = (0, 0);
+        while sent < MESSAGES || got < MESSAGES {
+            match me.next_frame().await {
+                Some(Ok(BrokerMsg::Response { reply, .. })) => {
+                    assert_eq!(reply, Reply::Sent);
+                    sent += 1;
+                }
+                Some(Ok(BrokerMsg::Event {
+                    event: Event::MessageReceived { message, .. },
+                    ..
+                })) => {
+                    assert_eq!(
+                        message,
+                        format!("{other}:{got}"),
+                        "in order, none lost or repeated"
+                    );
+                    got += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        got
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_and_its_partner_told() {
+    let socket = TestSocket::new();
+    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let (mut a, b, room_id) = matched_pair(&socket.path).await;
+    // b never reads again. Fill the socket buffers and b's outbox with large
+    // messages until the broker gives up on b.
+    let filler = "x".repeat(MAX_MESSAGE_BYTES);
+    let partner_gone = 'sending: loop {
+        let id = a
+            .send_request(Request::SendMessage {
+                room_id,
+                message: filler.clone(),
+            })
+            .await;
+        let mut event = None;
+        loop {
+            match a.next_frame().await {
+                Some(Ok(BrokerMsg::Response { id: got, reply })) if got == id => {
+                    // The notice is queued right behind the reply to the
+                    // message that overflowed b, so the next send already
+                    // finds the partner gone.
+                    if let Some(event) = event {
+                        assert_eq!(error_code(reply), ErrorCode::PartnerGone);
+                        break 'sending event;
+                    }
+                    assert_eq!(reply, Reply::Sent);
+                    break;
+                }
+                Some(Ok(BrokerMsg::Event { event: e, .. })) => event = Some(e),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    assert_eq!(
+        partner_gone,
+        Event::PartnerDisconnected {
+            room_id,
+            reason: DisconnectReason::Disconnected
+        }
+    );
+    drop(b);
+    // a itself is fine, and nothing else was queued for it: the ping's
+    // reply is the very next frame.
+    let ping = a.send_request(Request::Ping).await;
+    assert!(matches!(
+        a.next_frame().await,
+        Some(Ok(BrokerMsg::Response { id, reply: Reply::Pong })) if id == ping
+    ));
+}

@@ -1,0 +1,70 @@
+//! Harness for the end-to-end tests: every test gets its own temporary socket
+//! directory, starts the real binaries from the target directory, and waits
+//! on events (a log line, a frame, a process exit), never on the clock.
+//!
+//! The binaries must be built first: `cargo build --workspace --bins` (the
+//! test script does this).
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+pub mod broker;
+pub mod proto_client;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use broker::BrokerProcess;
+pub use proto_client::ProtoClient;
+
+/// Long enough for a loaded 2-core CI box; a test waits this long only when
+/// it is about to fail anyway.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A binary of this workspace, from the target directory the tests run from.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test>-<hash>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests",
+        path.display()
+    );
+    path
+}
+
+/// A private temporary directory holding one test's socket.
+pub struct TestSocket {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl TestSocket {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("mcp-chat-test")
+            .tempdir()
+            .unwrap();
+        // A subdirectory, so the broker creates it 0700 itself.
+        let path = dir.path().join("sock").join("broker.sock");
+        Self { dir, path }
+    }
+}
+
+impl Default for TestSocket {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Awaits `fut`, failing the test with `what` if it takes over [`EVENT_TIMEOUT`].
+pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(EVENT_TIMEOUT, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}

@@ -1,0 +1,155 @@
+//! A plain protocol client, as a shim would be, minus MCP. It checks on every
+//! event that `seq` is contiguous, so no test can miss a lost event.
+
+use std::collections::VecDeque;
+use std::path::Path;
+
+use futures::{SinkExt, StreamExt};
+use interprocess::local_socket::tokio::Stream;
+use interprocess::local_socket::traits::tokio::Stream as _;
+use interprocess::local_socket::{GenericFilePath, ToFsName};
+use mcp_chat_proto::{
+    BrokerMsg, ClientCodec, ClientMsg, CodecError, Event, PROTOCOL_VERSION, Reply, Request, RoomId,
+};
+use tokio_util::codec::Framed;
+
+use crate::within;
+
+pub struct ProtoClient {
+    transport: Framed<Stream, ClientCodec>,
+    next_id: u64,
+    last_seq: u64,
+    pending: VecDeque<Event>,
+    pub session_id: u64,
+}
+
+pub async fn connect_raw(socket: &Path) -> std::io::Result<Stream> {
+    let name = socket.to_fs_name::<GenericFilePath>()?;
+    Stream::connect(name).await
+}
+
+pub fn hello(protocol: u32) -> ClientMsg {
+    ClientMsg::Hello {
+        protocol,
+        client_name: "e2e".into(),
+        client_version: "0".into(),
+        pid: std::process::id(),
+    }
+}
+
+impl ProtoClient {
+    pub async fn connect(socket: &Path) -> Self {
+        let stream = connect_raw(socket).await.expect("connect to broker");
+        let mut transport = Framed::new(stream, ClientCodec::new());
+        transport.send(hello(PROTOCOL_VERSION)).await.unwrap();
+        let welcome = within("welcome", transport.next()).await;
+        let Some(Ok(BrokerMsg::Welcome { session_id, .. })) = welcome else {
+            panic!("expected welcome, got {welcome:?}");
+        };
+        Self {
+            transport,
+            next_id: 1,
+            last_seq: 0,
+            pending: VecDeque::new(),
+            session_id,
+        }
+    }
+
+    /// Sends a request and returns its reply; events that arrive first are
+    /// kept for [`Self::next_event`].
+    pub async fn request(&mut self, request: Request) -> Reply {
+        let id = self.send_request(request).await;
+        loop {
+            match self.recv().await {
+                BrokerMsg::Response { id: got, reply } if got == id => return reply,
+                BrokerMsg::Event { seq, event } => self.note_event(seq, event),
+                other => panic!("unexpected {other:?} while waiting for reply {id}"),
+            }
+        }
+    }
+
+    /// Sends without waiting: for pipelining.
+    pub async fn send_request(&mut self, request: Request) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.transport
+            .send(ClientMsg::Request { id, request })
+            .await
+            .unwrap();
+        id
+    }
+
+    pub async fn next_event(&mut self) -> Event {
+        if let Some(event) = self.pending.pop_front() {
+            return event;
+        }
+        loop {
+            match self.recv().await {
+                BrokerMsg::Event { seq, event } => {
+                    self.check_seq(seq);
+                    return event;
+                }
+                BrokerMsg::Response { .. } => {}
+                other => panic!("unexpected {other:?} while waiting for an event"),
+            }
+        }
+    }
+
+    /// The next frame of any kind, or `None` at a clean close.
+    pub async fn next_frame(&mut self) -> Option<Result<BrokerMsg, CodecError>> {
+        within("a frame", self.transport.next()).await
+    }
+
+    pub async fn enter(&mut self) -> Reply {
+        self.request(Request::EnterQueue).await
+    }
+
+    pub async fn say(&mut self, room_id: RoomId, message: &str) -> Reply {
+        self.request(Request::SendMessage {
+            room_id,
+            message: message.into(),
+        })
+        .await
+    }
+
+    pub async fn status(&mut self) -> mcp_chat_proto::StatusInfo {
+        match self.request(Request::Status).await {
+            Reply::Status(info) => info,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn recv(&mut self) -> BrokerMsg {
+        match self.next_frame().await {
+            Some(Ok(msg)) => msg,
+            other => panic!("connection ended: {other:?}"),
+        }
+    }
+
+    fn note_event(&mut self, seq: u64, event: Event) {
+        self.check_seq(seq);
+        self.pending.push_back(event);
+    }
+
+    fn check_seq(&mut self, seq: u64) {
+        assert_eq!(seq, self.last_seq + 1, "event seq must be contiguous");
+        self.last_seq = seq;
+    }
+
+    pub fn into_transport(self) -> Framed<Stream, ClientCodec> {
+        self.transport
+    }
+}
+
+/// Two clients matched into one room.
+pub async fn matched_pair(socket: &Path) -> (ProtoClient, ProtoClient, RoomId) {
+    let mut a = ProtoClient::connect(socket).await;
+    let mut b = ProtoClient::connect(socket).await;
+    assert!(matches!(a.enter().await, Reply::Waiting { position: 1 }));
+    let Reply::Matched { room_id } = b.enter().await else {
+        panic!("second entrant is matched")
+    };
+    assert_eq!(a.next_event().await, Event::ChatroomFound { room_id });
+    assert_eq!(b.next_event().await, Event::ChatroomFound { room_id });
+    (a, b, room_id)
+}
