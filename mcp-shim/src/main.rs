@@ -1,0 +1,2 @@
+//! Placeholder while the shim is written.
+fn main() {}
