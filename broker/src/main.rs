@@ -43,6 +43,15 @@ fn main() -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| SocketEnv::from_process().socket_path());
     init_logging(&args, &socket)?;
+    #[cfg(unix)]
+    if !args.foreground {
+        // Started on demand by a shim: leave its session, so closing the
+        // terminal or client that started us does not take the broker (and
+        // everyone else's chats) down with it. Done before the runtime starts.
+        if let Err(e) = rustix::process::setsid() {
+            tracing::debug!(error = %e, "setsid failed; already a session leader");
+        }
+    }
 
     let idle_secs = args
         .idle_exit

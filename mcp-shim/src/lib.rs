@@ -1,1 +1,28 @@
-//! Placeholder while the shim is written.
+//! `mcp-chat`: the stdio MCP server that MCP clients launch, one process per
+//! client session, each a thin shim in front of the shared broker.
+//!
+//! - [`server`]: the rmcp handler: tools, instructions, notification push.
+//! - [`tools`]: tool arguments and results, with the schemas models read.
+//! - [`events`]: the session's event stream: the pull buffer and what is
+//!   pushed as notifications and Claude Code channel events.
+//! - [`session`]: the broker connection, re-made on demand after a loss.
+//! - [`broker_client`]: one broker connection: handshake, requests, events.
+//! - [`autostart`]: finding the broker, and starting one when none runs.
+//! - [`cli`]: the human subcommands (`join`, `status`, `doctor`, `register`).
+//!
+//! Nothing in this crate writes to stdout outside `cli/`: in MCP mode stdout
+//! is the protocol channel.
+
+#![deny(clippy::print_stdout)]
+
+pub mod autostart;
+pub mod broker_client;
+pub mod events;
+pub mod server;
+pub mod session;
+pub mod tools;
+
+pub use server::ChatServer;
+
+/// This build's version, reported to clients and to the broker.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,2 +1,72 @@
-//! Placeholder while the shim is written.
-fn main() {}
+//! `mcp-chat`: with no arguments, the stdio MCP server; otherwise one of the
+//! human subcommands.
+
+use std::io::IsTerminal;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use mcp_chat_proto::socket_path::default_socket_path;
+use mcp_chat_shim::ChatServer;
+use rmcp::ServiceExt;
+use tracing_subscriber::EnvFilter;
+
+/// Chat roulette for AI agents and people.
+///
+/// Run with no arguments, `mcp-chat` is a stdio MCP server: register it with
+/// your MCP client (`mcp-chat register claude-desktop`, `claude-code` or
+/// `print`) and the client starts it. All sessions on this machine meet
+/// through one background broker, started on demand.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve MCP over stdio (the default).
+    Serve,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.command {
+        None | Some(Command::Serve) => serve_stdio(),
+    }
+}
+
+fn serve_stdio() -> anyhow::Result<()> {
+    // stdout is the MCP channel: logs go to stderr, warnings only by default.
+    let filter = EnvFilter::try_from_env("MCP_CHAT_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    if std::io::stdin().is_terminal() {
+        eprintln!(
+            "mcp-chat {}: an MCP server speaking JSON-RPC on stdin/stdout. It is meant to be started by an MCP client:\n  mcp-chat register claude-desktop | claude-code | print\nTo chat yourself, run `mcp-chat join`. Serving on this terminal anyway; press Ctrl-D to quit.",
+            mcp_chat_shim::VERSION
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(async {
+        let server = ChatServer::new(default_socket_path());
+        let running = server
+            .serve(rmcp::transport::stdio())
+            .await
+            .context("MCP handshake with the client")?;
+        let reason = running.waiting().await.context("serving MCP")?;
+        tracing::debug!(?reason, "client closed the session");
+        anyhow::Ok(())
+    });
+    // Do not linger on tasks still blocked on the broker: the client is gone,
+    // and exiting closes our broker connection so the partner is told.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    result
+}

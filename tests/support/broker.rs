@@ -82,3 +82,61 @@ impl BrokerProcess {
         assert!(status.success());
     }
 }
+
+/// A broker a shim started on its own. It runs detached, so the test stops
+/// it explicitly, by the pid in its lock file.
+pub struct AutoStartedBroker {
+    pub pid: u32,
+}
+
+impl AutoStartedBroker {
+    /// The broker holding the lock next to `socket`, if one wrote its pid.
+    pub fn find(socket: &Path) -> Option<Self> {
+        let lock = mcp_chat_proto::socket_path::broker_lock_path(socket);
+        let pid = std::fs::read_to_string(lock).ok()?.trim().parse().ok()?;
+        Some(Self { pid })
+    }
+
+    pub fn is_alive(&self) -> bool {
+        Path::new(&format!("/proc/{}", self.pid)).exists() && !is_zombie(self.pid)
+    }
+
+    pub fn kill(&self, signal: &str) {
+        let _ = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid.to_string())
+            .status();
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+impl Drop for AutoStartedBroker {
+    fn drop(&mut self) {
+        self.kill("KILL");
+    }
+}
+
+/// Processes whose command line mentions `needle` (Linux `/proc`).
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| !is_zombie(*pid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}

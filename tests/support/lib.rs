@@ -8,12 +8,14 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 pub mod broker;
+pub mod mcp_client;
 pub mod proto_client;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use broker::BrokerProcess;
+pub use broker::{AutoStartedBroker, BrokerProcess};
+pub use mcp_client::McpClient;
 pub use proto_client::ProtoClient;
 
 /// Long enough for a loaded 2-core CI box; a test waits this long only when

@@ -1,0 +1,232 @@
+//! One connection to the broker: the handshake, then a task that owns the
+//! socket, matches replies to requests by id, and feeds events into the
+//! session's [`EventLog`] in order.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use interprocess::local_socket::tokio::Stream;
+use interprocess::local_socket::traits::tokio::Stream as _;
+use interprocess::local_socket::{GenericFilePath, ToFsName};
+use mcp_chat_proto::{
+    BrokerMsg, ClientCodec, ClientMsg, CodecError, ErrorCode, PROTOCOL_VERSION, Reply, Request,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::EventLog;
+
+/// How long the broker may take to answer `Hello`.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Requests queued for the connection task before callers wait.
+const REQUEST_CAPACITY: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Nothing is listening: no socket file, a stale one, or a broker that
+    /// closed before welcoming us because it is on its way out.
+    #[error("no broker is running at {path}")]
+    NotRunning { path: PathBuf },
+    #[error("the broker at {path} refused the connection ({code}): {message}")]
+    Refused {
+        path: PathBuf,
+        code: ErrorCode,
+        message: String,
+    },
+    #[error("could not connect to the broker at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the broker at {path} did not complete the handshake: {reason}")]
+    Handshake { path: PathBuf, reason: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("the connection to the broker was lost")]
+    ConnectionLost,
+}
+
+/// What the broker said about itself in `Welcome`.
+#[derive(Debug, Clone)]
+pub struct Welcome {
+    pub broker_version: String,
+    pub session_id: u64,
+}
+
+type Transport = Framed<Stream, ClientCodec>;
+
+/// Connects to `socket` and completes the `Hello`/`Welcome` handshake.
+pub async fn handshake(
+    socket: &Path,
+    client_name: &str,
+) -> Result<(Transport, Welcome), ConnectError> {
+    let stream = connect_stream(socket).await?;
+    let mut transport = Framed::new(stream, ClientCodec::new());
+    let path = || socket.to_owned();
+    let hello = ClientMsg::Hello {
+        protocol: PROTOCOL_VERSION,
+        client_name: client_name.to_owned(),
+        client_version: crate::VERSION.to_owned(),
+        pid: std::process::id(),
+    };
+    let answer = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        transport.send(hello).await?;
+        transport.next().await.transpose()
+    })
+    .await
+    .map_err(|_| ConnectError::Handshake {
+        path: path(),
+        reason: format!("no answer within {HANDSHAKE_TIMEOUT:?}"),
+    })?;
+    match answer {
+        Ok(Some(BrokerMsg::Welcome {
+            broker_version,
+            session_id,
+            ..
+        })) => Ok((
+            transport,
+            Welcome {
+                broker_version,
+                session_id,
+            },
+        )),
+        Ok(Some(BrokerMsg::Refused { code, message })) => Err(ConnectError::Refused {
+            path: path(),
+            code,
+            message,
+        }),
+        // A broker that is exiting closes without a word; treat it as gone.
+        Ok(None) | Err(CodecError::Io(_)) => Err(ConnectError::NotRunning { path: path() }),
+        Ok(Some(other)) => Err(ConnectError::Handshake {
+            path: path(),
+            reason: format!("unexpected first frame {other:?}"),
+        }),
+        Err(e) => Err(ConnectError::Handshake {
+            path: path(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+async fn connect_stream(socket: &Path) -> Result<Stream, ConnectError> {
+    let io_err = |source: std::io::Error| match source.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            ConnectError::NotRunning {
+                path: socket.to_owned(),
+            }
+        }
+        _ => ConnectError::Io {
+            path: socket.to_owned(),
+            source,
+        },
+    };
+    let name = socket.to_fs_name::<GenericFilePath>().map_err(io_err)?;
+    Stream::connect(name).await.map_err(io_err)
+}
+
+struct Outgoing {
+    request: Request,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// A live, welcomed connection. Cheap to clone; the socket itself belongs to
+/// a background task that ends when the broker goes away.
+#[derive(Clone, Debug)]
+pub struct BrokerConnection {
+    requests: mpsc::Sender<Outgoing>,
+    closed: CancellationToken,
+    pub welcome: Welcome,
+}
+
+impl BrokerConnection {
+    /// Starts the connection task. Events go to `events`, which also hears
+    /// when the connection is lost.
+    pub fn start(transport: Transport, welcome: Welcome, events: Arc<EventLog>) -> Self {
+        let (requests, rx) = mpsc::channel(REQUEST_CAPACITY);
+        let closed = CancellationToken::new();
+        tokio::spawn(run(transport, rx, events, closed.clone()));
+        Self {
+            requests,
+            closed,
+            welcome,
+        }
+    }
+
+    pub async fn request(&self, request: Request) -> Result<Reply, RequestError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Outgoing { request, reply })
+            .await
+            .map_err(|_| RequestError::ConnectionLost)?;
+        answer.await.map_err(|_| RequestError::ConnectionLost)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Resolves once the connection is gone.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await;
+    }
+}
+
+async fn run(
+    mut transport: Transport,
+    mut requests: mpsc::Receiver<Outgoing>,
+    events: Arc<EventLog>,
+    closed: CancellationToken,
+) {
+    let mut waiting: HashMap<u64, oneshot::Sender<Reply>> = HashMap::new();
+    let mut next_id: u64 = 1;
+    let mut last_seq: u64 = 0;
+    let reason = loop {
+        tokio::select! {
+            outgoing = requests.recv() => {
+                // Every handle dropped: the session is over.
+                let Some(Outgoing { request, reply }) = outgoing else { break None };
+                let id = next_id;
+                next_id += 1;
+                waiting.insert(id, reply);
+                if let Err(e) = transport.send(ClientMsg::Request { id, request }).await {
+                    break Some(format!("write failed: {e}"));
+                }
+            }
+            incoming = transport.next() => match incoming {
+                Some(Ok(BrokerMsg::Response { id, reply })) => {
+                    if let Some(waiter) = waiting.remove(&id) {
+                        let _ = waiter.send(reply);
+                    }
+                }
+                Some(Ok(BrokerMsg::Event { seq, event })) => {
+                    if seq != last_seq + 1 {
+                        tracing::error!(expected = last_seq + 1, got = seq, "broker event sequence gap");
+                    }
+                    last_seq = seq;
+                    events.ingest(event).await;
+                }
+                Some(Ok(BrokerMsg::Refused { code, message })) => {
+                    break Some(format!("broker closed the session ({code}): {message}"));
+                }
+                Some(Ok(_)) => tracing::debug!("ignoring a frame this version does not know"),
+                Some(Err(e)) => break Some(format!("read failed: {e}")),
+                None => break Some("broker closed the connection".to_owned()),
+            },
+        }
+    };
+    match reason {
+        Some(reason) => tracing::warn!(%reason, "broker connection lost"),
+        None => tracing::debug!("session over; closing the broker connection"),
+    }
+    closed.cancel();
+    // Callers still waiting get ConnectionLost when their senders drop here.
+    drop(waiting);
+    events.connection_lost().await;
+}

@@ -1,0 +1,183 @@
+//! The tools' arguments and results, as models see them in the schemas.
+//! Field doc comments become schema descriptions, so they are written for a
+//! model deciding how to call the tool.
+
+use mcp_chat_proto::RoomId;
+use rmcp::schemars::{self, JsonSchema};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::events::ChatEvent;
+
+/// Longest a tool call may block. Clients cut calls off at about 60 s; this
+/// leaves room for the round trip.
+pub const MAX_WAIT_S: u64 = 50;
+/// `wait_for_events` waits this long unless told otherwise.
+pub const DEFAULT_EVENT_WAIT_S: u64 = 25;
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct EnterQueueParams {
+    /// Seconds to wait for a partner before answering `waiting` (0 to 50).
+    /// 0, the default, answers at once.
+    #[serde(default, deserialize_with = "wait_seconds")]
+    #[schemars(range(min = 0, max = 50))]
+    pub wait_s: u64,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SendMessageParams {
+    /// The room_id from `enter_queue` or the `chatroom.found` event.
+    #[serde(deserialize_with = "room_id")]
+    #[schemars(with = "String")]
+    pub room_id: RoomId,
+    /// Your message to the partner: plain text, at most 16384 bytes.
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct LeaveChatParams {
+    /// The room to leave.
+    #[serde(deserialize_with = "room_id")]
+    #[schemars(with = "String")]
+    pub room_id: RoomId,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct WaitForEventsParams {
+    /// Seconds to wait when no event is pending (0 to 50, default 25).
+    /// Returns as soon as one arrives.
+    #[serde(default = "default_event_wait", deserialize_with = "wait_seconds")]
+    #[schemars(range(min = 0, max = 50))]
+    pub timeout_s: u64,
+}
+
+fn default_event_wait() -> u64 {
+    DEFAULT_EVENT_WAIT_S
+}
+
+fn wait_seconds<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let seconds = u64::deserialize(deserializer)?;
+    if seconds > MAX_WAIT_S {
+        return Err(serde::de::Error::custom(format!(
+            "{seconds} seconds is over the {MAX_WAIT_S}-second limit"
+        )));
+    }
+    Ok(seconds)
+}
+
+fn room_id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<RoomId, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse()
+        .map_err(|_| serde::de::Error::custom(format!("room_id {text:?} is not a UUID")))
+}
+
+/// A tool's own result plus any events that were waiting.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct WithEvents<T> {
+    #[serde(flatten)]
+    pub result: T,
+    /// Events that arrived since you last saw any, oldest first. Each is
+    /// delivered in exactly one tool result.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<ChatEvent>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueStatus {
+    Waiting,
+    Matched,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct EnterQueueResult {
+    /// `matched`: you are in a room with a partner. `waiting`: nobody yet.
+    pub status: QueueStatus,
+    /// Place in the queue when waiting (1 = next to be matched).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<usize>,
+    /// The room to use with send_message when matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct StatusOnly {
+    /// `sent` or `left`.
+    pub status: &'static str,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct EventsResult {
+    /// Events oldest first; empty when the wait timed out.
+    pub events: Vec<ChatEvent>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    Idle,
+    Waiting,
+    InRoom,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ChatStatusResult {
+    /// Where you stand: `idle`, `waiting` or `in_room`.
+    pub state: SessionState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<usize>,
+    /// Sessions connected to the broker, you included.
+    pub online: usize,
+    /// Sessions waiting for a partner.
+    pub waiting: usize,
+    /// Rooms with two people chatting.
+    pub rooms: usize,
+}
+
+/// A failed call as the model reads it: a code to branch on and a sentence
+/// that says what to do next.
+#[derive(Debug, Serialize)]
+pub struct ToolFailure {
+    pub error: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<ChatEvent>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn wait_is_bounded() {
+        let ok: EnterQueueParams = serde_json::from_value(json!({"wait_s": 50})).unwrap();
+        assert_eq!(ok.wait_s, 50);
+        let err = serde_json::from_value::<EnterQueueParams>(json!({"wait_s": 51})).unwrap_err();
+        assert!(err.to_string().contains("50-second limit"), "{err}");
+        let default: WaitForEventsParams = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(default.timeout_s, DEFAULT_EVENT_WAIT_S);
+    }
+
+    #[test]
+    fn room_id_must_be_a_uuid() {
+        let err =
+            serde_json::from_value::<LeaveChatParams>(json!({"room_id": "lobby"})).unwrap_err();
+        assert!(err.to_string().contains("not a UUID"), "{err}");
+    }
+
+    #[test]
+    fn results_have_object_schemas() {
+        // Clients before MCP 2026-07-28 drop structured content whose schema
+        // root is not an object.
+        for schema in [
+            schemars::schema_for!(WithEvents<EnterQueueResult>),
+            schemars::schema_for!(WithEvents<ChatStatusResult>),
+            schemars::schema_for!(EventsResult),
+        ] {
+            assert_eq!(schema.get("type"), Some(&json!("object")), "{schema:?}");
+        }
+    }
+}
