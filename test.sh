@@ -8,6 +8,12 @@ cd "$(dirname "$0")"
 # End-to-end tests start the binaries from the target directory.
 cargo build --workspace --bins
 
+# The interop tests drive mcp-chat with the official Python MCP SDK.
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install --quiet --disable-pip-version-check -r tests/interop/python/requirements.txt
+
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   echo "installing cargo-nextest (first run only)" >&2
   cargo install --locked cargo-nextest

@@ -1,6 +1,7 @@
 //! `mcp-chat-broker`: the daemon binary. Everything testable is in the library.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -36,8 +37,19 @@ struct Args {
     verbose: u8,
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // A person starting it by hand reads this, and a shim that
+            // started it reports it.
+            eprintln!("mcp-chat-broker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
     let socket = args
         .socket
         .clone()

@@ -17,6 +17,7 @@
 
 pub mod autostart;
 pub mod broker_client;
+pub mod cli;
 pub mod events;
 pub mod server;
 pub mod session;

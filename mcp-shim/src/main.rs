@@ -2,11 +2,13 @@
 //! human subcommands.
 
 use std::io::IsTerminal;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mcp_chat_proto::socket_path::default_socket_path;
 use mcp_chat_shim::ChatServer;
+use mcp_chat_shim::cli::{self, register};
 use rmcp::ServiceExt;
 use tracing_subscriber::EnvFilter;
 
@@ -25,25 +27,69 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve MCP over stdio (the default).
+    /// Serve MCP over stdio (the default; what MCP clients run).
     Serve,
+    /// Chat yourself: join the roulette from this terminal (or a script).
+    Join,
+    /// Show the running broker: pid, version, uptime, sessions, rooms.
+    /// Never starts a broker.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the installation end to end and say how to fix what is wrong.
+    Doctor,
+    /// Register mcp-chat with an MCP client.
+    Register(register::RegisterArgs),
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    match args.command {
-        None | Some(Command::Serve) => serve_stdio(),
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // A person reads this: the chain of causes, no backtrace.
+            eprintln!("mcp-chat: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
-fn serve_stdio() -> anyhow::Result<()> {
-    // stdout is the MCP channel: logs go to stderr, warnings only by default.
+fn run(args: Args) -> anyhow::Result<()> {
+    // Logs never touch stdout: in MCP mode it is the protocol channel.
+    init_stderr_logging();
+    let Some(command) = args.command else {
+        return serve_stdio();
+    };
+    let socket = default_socket_path();
+    match command {
+        Command::Serve => serve_stdio(),
+        Command::Register(register_args) => register::run(&register_args),
+        Command::Join => block_on(cli::join::run(&socket)),
+        Command::Status { json } => block_on(cli::status::run(&socket, json)),
+        Command::Doctor => block_on(cli::doctor::run(&socket)),
+    }
+}
+
+fn block_on(job: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(job)
+}
+
+/// Logs to stderr only, warnings by default (`MCP_CHAT_LOG` overrides).
+fn init_stderr_logging() {
     let filter = EnvFilter::try_from_env("MCP_CHAT_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
+}
+
+fn serve_stdio() -> anyhow::Result<()> {
     if std::io::stdin().is_terminal() {
         eprintln!(
             "mcp-chat {}: an MCP server speaking JSON-RPC on stdin/stdout. It is meant to be started by an MCP client:\n  mcp-chat register claude-desktop | claude-code | print\nTo chat yourself, run `mcp-chat join`. Serving on this terminal anyway; press Ctrl-D to quit.",

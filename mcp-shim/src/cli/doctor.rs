@@ -1,0 +1,260 @@
+//! `mcp-chat doctor`: checks everything between an MCP client and a working
+//! chat, each printed as ok or FAIL with the fix. Exits non-zero on a FAIL.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcp_chat_proto::socket_path::{broker_lock_path, prepare_socket_dir};
+use mcp_chat_proto::{PROTOCOL_VERSION, Reply, Request};
+
+use super::register::registered_clients;
+use crate::autostart::{broker_binary, connect_or_start};
+use crate::broker_client::BrokerConnection;
+use crate::events::{EventKind, EventLog};
+
+/// How long the round trip may take before it counts as failed.
+const ROUND_TRIP_DEADLINE: Duration = Duration::from_secs(10);
+
+struct Report {
+    failures: usize,
+}
+
+impl Report {
+    fn ok(&self, what: &str, detail: impl std::fmt::Display) {
+        println!("ok    {what}: {detail}"); // stdout-ok
+    }
+
+    fn fail(&mut self, what: &str, problem: impl std::fmt::Display, fix: impl std::fmt::Display) {
+        self.failures += 1;
+        println!("FAIL  {what}: {problem}\n      fix: {fix}"); // stdout-ok
+    }
+
+    fn note(&self, what: &str, detail: impl std::fmt::Display) {
+        println!("note  {what}: {detail}"); // stdout-ok
+    }
+}
+
+pub async fn run(socket: &Path) -> anyhow::Result<()> {
+    let mut report = Report { failures: 0 };
+    check_binaries(&mut report).await;
+    let dir_ok = check_socket_dir(&mut report, socket);
+    if dir_ok && check_broker(&mut report, socket).await {
+        check_round_trip(&mut report, socket).await;
+    }
+    check_registrations(&mut report);
+    if report.failures > 0 {
+        anyhow::bail!("{} check(s) failed", report.failures);
+    }
+    println!("all checks passed"); // stdout-ok
+    Ok(())
+}
+
+async fn check_binaries(report: &mut Report) {
+    let shim = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("mcp-chat"));
+    let broker = broker_binary();
+    let output = tokio::process::Command::new(&broker)
+        .arg("--version")
+        .output()
+        .await;
+    match output {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let version = text.split_whitespace().nth(1).unwrap_or("?").to_owned();
+            if version == crate::VERSION {
+                report.ok(
+                    "binaries",
+                    format!("mcp-chat {} at {}, mcp-chat-broker {version} at {}", crate::VERSION, shim.display(), broker.display()),
+                );
+            } else {
+                report.fail(
+                    "binaries",
+                    format!("mcp-chat is {} but {} is {version}", crate::VERSION, broker.display()),
+                    "reinstall both from one checkout: ./install.sh",
+                );
+            }
+        }
+        Ok(out) => report.fail(
+            "binaries",
+            format!("{} --version failed: {}", broker.display(), String::from_utf8_lossy(&out.stderr).trim()),
+            "reinstall: ./install.sh",
+        ),
+        Err(e) => report.fail(
+            "binaries",
+            format!("cannot run the broker {}: {e}", broker.display()),
+            "install mcp-chat-broker next to mcp-chat or on PATH (./install.sh), or set MCP_CHAT_BROKER",
+        ),
+    }
+}
+
+fn check_socket_dir(report: &mut Report, socket: &Path) -> bool {
+    match prepare_socket_dir(socket) {
+        Ok(dir) => {
+            report.ok(
+                "socket directory",
+                format!("{} is yours, mode 700", dir.display()),
+            );
+            true
+        }
+        Err(e) => {
+            report.fail(
+                "socket directory",
+                &e,
+                "fix the directory as the message says, or point MCP_CHAT_SOCKET at a path in a private directory",
+            );
+            false
+        }
+    }
+}
+
+async fn check_broker(report: &mut Report, socket: &Path) -> bool {
+    match connect_or_start(socket, "mcp-chat doctor").await {
+        Ok((_transport, welcome)) => {
+            let pid = std::fs::read_to_string(broker_lock_path(socket)).unwrap_or_default();
+            let detail = format!(
+                "pid {} on {}, broker {}, protocol {PROTOCOL_VERSION}",
+                pid.trim(),
+                socket.display(),
+                welcome.broker_version
+            );
+            if welcome.broker_version == crate::VERSION {
+                report.ok("broker", detail);
+            } else {
+                report.fail(
+                    "broker",
+                    format!(
+                        "{detail}: an older or newer broker than this mcp-chat ({})",
+                        crate::VERSION
+                    ),
+                    format!(
+                        "stop it (kill {}) so the next call starts the matching one",
+                        pid.trim()
+                    ),
+                );
+            }
+            true
+        }
+        Err(e) => {
+            report.fail(
+                "broker",
+                &e,
+                "run `mcp-chat-broker --foreground -v` in a terminal to see why it does not start",
+            );
+            false
+        }
+    }
+}
+
+/// Two temporary sessions matched with each other and a message relayed.
+async fn check_round_trip(report: &mut Report, socket: &Path) {
+    match tokio::time::timeout(ROUND_TRIP_DEADLINE, round_trip(socket)).await {
+        Ok(Ok(RoundTrip::Done(elapsed))) => {
+            report.ok("round trip", format!("two test sessions matched and relayed a message in {elapsed:?}"));
+        }
+        Ok(Ok(RoundTrip::Skipped(waiting))) => report.note(
+            "round trip",
+            format!("skipped: {waiting} session(s) are waiting for a partner, and a test session would be matched with them"),
+        ),
+        Ok(Err(problem)) => report.fail("round trip", problem, "see the broker log, or run `mcp-chat-broker --foreground -v`"),
+        Err(_) => report.fail(
+            "round trip",
+            format!("no answer within {ROUND_TRIP_DEADLINE:?}"),
+            "see the broker log, or run `mcp-chat-broker --foreground -v`",
+        ),
+    }
+}
+
+enum RoundTrip {
+    Done(Duration),
+    Skipped(usize),
+}
+
+async fn round_trip(socket: &Path) -> Result<RoundTrip, String> {
+    let started = std::time::Instant::now();
+    let (a, a_events) = connect(socket).await?;
+    let (b, b_events) = connect(socket).await?;
+    if let Reply::Status(info) = request(&a, Request::Status).await?
+        && info.waiting > 0
+    {
+        return Ok(RoundTrip::Skipped(info.waiting));
+    }
+    request(&a, Request::EnterQueue).await?;
+    let room_id = match request(&b, Request::EnterQueue).await? {
+        Reply::Matched { room_id } => room_id,
+        other => return Err(format!("second test session was not matched: {other:?}")),
+    };
+    let found = a_events.wait_pending(ROUND_TRIP_DEADLINE).await;
+    if !found
+        .iter()
+        .any(|e| e.kind == EventKind::ChatroomFound && e.room_id == room_id.to_string())
+    {
+        // Someone else entered between our two sessions; do not chat with them.
+        let _ = request(&b, Request::LeaveChat { room_id }).await;
+        return Err("the test sessions were matched with someone else; run doctor again".into());
+    }
+    let probe = "mcp-chat doctor round trip";
+    request(
+        &a,
+        Request::SendMessage {
+            room_id,
+            message: probe.into(),
+        },
+    )
+    .await?;
+    let got = b_events.wait_pending(ROUND_TRIP_DEADLINE).await;
+    let _ = request(&a, Request::LeaveChat { room_id }).await;
+    let relayed = got.iter().any(|e| e.message.as_deref() == Some(probe));
+    if relayed {
+        Ok(RoundTrip::Done(started.elapsed()))
+    } else {
+        Err(format!("the message did not arrive (got {got:?})"))
+    }
+}
+
+async fn connect(socket: &Path) -> Result<(BrokerConnection, Arc<EventLog>), String> {
+    let events = Arc::new(EventLog::new(None));
+    let (transport, welcome) = connect_or_start(socket, "mcp-chat doctor")
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((
+        BrokerConnection::start(transport, welcome, Arc::clone(&events)),
+        events,
+    ))
+}
+
+async fn request(connection: &BrokerConnection, request: Request) -> Result<Reply, String> {
+    match connection.request(request).await {
+        Ok(Reply::Error { code, message }) => Err(format!("{code}: {message}")),
+        Ok(reply) => Ok(reply),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn check_registrations(report: &mut Report) {
+    let registrations = registered_clients();
+    if registrations.is_empty() {
+        report.note("clients", "no MCP client config registers mcp-chat yet (mcp-chat register claude-desktop | claude-code | print)");
+    }
+    for registration in registrations {
+        let what = format!(
+            "{} ({})",
+            registration.client,
+            registration.config.display()
+        );
+        match &registration.command {
+            Some(command) if command.is_file() => {
+                report.ok(&what, format!("runs {}", command.display()))
+            }
+            Some(command) => report.fail(
+                &what,
+                format!("points at {}, which does not exist", command.display()),
+                format!("mcp-chat register {}", registration.client),
+            ),
+            None => report.fail(
+                &what,
+                "the mcp-chat entry has no command",
+                format!("mcp-chat register {}", registration.client),
+            ),
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! `mcp-chat status`: what the running broker is doing. It never starts one.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use mcp_chat_proto::{Reply, Request, StatusInfo};
+use serde::Serialize;
+
+use crate::broker_client::{BrokerConnection, ConnectError, handshake};
+use crate::events::EventLog;
+
+#[derive(Debug, Serialize)]
+struct StatusReport<'a> {
+    socket: &'a Path,
+    broker_pid: u32,
+    broker_version: &'a str,
+    uptime_s: u64,
+    /// Sessions connected, not counting this status query.
+    sessions: usize,
+    waiting: usize,
+    rooms: usize,
+}
+
+/// Asks the broker on `socket` for its figures.
+pub async fn query(socket: &Path) -> Result<StatusInfo, QueryError> {
+    let (transport, welcome) = handshake(socket, "mcp-chat status").await?;
+    let connection =
+        BrokerConnection::start(transport, welcome, std::sync::Arc::new(EventLog::new(None)));
+    match connection.request(Request::Status).await {
+        Ok(Reply::Status(info)) => Ok(info),
+        Ok(other) => Err(QueryError::Unexpected(format!("{other:?}"))),
+        Err(_) => Err(QueryError::Unexpected("connection lost".into())),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("the broker answered the status request with {0}")]
+    Unexpected(String),
+}
+
+pub async fn run(socket: &Path, json: bool) -> anyhow::Result<()> {
+    let info = match query(socket).await {
+        Ok(info) => info,
+        Err(QueryError::Connect(ConnectError::NotRunning { .. })) => {
+            bail!(
+                "no broker running at {} (one starts when an MCP client or `mcp-chat join` needs it)",
+                socket.display()
+            )
+        }
+        Err(e) => return Err(e).context("asking the broker for its status"),
+    };
+    let report = StatusReport {
+        socket,
+        broker_pid: info.pid,
+        broker_version: &info.broker_version,
+        uptime_s: info.uptime_s,
+        sessions: info.sessions.saturating_sub(1),
+        waiting: info.waiting,
+        rooms: info.rooms,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?); // stdout-ok
+    } else {
+        println!("socket:   {}", report.socket.display()); // stdout-ok
+        println!(
+            "broker:   pid {}, version {}, up {}",
+            report.broker_pid,
+            report.broker_version,
+            uptime(report.uptime_s)
+        ); // stdout-ok
+        println!(
+            "sessions: {} online, {} waiting, {} rooms",
+            report.sessions, report.waiting, report.rooms
+        ); // stdout-ok
+    }
+    Ok(())
+}
+
+fn uptime(seconds: u64) -> String {
+    match seconds {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m {}s", s / 60, s % 60),
+        s => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+    }
+}
