@@ -14,6 +14,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/interop/python/requirements.txt
 
+# The HTTP interop test drives mcp-chat with the official TypeScript MCP SDK,
+# installed from tests/interop/node/package-lock.json (again whenever it changes).
+node_dir=tests/interop/node
+if ! cmp -s "$node_dir/package-lock.json" "$node_dir/node_modules/.installed-package-lock.json"; then
+  (cd "$node_dir" && npm ci --silent --no-audit --no-fund)
+  cp "$node_dir/package-lock.json" "$node_dir/node_modules/.installed-package-lock.json"
+fi
+
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   echo "installing cargo-nextest (first run only)" >&2
   cargo install --locked cargo-nextest

@@ -161,7 +161,7 @@ async fn every_error_code() {
         ErrorCode::EmptyMessage
     );
     let long = "é".repeat(MAX_MESSAGE_BYTES / 2 + 1);
-    let Reply::Error { code, message } = a.say(room_id, &long).await else {
+    let Reply::Error { code, message, .. } = a.say(room_id, &long).await else {
         panic!()
     };
     assert_eq!(code, ErrorCode::MessageTooLong);
@@ -376,7 +376,8 @@ async fn two_hundred_pairs_fifty_messages_each_nothing_lost() {
     const PAIRS: usize = 200;
     const MESSAGES: usize = 50;
     let socket = TestSocket::new();
-    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    // Unthrottled: this test is about load, not the per-session rate limit.
+    let _broker = BrokerProcess::start(&socket.path, &["--message-rate", "0"]).await;
     let mut pairs = Vec::new();
     for _ in 0..PAIRS {
         pairs.push(matched_pair(&socket.path).await);
@@ -435,7 +436,8 @@ async fn two_hundred_pairs_fifty_messages_each_nothing_lost() {
 #[tokio::test]
 async fn a_client_that_stops_reading_is_dropped_and_its_partner_told() {
     let socket = TestSocket::new();
-    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    // Unthrottled: this test is about load, not the per-session rate limit.
+    let _broker = BrokerProcess::start(&socket.path, &["--message-rate", "0"]).await;
     let (mut a, b, room_id) = matched_pair(&socket.path).await;
     // b never reads again. Fill the socket buffers and b's outbox with large
     // messages until the broker gives up on b.

@@ -442,7 +442,7 @@ async fn ten_shims_starting_at_once_share_one_broker() {
 }
 
 #[tokio::test]
-async fn losing_the_broker_is_reported_and_the_next_call_recovers() {
+async fn a_broker_restart_is_reported_and_tools_work_again() {
     let socket = TestSocket::new();
     let mut broker = BrokerProcess::start(&socket.path, &[]).await;
     let mut a = McpClient::spawn(&socket.path).await;
@@ -450,20 +450,46 @@ async fn losing_the_broker_is_reported_and_the_next_call_recovers() {
     let room = matched(&mut a, &mut b).await;
     broker.child.start_kill().unwrap();
     broker.wait_exit().await;
+    // Both shims reconnect by themselves, which starts a new broker.
+    for client in [&mut a, &mut b] {
+        let gone = client.expect_notification("partner.disconnected").await;
+        assert_eq!(gone, json!({"room_id": room, "reason": "broker_restart"}));
+    }
+    let _restarted = AutoStartedBroker::find(&socket.path).expect("a new broker");
+    assert_eq!(a.ok("enter_queue", json!({})).await["status"], "waiting");
+    let again = matched_room(&b.ok("enter_queue", json!({})).await);
+    assert_ne!(again, room);
+    assert_eq!(
+        b.expect_notification("chatroom.found").await,
+        json!({"room_id": again})
+    );
+    a.ok("send_message", json!({"room_id": again, "message": "back"}))
+        .await;
+    let got = b.expect_notification("message.received").await;
+    assert_eq!(got, json!({"room_id": again, "message": "back"}));
+}
+
+#[tokio::test]
+async fn a_broker_that_cannot_come_back_is_reported_lost() {
+    let socket = TestSocket::new();
+    let mut broker = BrokerProcess::start(&socket.path, &[]).await;
+    let missing = socket.dir.path().join("no-such-broker");
+    let mut a = McpClient::spawn_with_broker(&socket.path, &missing).await;
+    let mut b = McpClient::spawn_with_broker(&socket.path, &missing).await;
+    let room = matched(&mut a, &mut b).await;
+    broker.child.start_kill().unwrap();
+    broker.wait_exit().await;
     for client in [&mut a, &mut b] {
         let gone = client.expect_notification("partner.disconnected").await;
         assert_eq!(gone, json!({"room_id": room, "reason": "broker_lost"}));
     }
-    // The shims are still serving; the next call starts a fresh broker.
+    // Still serving, with a precise error, until a broker is there again.
+    assert_eq!(
+        a.fails("enter_queue", json!({})).await["error"],
+        "broker_unreachable"
+    );
+    let _back = BrokerProcess::start(&socket.path, &[]).await;
     assert_eq!(a.ok("enter_queue", json!({})).await["status"], "waiting");
-    let _restarted = AutoStartedBroker::find(&socket.path).expect("a new broker");
-    let again = matched_room(&b.ok("enter_queue", json!({})).await);
-    assert_ne!(again, room);
-    a.ok("send_message", json!({"room_id": again, "message": "back"}))
-        .await;
-    let pulled = b.ok("wait_for_events", json!({"timeout_s": 20})).await;
-    let events = pulled["events"].as_array().unwrap();
-    assert!(events.iter().any(|e| e["message"] == "back"), "{pulled}");
 }
 
 /// Drives a shim by hand and checks that every byte it writes to stdout is a
@@ -529,4 +555,28 @@ async fn stdout_carries_only_json_rpc() {
         assert_eq!(msg["jsonrpc"], "2.0");
     }
     assert!(within("exit", child.wait()).await.unwrap().success());
+}
+
+/// Started by hand in a terminal, the server says what it is on stderr (never
+/// stdout) and still serves; end of input quits cleanly. `script` provides
+/// the terminal.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_terminal_user_gets_a_hint() {
+    let socket = TestSocket::new();
+    let run = tokio::process::Command::new("script")
+        .args(["--quiet", "--return", "--command"])
+        .arg(bin_path("mcp-chat").display().to_string())
+        .arg("/dev/null")
+        .env("MCP_CHAT_SOCKET", &socket.path)
+        .stdin(Stdio::null())
+        .output();
+    let output = within("mcp-chat under script", run).await.unwrap();
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        screen.contains("meant to be started by an MCP client"),
+        "{screen}"
+    );
+    assert!(screen.contains("mcp-chat register"), "{screen}");
+    assert!(output.status.success(), "{screen}");
 }

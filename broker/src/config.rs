@@ -15,6 +15,76 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// How long shutdown waits for sessions to flush before cutting them off.
     pub drain_timeout: Duration,
+    pub liveness: Liveness,
+    /// Per-session `send_message` limit; `None` lets a session send as fast
+    /// as it likes (benchmarks and load tests).
+    pub send_limit: Option<SendLimit>,
+}
+
+/// A token bucket: `burst` messages at once, then `per_second` sustained.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SendLimit {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+impl Default for SendLimit {
+    fn default() -> Self {
+        Self {
+            per_second: mcp_chat_proto::limits::MESSAGES_PER_SECOND,
+            burst: mcp_chat_proto::limits::MESSAGE_BURST,
+        }
+    }
+}
+
+/// How the broker tells a live client from a frozen one.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// A connection silent this long is pinged.
+    pub heartbeat: Duration,
+    /// Pings that may go unanswered before the connection is dropped; the
+    /// session then waits `resume_grace` for its client to come back.
+    pub missed_heartbeats: u32,
+    /// How long a dropped session keeps its room or queue place for a
+    /// resume. Past it, the partner is told.
+    pub resume_grace: Duration,
+    /// A waiting session heard from this recently is matched at once; one
+    /// quiet for longer is pinged first, so a frozen client is never matched.
+    pub fresh: Duration,
+    /// How long a waiting session may take to answer that ping.
+    pub probe_timeout: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(10),
+            missed_heartbeats: 3,
+            resume_grace: Duration::from_secs(15),
+            fresh: Duration::from_secs(2),
+            probe_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+impl Liveness {
+    /// Every interval scaled from one heartbeat, for tests and `--heartbeat-ms`.
+    pub fn scaled(heartbeat: Duration) -> Self {
+        let default = Self::default();
+        let scale = heartbeat.as_secs_f64() / default.heartbeat.as_secs_f64();
+        Self {
+            heartbeat,
+            missed_heartbeats: default.missed_heartbeats,
+            resume_grace: default.resume_grace.mul_f64(scale),
+            fresh: default.fresh.mul_f64(scale),
+            probe_timeout: default.probe_timeout.mul_f64(scale),
+        }
+    }
+
+    /// Silence after which a connection is given up on.
+    pub fn unresponsive_after(&self) -> Duration {
+        self.heartbeat * self.missed_heartbeats
+    }
 }
 
 impl Default for Config {
@@ -25,6 +95,8 @@ impl Default for Config {
             outbox_capacity: 1024,
             handshake_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(3),
+            liveness: Liveness::default(),
+            send_limit: Some(SendLimit::default()),
         }
     }
 }

@@ -1,27 +1,38 @@
 //! One task per client connection: check who it is, shake hands, then shuttle
 //! frames between the socket and the hub. It holds no chat state.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use interprocess::local_socket::tokio::Stream;
 use mcp_chat_proto::{BrokerCodec, BrokerMsg, ClientMsg, CodecError, ErrorCode, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
+use crate::config::Liveness;
 use crate::hub::{Command, Hub};
-use crate::state::SessionHandle;
+use crate::state::{Admitted, SessionHandle};
 
 /// Frames written per flush at most, so one busy session cannot starve its
 /// own reader.
 const MAX_BATCH: usize = 64;
+/// Initial read buffer per connection; it grows for larger frames.
+const READ_BUFFER: usize = 1024;
+/// Bytes written before a flush is forced.
+const WRITE_BATCH_BYTES: usize = 8 * 1024;
 
 type Transport = Framed<Stream, BrokerCodec>;
 
 pub(crate) struct ConnectionSettings {
     pub(crate) handshake_timeout: Duration,
     pub(crate) outbox_capacity: usize,
+    pub(crate) liveness: Liveness,
+    /// This broker process's instance id, for `Welcome`.
+    pub(crate) instance: Arc<str>,
 }
 
 /// Serves one connection until it closes, the hub drops it, or `hard_stop`.
@@ -36,13 +47,17 @@ pub(crate) async fn serve(
         refuse(&mut Framed::new(stream, BrokerCodec::new()), refusal).await;
         return;
     }
-    let mut transport = Framed::new(stream, BrokerCodec::new());
+    // A small read buffer: it stays resident for every idle connection, and
+    // 10,000 sessions of the default 8 KiB add up. The write side still
+    // batches up to 8 KiB before it pushes back, so throughput is unchanged.
+    let mut transport = Framed::with_capacity(stream, BrokerCodec::new(), READ_BUFFER);
+    transport.set_backpressure_boundary(WRITE_BATCH_BYTES);
     let hello = tokio::select! {
         () = hard_stop.cancelled() => return,
         hello = tokio::time::timeout(settings.handshake_timeout, transport.next()) => hello,
     };
-    let client_name = match check_hello(hello) {
-        Ok(name) => name,
+    let (client_name, resume) = match check_hello(hello) {
+        Ok(hello) => hello,
         Err(refusal) => {
             tracing::warn!(code = %refusal.0, reason = %refusal.1, "handshake refused");
             refuse(&mut transport, refusal).await;
@@ -51,61 +66,136 @@ pub(crate) async fn serve(
     };
     let (outbox, inbox) = mpsc::channel(settings.outbox_capacity);
     let kick = hard_stop.child_token();
-    let session = match hub
-        .register(SessionHandle {
-            outbox,
-            kick: kick.clone(),
-        })
-        .await
-    {
-        Ok(session) => session,
+    let handle = SessionHandle {
+        outbox,
+        kick: kick.clone(),
+    };
+    let admitted = match hub.register(handle, resume).await {
+        Ok(admitted) => admitted,
         Err(refusal) => {
             tracing::warn!(code = %refusal.0, "session refused");
             refuse(&mut transport, refusal).await;
             return;
         }
     };
+    let Admitted {
+        session,
+        connection,
+        resume_token,
+        resumed,
+    } = admitted;
     let span = tracing::debug_span!("session", session, client = %client_name);
-    let _entered = span.enter();
-    tracing::debug!("session started");
     let welcome = BrokerMsg::Welcome {
         protocol: PROTOCOL_VERSION,
         broker_version: crate::VERSION.to_owned(),
         session_id: session,
+        resume_token,
+        resumed,
+        instance: settings.instance.to_string(),
     };
-    let ended = match transport.send(welcome).await {
-        Ok(()) => pump(&mut transport, session, &hub, inbox, &kick).await,
-        Err(e) => Ended::Failed(e),
+    let link = Link {
+        session,
+        connection,
+        hub: &hub,
+        kick: &kick,
+        liveness: settings.liveness,
     };
+    // Instrumented rather than entered: the span must follow this task
+    // across awaits, not leak onto whatever else runs on the thread.
+    async {
+        tracing::debug!(resumed, "session started");
+        let ended = match transport.send(welcome).await {
+            Ok(()) => pump(&mut transport, &link, inbox).await,
+            Err(e) => Ended::Failed(e),
+        };
+        let notice = match ended {
+            Ended::Unresponsive => {
+                tracing::warn!("client stopped answering pings; dropping its connection");
+                Command::Unresponsive {
+                    session,
+                    connection,
+                }
+            }
+            other => {
+                report(&mut transport, other).await;
+                Command::Disconnected {
+                    session,
+                    connection,
+                }
+            }
+        };
+        hub.send(notice).await;
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn report(transport: &mut Transport, ended: Ended) {
     match ended {
+        Ended::Unresponsive => {}
         Ended::ClientClosed => tracing::debug!("client closed the connection"),
         Ended::Dropped => tracing::debug!("broker dropped the session"),
         Ended::Failed(e) => tracing::warn!(error = %e, "connection failed"),
         Ended::BadFrame(e) => {
             tracing::warn!(error = %e, "closing connection after a bad frame");
-            refuse(&mut transport, (ErrorCode::BadFrame, e.to_string())).await;
+            refuse(transport, (ErrorCode::BadFrame, e.to_string())).await;
         }
     }
-    hub.send(Command::Disconnected { session }).await;
 }
 
 enum Ended {
     ClientClosed,
     Dropped,
+    Unresponsive,
     Failed(CodecError),
     BadFrame(CodecError),
 }
 
+/// What the pump needs to know about the session it serves.
+struct Link<'a> {
+    session: u64,
+    connection: u64,
+    hub: &'a Hub,
+    kick: &'a CancellationToken,
+    liveness: Liveness,
+}
+
 async fn pump(
     transport: &mut Transport,
-    session: u64,
-    hub: &Hub,
+    link: &Link<'_>,
     mut inbox: mpsc::Receiver<BrokerMsg>,
-    kick: &CancellationToken,
 ) -> Ended {
+    let (session, connection, hub, kick) = (link.session, link.connection, link.hub, link.kick);
+    // Heartbeat: one timer ticks every interval. A tick with no frame since
+    // the last one counts as silent; the first silent tick sends a ping, and
+    // `missed_heartbeats` silent ticks in a row give up on the connection.
+    // Frames only set a flag: reading the clock or re-arming a timer per
+    // frame costs measurable throughput.
+    let interval = link.liveness.heartbeat;
+    let heartbeat = tokio::time::sleep(interval);
+    tokio::pin!(heartbeat);
+    let mut heard = false;
+    let mut silent_ticks = 0;
     loop {
         tokio::select! {
             () = kick.cancelled() => return Ended::Dropped,
+            () = &mut heartbeat => {
+                heartbeat.as_mut().reset(Instant::now() + interval);
+                if std::mem::take(&mut heard) {
+                    silent_ticks = 0;
+                    continue;
+                }
+                silent_ticks += 1;
+                if silent_ticks >= link.liveness.missed_heartbeats {
+                    return Ended::Unresponsive;
+                }
+                if silent_ticks == 1 {
+                    tracing::debug!("heartbeat ping");
+                    if let Err(e) = transport.send(BrokerMsg::Ping { nonce: session }).await {
+                        return Ended::Failed(e);
+                    }
+                }
+            }
             outgoing = inbox.recv() => {
                 // The hub releasing the outbox means: flush and close.
                 let Some(first) = outgoing else { return Ended::Dropped };
@@ -117,10 +207,17 @@ async fn pump(
                     return Ended::Failed(e);
                 }
             }
-            incoming = transport.next() => match incoming {
+            incoming = transport.next() => {
+                heard = true;
+                match incoming {
                 None => return Ended::ClientClosed,
                 Some(Ok(ClientMsg::Request { id, request })) => {
                     if !hub.send(Command::Request { session, id, request }).await {
+                        return Ended::Dropped;
+                    }
+                }
+                Some(Ok(ClientMsg::Pong { .. })) => {
+                    if !hub.send(Command::Alive { session, connection }).await {
                         return Ended::Dropped;
                     }
                 }
@@ -131,7 +228,8 @@ async fn pump(
                 }
                 Some(Err(CodecError::Io(e))) => return Ended::Failed(CodecError::Io(e)),
                 Some(Err(e)) => return Ended::BadFrame(e),
-            },
+                }
+            }
         }
     }
 }
@@ -152,9 +250,12 @@ async fn write_batch(
     transport.flush().await
 }
 
+/// The client's name and resume claim from a valid `Hello`.
+type Hello = (String, Option<mcp_chat_proto::Resume>);
+
 fn check_hello(
     hello: Result<Option<Result<ClientMsg, CodecError>>, tokio::time::error::Elapsed>,
-) -> Result<String, (ErrorCode, String)> {
+) -> Result<Hello, (ErrorCode, String)> {
     match hello {
         Err(_) => Err((
             ErrorCode::BadHandshake,
@@ -169,10 +270,11 @@ fn check_hello(
             protocol,
             client_name,
             client_version,
+            resume,
             ..
         }))) => {
             if protocol == PROTOCOL_VERSION {
-                Ok(client_name)
+                Ok((client_name, resume))
             } else {
                 Err((
                     ErrorCode::ProtocolMismatch,

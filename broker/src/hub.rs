@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
-use mcp_chat_proto::{ErrorCode, Request};
+use mcp_chat_proto::{ErrorCode, Request, Resume};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::state::{SessionHandle, SessionId, State};
+use crate::config::{Liveness, SendLimit};
+use crate::state::{Admitted, ConnectionId, SessionHandle, SessionId, State};
 
 /// Commands buffered before connection tasks wait their turn. A full channel
 /// slows readers down; it never drops a command.
@@ -17,15 +18,28 @@ const COMMAND_CAPACITY: usize = 4096;
 pub(crate) enum Command {
     Register {
         handle: SessionHandle,
-        reply: oneshot::Sender<Result<SessionId, (ErrorCode, String)>>,
+        resume: Option<Resume>,
+        reply: oneshot::Sender<Result<Admitted, (ErrorCode, String)>>,
     },
     Request {
         session: SessionId,
         id: u64,
         request: Request,
     },
+    /// The client answered a ping.
+    Alive {
+        session: SessionId,
+        connection: ConnectionId,
+    },
+    /// The connection closed: the client is gone.
     Disconnected {
         session: SessionId,
+        connection: ConnectionId,
+    },
+    /// The connection stopped answering pings and was dropped.
+    Unresponsive {
+        session: SessionId,
+        connection: ConnectionId,
     },
     Shutdown,
 }
@@ -41,18 +55,22 @@ impl Hub {
     /// sessions, and returns when every `Hub` handle is gone.
     pub(crate) fn spawn(
         max_sessions: usize,
+        liveness: Liveness,
+        send_limit: Option<SendLimit>,
         idle_exit: Option<Duration>,
         idle: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (commands, rx) = mpsc::channel(COMMAND_CAPACITY);
-        let task = tokio::spawn(run(State::new(max_sessions), rx, idle_exit, idle));
+        let state = State::new(max_sessions, liveness, send_limit);
+        let task = tokio::spawn(run(state, rx, idle_exit, idle));
         (Self { commands }, task)
     }
 
     pub(crate) async fn register(
         &self,
         handle: SessionHandle,
-    ) -> Result<SessionId, (ErrorCode, String)> {
+        resume: Option<Resume>,
+    ) -> Result<Admitted, (ErrorCode, String)> {
         let (reply, answer) = oneshot::channel();
         let gone = || {
             (
@@ -61,7 +79,11 @@ impl Hub {
             )
         };
         self.commands
-            .send(Command::Register { handle, reply })
+            .send(Command::Register {
+                handle,
+                resume,
+                reply,
+            })
             .await
             .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
@@ -88,34 +110,56 @@ async fn run(
         tokio::select! {
             command = commands.recv() => {
                 let Some(command) = command else { break };
-                match command {
-                    Command::Register { handle, reply } => {
-                        let result = state.register(handle);
-                        let admitted = result.as_ref().ok().copied();
-                        if reply.send(result).is_err()
-                            && let Some(session) = admitted
-                        {
-                            // The connection gave up while waiting for us.
-                            state.disconnect(session);
-                        }
-                    }
-                    Command::Request { session, id, request } => {
-                        state.handle_request(session, id, request);
-                    }
-                    Command::Disconnected { session } => state.disconnect(session),
-                    Command::Shutdown => state.shutdown(),
-                }
+                handle(&mut state, command);
                 idle_since = match (state.session_count(), idle_since) {
                     (0, None) => Some(Instant::now()),
                     (0, since) => since,
                     _ => None,
                 };
             }
+            () = sleep_until(state.next_deadline()) => state.expire(Instant::now()),
             () = sleep_until(idle_deadline) => {
                 tracing::info!(after = ?idle_exit, "no sessions for the idle timeout; exiting");
                 idle.cancel();
             }
         }
+    }
+}
+
+fn handle(state: &mut State, command: Command) {
+    match command {
+        Command::Register {
+            handle,
+            resume,
+            reply,
+        } => {
+            let result = state.register(handle, resume);
+            let admitted = result.as_ref().ok().cloned();
+            if reply.send(result).is_err()
+                && let Some(admitted) = admitted
+            {
+                // The connection gave up while waiting for us.
+                state.disconnect(admitted.session, admitted.connection);
+            }
+        }
+        Command::Request {
+            session,
+            id,
+            request,
+        } => state.handle_request(session, id, request),
+        Command::Alive {
+            session,
+            connection,
+        } => state.alive(session, connection),
+        Command::Disconnected {
+            session,
+            connection,
+        } => state.disconnect(session, connection),
+        Command::Unresponsive {
+            session,
+            connection,
+        } => state.unresponsive(session, connection),
+        Command::Shutdown => state.shutdown(),
     }
 }
 
@@ -130,24 +174,39 @@ async fn sleep_until(deadline: Option<Instant>) {
 mod tests {
     use super::*;
 
+    fn handle() -> (SessionHandle, mpsc::Receiver<mcp_chat_proto::BrokerMsg>) {
+        let (outbox, rx) = mpsc::channel(4);
+        (
+            SessionHandle {
+                outbox,
+                kick: CancellationToken::new(),
+            },
+            rx,
+        )
+    }
+
     #[tokio::test(start_paused = true)]
     async fn idle_exit_fires_only_with_no_sessions() {
         let idle = CancellationToken::new();
-        let (hub, _task) = Hub::spawn(10, Some(Duration::from_secs(60)), idle.clone());
-        let (outbox, _rx) = mpsc::channel(4);
-        let session = hub
-            .register(SessionHandle {
-                outbox,
-                kick: CancellationToken::new(),
-            })
-            .await
-            .unwrap();
+        let (hub, _task) = Hub::spawn(
+            10,
+            Liveness::default(),
+            None,
+            Some(Duration::from_secs(60)),
+            idle.clone(),
+        );
+        let (h, _rx) = handle();
+        let admitted = hub.register(h, None).await.unwrap();
         tokio::time::sleep(Duration::from_secs(600)).await;
         assert!(
             !idle.is_cancelled(),
             "a connected session keeps the broker up"
         );
-        hub.send(Command::Disconnected { session }).await;
+        hub.send(Command::Disconnected {
+            session: admitted.session,
+            connection: admitted.connection,
+        })
+        .await;
         tokio::time::timeout(Duration::from_secs(61), idle.cancelled())
             .await
             .expect("idle exit after the timeout");
@@ -156,7 +215,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn no_idle_exit_when_disabled() {
         let idle = CancellationToken::new();
-        let (_hub, _task) = Hub::spawn(10, None, idle.clone());
+        let (_hub, _task) = Hub::spawn(10, Liveness::default(), None, None, idle.clone());
         tokio::time::sleep(Duration::from_secs(86_400)).await;
         assert!(!idle.is_cancelled());
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use mcp_chat_broker::config::{Liveness, SendLimit};
 use mcp_chat_broker::{BoundListener, Config};
 use mcp_chat_proto::socket_path::{SocketEnv, broker_log_path};
 use tracing_subscriber::EnvFilter;
@@ -32,6 +33,20 @@ struct Args {
     /// Refuse connections beyond this many sessions.
     #[arg(long, value_name = "N", default_value_t = Config::default().max_sessions)]
     max_sessions: usize,
+    /// Messages one session may send per second; 0 removes the limit.
+    #[arg(long, value_name = "N", default_value_t = SendLimit::default().per_second)]
+    message_rate: f64,
+    /// Messages one session may send in a burst before the rate applies.
+    #[arg(long, value_name = "N", default_value_t = SendLimit::default().burst)]
+    message_burst: f64,
+    /// Heartbeat interval in milliseconds; the resume grace and the other
+    /// liveness timers scale with it. For tests and diagnosis.
+    #[arg(long, value_name = "MS", hide = true)]
+    heartbeat_ms: Option<u64>,
+    /// How long a dropped session may be resumed, in milliseconds [default:
+    /// 15000, scaled with --heartbeat-ms]. For tests and diagnosis.
+    #[arg(long, value_name = "MS", hide = true)]
+    resume_grace_ms: Option<u64>,
     /// Log more: -v for per-session events, -vv for everything.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -71,6 +86,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     let config = Config {
         idle_exit: (idle_secs > 0).then(|| Duration::from_secs(idle_secs)),
         max_sessions: args.max_sessions,
+        liveness: liveness(&args),
+        send_limit: (args.message_rate > 0.0).then_some(SendLimit {
+            per_second: args.message_rate,
+            burst: args.message_burst.max(1.0),
+        }),
         ..Config::default()
     };
 
@@ -123,6 +143,17 @@ fn log_path(socket: &std::path::Path) -> PathBuf {
         Some(dir) if is_default => dir.join("broker.log"),
         _ => broker_log_path(socket),
     }
+}
+
+fn liveness(args: &Args) -> Liveness {
+    let mut liveness = args
+        .heartbeat_ms
+        .map(|ms| Liveness::scaled(Duration::from_millis(ms.max(1))))
+        .unwrap_or_default();
+    if let Some(ms) = args.resume_grace_ms {
+        liveness.resume_grace = Duration::from_millis(ms);
+    }
+    liveness
 }
 
 async fn shutdown_signal() {

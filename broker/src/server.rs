@@ -22,8 +22,15 @@ use crate::listener::BoundListener;
 pub async fn run(listener: BoundListener, shutdown: impl Future<Output = ()>, config: Config) {
     let idle = CancellationToken::new();
     let hard_stop = CancellationToken::new();
-    let (hub, hub_task) = Hub::spawn(config.max_sessions, config.idle_exit, idle.clone());
+    let (hub, hub_task) = Hub::spawn(
+        config.max_sessions,
+        config.liveness,
+        config.send_limit,
+        config.idle_exit,
+        idle.clone(),
+    );
     let connections = TaskTracker::new();
+    let instance: std::sync::Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
     tracing::info!(path = %listener.path().display(), pid = std::process::id(), version = crate::VERSION, "broker listening");
 
     tokio::pin!(shutdown);
@@ -39,6 +46,8 @@ pub async fn run(listener: BoundListener, shutdown: impl Future<Output = ()>, co
                     let settings = ConnectionSettings {
                         handshake_timeout: config.handshake_timeout,
                         outbox_capacity: config.outbox_capacity,
+                        liveness: config.liveness,
+                        instance: instance.clone(),
                     };
                     connections.spawn(connection::serve(stream, hub.clone(), settings, hard_stop.clone()));
                 }

@@ -15,6 +15,8 @@ use mcp_chat_proto::SocketDirError;
 use mcp_chat_proto::socket_path::{prepare_socket_dir, startup_lock_path};
 use tokio::io::AsyncReadExt;
 
+use mcp_chat_proto::Resume;
+
 use crate::broker_client::{ConnectError, Welcome, handshake};
 
 /// How long a spawned broker may take to answer.
@@ -64,14 +66,19 @@ pub type Connected = (
 );
 
 /// Connects to the broker on `socket`, starting one if none is running.
-pub async fn connect_or_start(socket: &Path, client_name: &str) -> Result<Connected, StartError> {
-    match handshake(socket, client_name).await {
+/// `resume` claims an earlier session (see [`handshake`]).
+pub async fn connect_or_start(
+    socket: &Path,
+    client_name: &str,
+    resume: Option<Resume>,
+) -> Result<Connected, StartError> {
+    match handshake(socket, client_name, resume.clone()).await {
         Err(ConnectError::NotRunning { .. }) => {}
         other => return Ok(other?),
     }
     prepare_socket_dir(socket)?;
     let _lock = take_startup_lock(socket).await?;
-    match handshake(socket, client_name).await {
+    match handshake(socket, client_name, resume.clone()).await {
         Err(ConnectError::NotRunning { .. }) => {}
         other => return Ok(other?),
     }
@@ -94,7 +101,7 @@ pub async fn connect_or_start(socket: &Path, client_name: &str) -> Result<Connec
     let deadline = tokio::time::Instant::now() + START_DEADLINE;
     let mut pause = Duration::from_millis(2);
     loop {
-        match handshake(socket, client_name).await {
+        match handshake(socket, client_name, resume.clone()).await {
             Err(ConnectError::NotRunning { .. }) => {}
             other => {
                 // The broker outlives us; reap it if it exits while we run.

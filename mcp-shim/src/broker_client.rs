@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -13,6 +14,7 @@ use interprocess::local_socket::traits::tokio::Stream as _;
 use interprocess::local_socket::{GenericFilePath, ToFsName};
 use mcp_chat_proto::{
     BrokerMsg, ClientCodec, ClientMsg, CodecError, ErrorCode, PROTOCOL_VERSION, Reply, Request,
+    Resume,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
@@ -53,19 +55,27 @@ pub enum RequestError {
     ConnectionLost,
 }
 
-/// What the broker said about itself in `Welcome`.
+/// What the broker said in `Welcome`.
 #[derive(Debug, Clone)]
 pub struct Welcome {
     pub broker_version: String,
     pub session_id: u64,
+    /// Presented on reconnect to resume this session.
+    pub resume_token: String,
+    /// Whether this connection picked up an earlier session.
+    pub resumed: bool,
+    /// Which broker process answered.
+    pub instance: String,
 }
 
 type Transport = Framed<Stream, ClientCodec>;
 
-/// Connects to `socket` and completes the `Hello`/`Welcome` handshake.
+/// Connects to `socket` and completes the `Hello`/`Welcome` handshake,
+/// claiming an earlier session when `resume` is given.
 pub async fn handshake(
     socket: &Path,
     client_name: &str,
+    resume: Option<Resume>,
 ) -> Result<(Transport, Welcome), ConnectError> {
     let stream = connect_stream(socket).await?;
     let mut transport = Framed::new(stream, ClientCodec::new());
@@ -75,6 +85,7 @@ pub async fn handshake(
         client_name: client_name.to_owned(),
         client_version: crate::VERSION.to_owned(),
         pid: std::process::id(),
+        resume,
     };
     let answer = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         transport.send(hello).await?;
@@ -89,12 +100,18 @@ pub async fn handshake(
         Ok(Some(BrokerMsg::Welcome {
             broker_version,
             session_id,
+            resume_token,
+            resumed,
+            instance,
             ..
         })) => Ok((
             transport,
             Welcome {
                 broker_version,
                 session_id,
+                resume_token,
+                resumed,
+                instance,
             },
         )),
         Ok(Some(BrokerMsg::Refused { code, message })) => Err(ConnectError::Refused {
@@ -142,20 +159,45 @@ struct Outgoing {
 pub struct BrokerConnection {
     requests: mpsc::Sender<Outgoing>,
     closed: CancellationToken,
+    last_seq: Arc<AtomicU64>,
     pub welcome: Welcome,
 }
 
 impl BrokerConnection {
-    /// Starts the connection task. Events go to `events`, which also hears
-    /// when the connection is lost.
-    pub fn start(transport: Transport, welcome: Welcome, events: Arc<EventLog>) -> Self {
+    /// Starts the connection task; events go to `events` in order.
+    /// `last_seq` is the last event `seq` already received in this session
+    /// (0 for a new one): a resumed session continues from it.
+    pub fn start(
+        transport: Transport,
+        welcome: Welcome,
+        events: Arc<EventLog>,
+        last_seq: u64,
+    ) -> Self {
         let (requests, rx) = mpsc::channel(REQUEST_CAPACITY);
         let closed = CancellationToken::new();
-        tokio::spawn(run(transport, rx, events, closed.clone()));
+        let last_seq = Arc::new(AtomicU64::new(last_seq));
+        tokio::spawn(run(
+            transport,
+            rx,
+            events,
+            Arc::clone(&last_seq),
+            closed.clone(),
+        ));
         Self {
             requests,
             closed,
+            last_seq,
             welcome,
+        }
+    }
+
+    /// A way to notice this connection closing, and to claim its session
+    /// afterwards, that does not itself keep the connection open.
+    pub fn watch(&self) -> ConnectionWatch {
+        ConnectionWatch {
+            closed: self.closed.clone(),
+            last_seq: Arc::clone(&self.last_seq),
+            welcome: self.welcome.clone(),
         }
     }
 
@@ -178,15 +220,38 @@ impl BrokerConnection {
     }
 }
 
+/// See [`BrokerConnection::watch`].
+#[derive(Debug)]
+pub struct ConnectionWatch {
+    closed: CancellationToken,
+    last_seq: Arc<AtomicU64>,
+    pub welcome: Welcome,
+}
+
+impl ConnectionWatch {
+    pub async fn closed(&self) {
+        self.closed.cancelled().await;
+    }
+
+    /// What to present to resume the session on a new connection.
+    pub fn resume_claim(&self) -> Resume {
+        Resume {
+            token: self.welcome.resume_token.clone(),
+            last_seq: self.last_seq.load(Ordering::Acquire),
+        }
+    }
+}
+
 async fn run(
     mut transport: Transport,
     mut requests: mpsc::Receiver<Outgoing>,
     events: Arc<EventLog>,
+    received_seq: Arc<AtomicU64>,
     closed: CancellationToken,
 ) {
     let mut waiting: HashMap<u64, oneshot::Sender<Reply>> = HashMap::new();
     let mut next_id: u64 = 1;
-    let mut last_seq: u64 = 0;
+    let mut last_seq = received_seq.load(Ordering::Acquire);
     let reason = loop {
         tokio::select! {
             outgoing = requests.recv() => {
@@ -211,6 +276,12 @@ async fn run(
                     }
                     last_seq = seq;
                     events.ingest(event).await;
+                    received_seq.store(seq, Ordering::Release);
+                }
+                Some(Ok(BrokerMsg::Ping { nonce })) => {
+                    if let Err(e) = transport.send(ClientMsg::Pong { nonce }).await {
+                        break Some(format!("write failed: {e}"));
+                    }
                 }
                 Some(Ok(BrokerMsg::Refused { code, message })) => {
                     break Some(format!("broker closed the session ({code}): {message}"));
@@ -225,8 +296,7 @@ async fn run(
         Some(reason) => tracing::warn!(%reason, "broker connection lost"),
         None => tracing::debug!("session over; closing the broker connection"),
     }
-    closed.cancel();
     // Callers still waiting get ConnectionLost when their senders drop here.
     drop(waiting);
-    events.connection_lost().await;
+    closed.cancel();
 }

@@ -2,13 +2,15 @@
 //!
 //! - **pull**: events wait in a buffer until a tool result takes them (the
 //!   `wait_for_events` tool, or the `events` field of any other result). A
-//!   pulled event is never returned again; none is skipped.
+//!   pulled event is never returned again, and none is skipped unless more
+//!   than [`MAX_PENDING`] wait unpulled: then the oldest are let go and the
+//!   next pull says how many (`events_dropped`), never silently.
 //! - **push**: every event is also handed to the MCP notification forwarder
 //!   after it is buffered. Pushing never consumes.
 //!
 //! The shim numbers events itself, contiguously from 1, in the order the
 //! broker sent them: across a broker restart the broker's own `seq` starts
-//! over, and events the shim synthesises (`broker_lost`) have none.
+//! over, and events the shim synthesises (`broker_restart`, `broker_lost`) have none.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -19,10 +21,12 @@ use rmcp::schemars::{self, JsonSchema};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 
-/// Events buffered for pulling before the broker connection stops reading
-/// (and the broker, in turn, drops this session as a slow consumer rather
-/// than lose anything silently).
-const MAX_PENDING: usize = 4096;
+/// Events kept for pulling. A client that only listens to notifications
+/// never pulls, and must not stall its chat once the buffer is full, so past
+/// this the oldest unpulled events are let go (and counted).
+pub const MAX_PENDING: usize = 4096;
+/// Bytes of partner text kept for pulling, at most.
+const MAX_PENDING_BYTES: usize = 4 * 1024 * 1024;
 
 /// An event as models and clients see it. `kind` is the seed's notification
 /// method name.
@@ -38,7 +42,7 @@ pub struct ChatEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// Why the partner is gone, for `partner.disconnected`: `left`,
-    /// `disconnected`, `shutdown`, `broker_lost`.
+    /// `disconnected`, `shutdown`, `broker_restart`, `broker_lost`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -78,6 +82,9 @@ pub enum Place {
 struct Inner {
     next_seq: u64,
     pending: VecDeque<ChatEvent>,
+    pending_bytes: usize,
+    /// Events let go unpulled since the last pull.
+    dropped: u64,
     place: Place,
 }
 
@@ -86,8 +93,6 @@ pub struct EventLog {
     inner: Mutex<Inner>,
     /// Woken when an event is buffered.
     arrived: Notify,
-    /// Woken when events are pulled, freeing room in the buffer.
-    drained: Notify,
     push: Option<mpsc::Sender<ChatEvent>>,
 }
 
@@ -98,10 +103,11 @@ impl EventLog {
             inner: Mutex::new(Inner {
                 next_seq: 1,
                 pending: VecDeque::new(),
+                pending_bytes: 0,
+                dropped: 0,
                 place: Place::Idle,
             }),
             arrived: Notify::new(),
-            drained: Notify::new(),
             push,
         }
     }
@@ -116,33 +122,23 @@ impl EventLog {
             Event::PartnerDisconnected { room_id, reason } => {
                 (room_id, EventKind::PartnerDisconnected, None, Some(reason))
             }
-            // The broker follows `Shutdown` by closing the connection, which
-            // is reported (if it matters) by `connection_lost`.
+            // The broker follows `Shutdown` by closing the connection; the
+            // session's reconnect reports what that cost.
             Event::Shutdown | Event::Unknown => return,
         };
         self.record(room_id, kind, message, reason).await;
     }
 
-    /// The broker connection broke: a room it held is lost with it.
-    pub async fn connection_lost(&self) {
-        let room = {
-            let mut inner = self.lock();
-            let room = match inner.place {
-                Place::InRoom(room_id) => Some(room_id),
-                _ => None,
-            };
-            inner.place = Place::Idle;
-            room
-        };
-        if let Some(room_id) = room {
-            self.record(
-                room_id,
-                EventKind::PartnerDisconnected,
-                None,
-                Some(DisconnectReason::BrokerLost),
-            )
-            .await;
+    /// The session's broker state is gone (the broker restarted, or cannot
+    /// be reached): a room it held is reported lost with `reason`. Returns
+    /// where the session stood.
+    pub async fn session_lost(&self, reason: DisconnectReason) -> Place {
+        let before = std::mem::replace(&mut self.lock().place, Place::Idle);
+        if let Place::InRoom(room_id) = before {
+            self.record(room_id, EventKind::PartnerDisconnected, None, Some(reason))
+                .await;
         }
+        before
     }
 
     async fn record(
@@ -152,31 +148,33 @@ impl EventLog {
         message: Option<String>,
         reason: Option<DisconnectReason>,
     ) {
-        let event = loop {
-            let drained = self.drained.notified();
-            {
-                let mut inner = self.lock();
-                if inner.pending.len() < MAX_PENDING {
-                    let event = ChatEvent {
-                        seq: inner.next_seq,
-                        kind,
-                        room_id: room_id.to_string(),
-                        message,
-                        reason: reason.map(|r| r.as_str().to_owned()),
-                    };
-                    inner.next_seq += 1;
-                    match kind {
-                        EventKind::ChatroomFound => inner.place = Place::InRoom(room_id),
-                        EventKind::PartnerDisconnected if inner.place == Place::InRoom(room_id) => {
-                            inner.place = Place::Idle;
-                        }
-                        _ => {}
-                    }
-                    inner.pending.push_back(event.clone());
-                    break event;
+        let event = {
+            let mut inner = self.lock();
+            let event = ChatEvent {
+                seq: inner.next_seq,
+                kind,
+                room_id: room_id.to_string(),
+                message,
+                reason: reason.map(|r| r.as_str().to_owned()),
+            };
+            inner.next_seq += 1;
+            match kind {
+                EventKind::ChatroomFound => inner.place = Place::InRoom(room_id),
+                EventKind::PartnerDisconnected if inner.place == Place::InRoom(room_id) => {
+                    inner.place = Place::Idle;
                 }
+                _ => {}
             }
-            drained.await;
+            inner.pending_bytes += text_len(&event);
+            inner.pending.push_back(event.clone());
+            while inner.pending.len() > MAX_PENDING || inner.pending_bytes > MAX_PENDING_BYTES {
+                let Some(old) = inner.pending.pop_front() else {
+                    break;
+                };
+                inner.pending_bytes -= text_len(&old);
+                inner.dropped += 1;
+            }
+            event
         };
         self.arrived.notify_waiters();
         if let Some(push) = &self.push {
@@ -187,11 +185,14 @@ impl EventLog {
 
     /// Takes every buffered event.
     pub fn take_pending(&self) -> Vec<ChatEvent> {
-        let taken: Vec<ChatEvent> = self.lock().pending.drain(..).collect();
-        if !taken.is_empty() {
-            self.drained.notify_waiters();
-        }
-        taken
+        let mut inner = self.lock();
+        inner.pending_bytes = 0;
+        inner.pending.drain(..).collect()
+    }
+
+    /// How many events were let go unpulled since the last call.
+    pub fn take_dropped(&self) -> u64 {
+        std::mem::take(&mut self.lock().dropped)
     }
 
     /// Takes buffered events, waiting up to `timeout` for the first one.
@@ -229,11 +230,27 @@ impl EventLog {
         self.lock().place = place;
     }
 
+    /// Records a `waiting` reply, unless the match it was waiting for has
+    /// already been announced: the `chatroom.found` event can be read
+    /// before the task that asked gets to look at its reply. Returns where
+    /// the session stands now.
+    pub fn note_waiting(&self, position: usize) -> Place {
+        let mut inner = self.lock();
+        if !matches!(inner.place, Place::InRoom(_)) {
+            inner.place = Place::Waiting { position };
+        }
+        inner.place
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding this lock cannot leave the buffer half
         // written (every update is a single push or drain), so keep going.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+fn text_len(event: &ChatEvent) -> usize {
+    event.message.as_ref().map_or(0, String::len)
 }
 
 /// The one line a model reads for a Claude Code channel event. A partner's
@@ -321,15 +338,47 @@ mod tests {
     #[tokio::test]
     async fn losing_the_broker_in_a_room_reports_it() {
         let log = EventLog::new(None);
-        log.connection_lost().await;
+        log.session_lost(DisconnectReason::BrokerLost).await;
         assert!(log.take_pending().is_empty(), "nothing to report when idle");
         let r = room();
         log.ingest(Event::ChatroomFound { room_id: r }).await;
-        log.connection_lost().await;
+        assert_eq!(
+            log.session_lost(DisconnectReason::BrokerLost).await,
+            Place::InRoom(r)
+        );
         let events = log.take_pending();
         assert_eq!(events[1].kind, EventKind::PartnerDisconnected);
         assert_eq!(events[1].reason.as_deref(), Some("broker_lost"));
         assert_eq!(events[1].room_id, r.to_string());
+    }
+
+    #[tokio::test]
+    async fn a_listener_that_never_pulls_is_not_stalled() {
+        let log = EventLog::new(None);
+        let r = room();
+        for i in 0..MAX_PENDING + 10 {
+            log.ingest(Event::MessageReceived {
+                room_id: r,
+                message: format!("{i}"),
+                sent_at: 0,
+            })
+            .await;
+        }
+        let pulled = log.take_pending();
+        assert_eq!(pulled.len(), MAX_PENDING);
+        assert_eq!(pulled[0].message.as_deref(), Some("10"), "the oldest went");
+        assert_eq!(log.take_dropped(), 10);
+        assert_eq!(log.take_dropped(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_match_announced_before_the_waiting_reply_is_kept() {
+        let log = EventLog::new(None);
+        let r = room();
+        log.ingest(Event::ChatroomFound { room_id: r }).await;
+        assert_eq!(log.note_waiting(1), Place::InRoom(r));
+        let idle = EventLog::new(None);
+        assert_eq!(idle.note_waiting(1), Place::Waiting { position: 1 });
     }
 
     #[test]

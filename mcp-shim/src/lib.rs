@@ -9,6 +9,8 @@
 //! - [`broker_client`]: one broker connection: handshake, requests, events.
 //! - [`autostart`]: finding the broker, and starting one when none runs.
 //! - [`cli`]: the human subcommands (`join`, `status`, `doctor`, `register`).
+//! - [`http`]: `mcp-chat serve --http`: the same server over Streamable HTTP,
+//!   one [`ChatServer`] per HTTP session.
 //!
 //! Nothing in this crate writes to stdout outside `cli/`: in MCP mode stdout
 //! is the protocol channel.
@@ -19,6 +21,7 @@ pub mod autostart;
 pub mod broker_client;
 pub mod cli;
 pub mod events;
+pub mod http;
 pub mod server;
 pub mod session;
 pub mod tools;

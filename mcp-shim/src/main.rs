@@ -27,8 +27,9 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve MCP over stdio (the default; what MCP clients run).
-    Serve,
+    /// Serve MCP over stdio (the default; what MCP clients run), or over
+    /// Streamable HTTP with `--http ADDR`.
+    Serve(mcp_chat_shim::http::ServeArgs),
     /// Chat yourself: join the roulette from this terminal (or a script).
     Join,
     /// Show the running broker: pid, version, uptime, sessions, rooms.
@@ -63,7 +64,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let socket = default_socket_path();
     match command {
-        Command::Serve => serve_stdio(),
+        Command::Serve(serve) => match serve.http {
+            Some(addr) => mcp_chat_shim::http::run(&serve, addr, socket),
+            None => serve_stdio(),
+        },
         Command::Register(register_args) => register::run(&register_args),
         Command::Join => block_on(cli::join::run(&socket)),
         Command::Status { json } => block_on(cli::status::run(&socket, json)),
@@ -96,17 +100,21 @@ fn serve_stdio() -> anyhow::Result<()> {
             mcp_chat_shim::VERSION
         );
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: a shim serves one client, and every extra thread hop shows
+    // up in the end-to-end latency (BENCHMARKS.md).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     let result = runtime.block_on(async {
         let server = ChatServer::new(default_socket_path());
-        let running = server
-            .serve(rmcp::transport::stdio())
-            .await
-            .context("MCP handshake with the client")?;
+        let running = match server.serve(rmcp::transport::stdio_pipes()).await {
+            Ok(running) => running,
+            // Input ended before any client spoke (Ctrl-D in a terminal):
+            // nothing went wrong.
+            Err(rmcp::service::ServerInitializeError::ConnectionClosed(_)) => return Ok(()),
+            Err(e) => return Err(e).context("MCP handshake with the client"),
+        };
         let reason = running.waiting().await.context("serving MCP")?;
         tracing::debug!(?reason, "client closed the session");
         anyhow::Ok(())

@@ -84,14 +84,16 @@ impl ChatServer {
         let reply = self.call(Request::EnterQueue).await?;
         let position = match reply {
             Reply::Matched { room_id } => {
-                self.session.events.set_place(Place::InRoom(room_id));
+                self.session.events().set_place(Place::InRoom(room_id));
                 return Ok(self.with_events(matched(room_id)));
             }
             Reply::Waiting { position } => position,
             other => return Err(self.failure_from(other)),
         };
-        let waiting = Place::Waiting { position };
-        self.session.events.set_place(waiting);
+        let waiting = match self.session.events().note_waiting(position) {
+            Place::InRoom(room_id) => return Ok(self.with_events(matched(room_id))),
+            waiting => waiting,
+        };
         if params.wait_s > 0
             && let Some(room_id) = self.wait_for_match(waiting, params.wait_s, &ctx).await?
         {
@@ -141,7 +143,7 @@ impl ChatServer {
             .await?
         {
             Reply::Left => {
-                self.session.events.set_place(Place::Idle);
+                self.session.events().set_place(Place::Idle);
                 Ok(self.with_events(StatusOnly { status: "left" }))
             }
             other => Err(self.failure_from(other)),
@@ -159,10 +161,13 @@ impl ChatServer {
     ) -> Json<EventsResult> {
         let events = self
             .session
-            .events
+            .events()
             .wait_pending(Duration::from_secs(params.timeout_s))
             .await;
-        Json(EventsResult { events })
+        Json(EventsResult {
+            events,
+            events_dropped: self.events_dropped(),
+        })
     }
 
     /// Where you stand (`idle`, `waiting`, `in_room`) and how busy the
@@ -173,7 +178,7 @@ impl ChatServer {
             Reply::Status(info) => info,
             other => return Err(self.failure_from(other)),
         };
-        let (state, room_id, position) = match self.session.events.place() {
+        let (state, room_id, position) = match self.session.events().place() {
             Place::Idle => (SessionState::Idle, None, None),
             Place::Waiting { position } => (SessionState::Waiting, None, Some(position)),
             Place::InRoom(room) => (SessionState::InRoom, Some(room.to_string()), None),
@@ -199,16 +204,16 @@ fn matched(room_id: mcp_chat_proto::RoomId) -> EnterQueueResult {
 
 impl ChatServer {
     async fn call(&self, request: Request) -> Result<Reply, String> {
-        self.session.request(request).await.map_err(|e| {
-            let code = match e {
-                SessionError::Unreachable(_) => "broker_unreachable",
-                SessionError::Lost(_) => "broker_lost",
-            };
-            self.failure(
-                code,
-                format!("{e}. Try the call again; if it keeps failing, run `mcp-chat doctor`."),
-            )
-        })
+        self.session
+            .request(request)
+            .await
+            .map_err(|e: SessionError| {
+                let code = e.code();
+                self.failure(
+                    code,
+                    format!("{e}. Try the call again; if it keeps failing, run `mcp-chat doctor`."),
+                )
+            })
     }
 
     /// Waits for `chatroom.found` while queued, reporting progress when the
@@ -219,7 +224,7 @@ impl ChatServer {
         wait_s: u64,
         ctx: &RequestContext<RoleServer>,
     ) -> Result<Option<mcp_chat_proto::RoomId>, String> {
-        let events = &self.session.events;
+        let events = self.session.events();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_s);
         let token = ctx.meta.get_progress_token();
         // The first tick is immediate, so the client hears at once that the
@@ -255,22 +260,37 @@ impl ChatServer {
     fn with_events<T>(&self, result: T) -> Json<WithEvents<T>> {
         Json(WithEvents {
             result,
-            events: self.session.events.take_pending(),
+            events: self.session.events().take_pending(),
+            events_dropped: self.events_dropped(),
         })
     }
 
+    fn events_dropped(&self) -> Option<u64> {
+        Some(self.session.events().take_dropped()).filter(|&n| n > 0)
+    }
+
     fn failure(&self, code: &str, message: String) -> String {
+        self.failure_with(code, message, None)
+    }
+
+    fn failure_with(&self, code: &str, message: String, retry_after_ms: Option<u64>) -> String {
         let failure = ToolFailure {
             error: code.to_owned(),
             message,
-            events: self.session.events.take_pending(),
+            retry_after_ms,
+            events: self.session.events().take_pending(),
+            events_dropped: self.events_dropped(),
         };
         serde_json::to_string(&failure).unwrap_or_else(|e| format!("{code}: {e}"))
     }
 
     fn failure_from(&self, reply: Reply) -> String {
         match reply {
-            Reply::Error { code, message } => self.failure(code.as_str(), message),
+            Reply::Error {
+                code,
+                message,
+                retry_after_ms,
+            } => self.failure_with(code.as_str(), message, retry_after_ms),
             other => self.failure(
                 "unexpected_reply",
                 format!("the broker answered {other:?}; run `mcp-chat doctor` to check versions"),

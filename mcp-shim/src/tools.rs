@@ -79,6 +79,9 @@ pub struct WithEvents<T> {
     /// delivered in exactly one tool result.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<ChatEvent>,
+    /// Older events let go because over 4096 waited unpulled (see `seq`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events_dropped: Option<u64>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -110,6 +113,9 @@ pub struct StatusOnly {
 pub struct EventsResult {
     /// Events oldest first; empty when the wait timed out.
     pub events: Vec<ChatEvent>,
+    /// Older events let go because over 4096 waited unpulled (see `seq`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events_dropped: Option<u64>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -142,8 +148,13 @@ pub struct ChatStatusResult {
 pub struct ToolFailure {
     pub error: String,
     pub message: String,
+    /// For `rate_limited`: wait this long before sending again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<ChatEvent>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events_dropped: Option<u64>,
 }
 
 #[cfg(test)]

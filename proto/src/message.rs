@@ -47,11 +47,25 @@ pub enum ClientMsg {
         client_name: String,
         client_version: String,
         pid: u32,
+        /// Set when reconnecting: pick the old session up where it was.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<Resume>,
     },
     /// A request; the broker's [`BrokerMsg::Response`] echoes `id`.
     Request { id: u64, request: Request },
+    /// Answers [`BrokerMsg::Ping`], proving the client is alive.
+    Pong { nonce: u64 },
     #[serde(other)]
     Unknown,
+}
+
+/// A reconnecting client's claim on its previous session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    /// The `resume_token` from the previous `Welcome`.
+    pub token: String,
+    /// The last event `seq` the client received; the broker replays the rest.
+    pub last_seq: u64,
 }
 
 /// What a session can ask of the broker.
@@ -81,6 +95,18 @@ pub enum BrokerMsg {
         protocol: u32,
         broker_version: String,
         session_id: u64,
+        /// Secret that lets this client resume the session after losing the
+        /// connection, within the broker's grace period.
+        #[serde(default)]
+        resume_token: String,
+        /// True when a `Hello { resume }` picked up the old session; its
+        /// missed events follow, in order, with their original `seq`.
+        #[serde(default)]
+        resumed: bool,
+        /// Random per broker process: a client that finds a new value after
+        /// reconnecting knows the broker restarted.
+        #[serde(default)]
+        instance: String,
     },
     /// The handshake failed; the broker closes the connection after this.
     Refused {
@@ -96,6 +122,10 @@ pub enum BrokerMsg {
     Event {
         seq: u64,
         event: Event,
+    },
+    /// Heartbeat: answer with [`ClientMsg::Pong`] or be dropped as frozen.
+    Ping {
+        nonce: u64,
     },
     #[serde(other)]
     Unknown,
@@ -119,6 +149,9 @@ pub enum Reply {
     Error {
         code: ErrorCode,
         message: String,
+        /// For `rate_limited`: how long to wait before trying again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     #[serde(other)]
     Unknown,
@@ -129,6 +162,7 @@ impl Reply {
         Self::Error {
             code,
             message: message.into(),
+            retry_after_ms: None,
         }
     }
 }
@@ -227,6 +261,8 @@ pub enum ErrorCode {
     WrongUser,
     BrokerFull,
     ShuttingDown,
+    /// Messages sent faster than the per-session limit.
+    RateLimited,
     #[serde(other)]
     Unknown,
 }
@@ -246,6 +282,7 @@ impl ErrorCode {
             Self::WrongUser => "wrong_user",
             Self::BrokerFull => "broker_full",
             Self::ShuttingDown => "shutting_down",
+            Self::RateLimited => "rate_limited",
             Self::Unknown => "unknown",
         }
     }
@@ -369,6 +406,7 @@ mod tests {
             ErrorCode::WrongUser,
             ErrorCode::BrokerFull,
             ErrorCode::ShuttingDown,
+            ErrorCode::RateLimited,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), json!(code.as_str()));
         }

@@ -10,6 +10,7 @@
 pub mod broker;
 pub mod mcp_client;
 pub mod proto_client;
+pub mod rss;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

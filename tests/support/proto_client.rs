@@ -34,6 +34,7 @@ pub fn hello(protocol: u32) -> ClientMsg {
         client_name: "e2e".into(),
         client_version: "0".into(),
         pid: std::process::id(),
+        resume: None,
     }
 }
 
@@ -95,9 +96,17 @@ impl ProtoClient {
         }
     }
 
-    /// The next frame of any kind, or `None` at a clean close.
+    /// The next frame other than a heartbeat ping (which is answered, as
+    /// a live client does), or `None` at a clean close.
     pub async fn next_frame(&mut self) -> Option<Result<BrokerMsg, CodecError>> {
-        within("a frame", self.transport.next()).await
+        loop {
+            match within("a frame", self.transport.next()).await {
+                Some(Ok(BrokerMsg::Ping { nonce })) => {
+                    self.transport.send(ClientMsg::Pong { nonce }).await.ok()?;
+                }
+                other => return other,
+            }
+        }
     }
 
     pub async fn enter(&mut self) -> Reply {

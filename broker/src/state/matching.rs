@@ -1,6 +1,7 @@
-//! The waiting queue: first come, first matched.
+//! The waiting queue: first come, first matched, and only live sessions.
 
 use mcp_chat_proto::{ErrorCode, Event, Reply, RoomId};
+use tokio::time::Instant;
 
 use super::{Place, Room, SessionId, State};
 
@@ -23,20 +24,36 @@ impl State {
         }
         self.set_place(session, Place::Waiting);
         self.queue.push_back(session);
-        let mut matched = None;
-        while self.queue.len() >= 2 {
-            let (Some(first), Some(second)) = (self.queue.pop_front(), self.queue.pop_front())
-            else {
-                break;
-            };
-            let room_id = self.open_room(first, second);
-            if session == first || session == second {
-                matched = Some(room_id);
-            }
+        self.try_match();
+        match self.sessions[&session].place {
+            Place::InRoom(room_id) => Reply::Matched { room_id },
+            _ => self.waiting_reply(session),
         }
-        match matched {
-            Some(room_id) => Reply::Matched { room_id },
-            None => self.waiting_reply(session),
+    }
+
+    /// Pairs the two longest-waiting live sessions, as long as there are two.
+    /// A waiter quiet for longer than the freshness window is pinged first
+    /// and the pairing waits for its answer, so a frozen client is never
+    /// matched; a detached one is skipped until it resumes.
+    pub(super) fn try_match(&mut self) {
+        let now = Instant::now();
+        loop {
+            let mut candidates = self.queue.iter().copied().filter(|&s| self.is_attached(s));
+            let (Some(first), Some(second)) = (candidates.next(), candidates.next()) else {
+                return;
+            };
+            let stale: Vec<SessionId> = [first, second]
+                .into_iter()
+                .filter(|&s| !self.is_fresh(s, now))
+                .collect();
+            if !stale.is_empty() {
+                for session in stale {
+                    self.probe(session, now);
+                }
+                return;
+            }
+            self.queue.retain(|&s| s != first && s != second);
+            self.open_room(first, second);
         }
     }
 
@@ -44,8 +61,9 @@ impl State {
         let position = self
             .queue
             .iter()
+            .filter(|&&s| self.is_attached(s))
             .position(|&s| s == session)
-            .map_or(0, |i| i + 1);
+            .map_or(1, |i| i + 1);
         Reply::Waiting { position }
     }
 

@@ -20,6 +20,18 @@ impl State {
         if let Err((code, text)) = check_message(&message) {
             return Reply::error(code, text);
         }
+        if let Some(s) = self.sessions.get_mut(&session)
+            && let Err(wait) = s.sending.take(tokio::time::Instant::now())
+        {
+            let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+            return Reply::Error {
+                code: ErrorCode::RateLimited,
+                message: format!(
+                    "you are sending faster than this broker allows; wait {retry_after_ms} ms and send again"
+                ),
+                retry_after_ms: Some(retry_after_ms),
+            };
+        }
         let Some(partner) = self.partner_of(session, room_id) else {
             return Reply::error(
                 ErrorCode::PartnerGone,

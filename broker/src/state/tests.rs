@@ -2,24 +2,53 @@ use mcp_chat_proto::{BrokerMsg, DisconnectReason, ErrorCode, Event, Reply, Reque
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{SessionHandle, SessionId, State};
+use super::{Admitted, SessionHandle, SessionId, State};
+use crate::config::Liveness;
 
 struct Client {
     id: SessionId,
+    connection: u64,
+    token: String,
     rx: mpsc::Receiver<BrokerMsg>,
     kick: CancellationToken,
 }
 
-fn join(state: &mut State, capacity: usize) -> Client {
+fn new_state(max_sessions: usize) -> State {
+    State::new(
+        max_sessions,
+        Liveness::default(),
+        Some(crate::config::SendLimit::default()),
+    )
+}
+
+fn handle(capacity: usize) -> (SessionHandle, mpsc::Receiver<BrokerMsg>, CancellationToken) {
     let (outbox, rx) = mpsc::channel(capacity);
     let kick = CancellationToken::new();
-    let id = state
-        .register(SessionHandle {
+    (
+        SessionHandle {
             outbox,
             kick: kick.clone(),
-        })
-        .unwrap();
-    Client { id, rx, kick }
+        },
+        rx,
+        kick,
+    )
+}
+
+fn join(state: &mut State, capacity: usize) -> Client {
+    let (handle, rx, kick) = handle(capacity);
+    let Admitted {
+        session,
+        connection,
+        resume_token,
+        ..
+    } = state.register(handle, None).unwrap();
+    Client {
+        id: session,
+        connection,
+        token: resume_token,
+        rx,
+        kick,
+    }
 }
 
 fn ask(state: &mut State, client: &mut Client, request: Request) -> (Reply, Vec<(u64, Event)>) {
@@ -59,7 +88,7 @@ fn pair(state: &mut State) -> (Client, Client, mcp_chat_proto::RoomId) {
 
 #[test]
 fn fifo_pairs_the_two_longest_waiting() {
-    let mut state = State::new(100);
+    let mut state = new_state(100);
     let mut clients: Vec<Client> = (0..5).map(|_| join(&mut state, 64)).collect();
     let mut replies = Vec::new();
     for c in clients.iter_mut() {
@@ -86,7 +115,7 @@ fn fifo_pairs_the_two_longest_waiting() {
 
 #[test]
 fn entering_twice_is_idempotent_and_in_room_is_refused() {
-    let mut state = State::new(100);
+    let mut state = new_state(100);
     let mut a = join(&mut state, 64);
     assert_eq!(
         ask(&mut state, &mut a, Request::EnterQueue).0,
@@ -96,10 +125,10 @@ fn entering_twice_is_idempotent_and_in_room_is_refused() {
         ask(&mut state, &mut a, Request::EnterQueue).0,
         Reply::Waiting { position: 1 }
     );
-    let mut state = State::new(100);
+    let mut state = new_state(100);
     let (mut x, _, room_id) = pair(&mut state);
     let (reply, _) = ask(&mut state, &mut x, Request::EnterQueue);
-    let Reply::Error { code, message } = reply else {
+    let Reply::Error { code, message, .. } = reply else {
         panic!()
     };
     assert_eq!(code, ErrorCode::AlreadyInRoom);
@@ -108,7 +137,7 @@ fn entering_twice_is_idempotent_and_in_room_is_refused() {
 
 #[test]
 fn messages_flow_with_contiguous_seq() {
-    let mut state = State::new(100);
+    let mut state = new_state(100);
     let (mut a, mut b, room_id) = pair(&mut state);
     for i in 0..3 {
         let (reply, _) = ask(
@@ -133,7 +162,7 @@ fn messages_flow_with_contiguous_seq() {
 
 #[test]
 fn error_codes() {
-    let mut state = State::new(100);
+    let mut state = new_state(100);
     let (mut a, mut b, room_id) = pair(&mut state);
     let stranger_room = mcp_chat_proto::RoomId::new_random();
     let code = |r: Reply| match r {
@@ -191,7 +220,7 @@ fn error_codes() {
 
 #[test]
 fn leave_notifies_partner_and_both_can_requeue() {
-    let mut state = State::new(100);
+    let mut state = new_state(100);
     let (mut a, mut b, room_id) = pair(&mut state);
     assert_eq!(
         ask(&mut state, &mut a, Request::LeaveChat { room_id }).0,
@@ -219,13 +248,13 @@ fn leave_notifies_partner_and_both_can_requeue() {
 
 #[test]
 fn disconnect_cleans_queue_and_room() {
-    let mut state = State::new(100);
+    let mut state = new_state(100);
     let mut w = join(&mut state, 64);
     ask(&mut state, &mut w, Request::EnterQueue);
-    state.disconnect(w.id);
+    state.disconnect(w.id, w.connection);
     assert_eq!(state.status().waiting, 0);
     let (a, mut b, room_id) = pair(&mut state);
-    state.disconnect(a.id);
+    state.disconnect(a.id, a.connection);
     assert_eq!(
         events(&mut b),
         vec![Event::PartnerDisconnected {
@@ -233,13 +262,13 @@ fn disconnect_cleans_queue_and_room() {
             reason: DisconnectReason::Disconnected
         }]
     );
-    state.disconnect(b.id);
+    state.disconnect(b.id, b.connection);
     assert!(state.sessions.is_empty() && state.rooms.is_empty() && state.queue.is_empty());
 }
 
 #[test]
 fn slow_consumer_is_dropped_and_partner_told() {
-    let mut state = State::new(100);
+    let mut state = new_state(100);
     let mut a = join(&mut state, 64);
     let mut b = join(&mut state, 2);
     ask(&mut state, &mut a, Request::EnterQueue);
@@ -272,21 +301,16 @@ fn slow_consumer_is_dropped_and_partner_told() {
 
 #[test]
 fn full_broker_refuses() {
-    let mut state = State::new(1);
+    let mut state = new_state(1);
     let _a = join(&mut state, 4);
-    let (outbox, _rx) = mpsc::channel(4);
-    let err = state
-        .register(SessionHandle {
-            outbox,
-            kick: CancellationToken::new(),
-        })
-        .unwrap_err();
+    let (h, _rx, _kick) = handle(4);
+    let err = state.register(h, None).unwrap_err();
     assert_eq!(err.0, ErrorCode::BrokerFull);
 }
 
 #[test]
 fn shutdown_tells_everyone() {
-    let mut state = State::new(100);
+    let mut state = new_state(100);
     let (mut a, _b, room_id) = pair(&mut state);
     let mut w = join(&mut state, 8);
     ask(&mut state, &mut w, Request::EnterQueue);
@@ -303,4 +327,175 @@ fn shutdown_tells_everyone() {
     );
     assert_eq!(events(&mut w), vec![Event::Shutdown]);
     assert_eq!(state.session_count(), 0);
+}
+
+fn send(room_id: mcp_chat_proto::RoomId, message: &str) -> Request {
+    Request::SendMessage {
+        room_id,
+        message: message.into(),
+    }
+}
+
+#[test]
+fn sending_is_rate_limited_with_a_retry_hint() {
+    let mut state = new_state(100);
+    let (mut a, _b, room_id) = pair(&mut state);
+    for i in 0..40 {
+        assert_eq!(
+            ask(&mut state, &mut a, send(room_id, &format!("{i}"))).0,
+            Reply::Sent
+        );
+    }
+    match ask(&mut state, &mut a, send(room_id, "one too many")).0 {
+        Reply::Error {
+            code: ErrorCode::RateLimited,
+            retry_after_ms: Some(ms),
+            ..
+        } => assert!((1..=50).contains(&ms), "{ms}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn unresponsive_client_resumes_with_everything_it_missed() {
+    let mut state = new_state(100);
+    let (mut a, mut b, room_id) = pair(&mut state);
+    state.unresponsive(a.id, a.connection);
+    assert!(a.kick.is_cancelled());
+    ask(&mut state, &mut b, send(room_id, "are you there?"));
+    assert!(
+        events(&mut b).is_empty(),
+        "the partner is not told during the grace"
+    );
+
+    let (h, mut rx, _kick) = handle(16);
+    let claim = mcp_chat_proto::Resume {
+        token: a.token.clone(),
+        last_seq: 1,
+    };
+    let admitted = state.register(h, Some(claim)).unwrap();
+    assert!(admitted.resumed);
+    assert_eq!(admitted.session, a.id);
+    match rx.try_recv().unwrap() {
+        BrokerMsg::Event {
+            seq: 2,
+            event: Event::MessageReceived { message, .. },
+        } => assert_eq!(message, "are you there?"),
+        other => panic!("{other:?}"),
+    }
+    // The old connection's late goodbye does not end the resumed session.
+    state.disconnect(a.id, a.connection);
+    assert_eq!(state.session_count(), 2);
+    a.rx = rx;
+    a.connection = admitted.connection;
+    assert_eq!(
+        ask(&mut state, &mut a, send(room_id, "back")).0,
+        Reply::Sent
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn partner_is_told_when_the_grace_runs_out() {
+    let mut state = new_state(100);
+    let (a, mut b, room_id) = pair(&mut state);
+    state.unresponsive(a.id, a.connection);
+    let deadline = state.next_deadline().expect("grace deadline");
+    assert_eq!(
+        deadline - tokio::time::Instant::now(),
+        Liveness::default().resume_grace
+    );
+    tokio::time::advance(Liveness::default().resume_grace).await;
+    state.expire(tokio::time::Instant::now());
+    assert_eq!(
+        events(&mut b),
+        vec![Event::PartnerDisconnected {
+            room_id,
+            reason: DisconnectReason::Disconnected
+        }]
+    );
+    assert_eq!(state.session_count(), 1);
+    let (h, _rx, _kick) = handle(4);
+    let late = mcp_chat_proto::Resume {
+        token: a.token,
+        last_seq: 1,
+    };
+    assert!(
+        !state.register(h, Some(late)).unwrap().resumed,
+        "too late: a fresh session"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn resume_is_refused_rather_than_leave_a_gap() {
+    let mut state = new_state(100);
+    let (a, mut b, room_id) = pair(&mut state);
+    state.unresponsive(a.id, a.connection);
+    for i in 0..300 {
+        if i % 40 == 39 {
+            tokio::time::advance(std::time::Duration::from_secs(2)).await;
+        }
+        ask(&mut state, &mut b, send(room_id, &format!("{i}")));
+    }
+    let (h, _rx, _kick) = handle(4);
+    let claim = mcp_chat_proto::Resume {
+        token: a.token,
+        last_seq: 1,
+    };
+    assert!(!state.register(h, Some(claim)).unwrap().resumed);
+    assert!(events(&mut b).contains(&Event::PartnerDisconnected {
+        room_id,
+        reason: DisconnectReason::Disconnected
+    }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quiet_waiter_is_pinged_before_it_is_matched() {
+    let mut state = new_state(100);
+    let mut w = join(&mut state, 16);
+    ask(&mut state, &mut w, Request::EnterQueue);
+    tokio::time::advance(Liveness::default().fresh * 2).await;
+    let mut n = join(&mut state, 16);
+    assert_eq!(
+        ask(&mut state, &mut n, Request::EnterQueue).0,
+        Reply::Waiting { position: 2 }
+    );
+    assert!(matches!(w.rx.try_recv(), Ok(BrokerMsg::Ping { .. })));
+    state.alive(w.id, w.connection);
+    let found = |c: &mut Client| match events(c).as_slice() {
+        [Event::ChatroomFound { room_id }] => *room_id,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(found(&mut w), found(&mut n));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_frozen_waiter_is_never_matched() {
+    let mut state = new_state(100);
+    let mut frozen = join(&mut state, 16);
+    ask(&mut state, &mut frozen, Request::EnterQueue);
+    tokio::time::advance(Liveness::default().fresh * 2).await;
+    let mut n = join(&mut state, 16);
+    ask(&mut state, &mut n, Request::EnterQueue);
+    tokio::time::advance(Liveness::default().probe_timeout).await;
+    state.expire(tokio::time::Instant::now());
+    assert!(frozen.kick.is_cancelled(), "its connection is dropped");
+    // n has now waited long enough to be pinged too; it answers, as a live
+    // client does, and is matched with the next newcomer.
+    let mut m = join(&mut state, 16);
+    assert_eq!(
+        ask(&mut state, &mut m, Request::EnterQueue).0,
+        Reply::Waiting { position: 2 }
+    );
+    assert!(matches!(n.rx.try_recv(), Ok(BrokerMsg::Ping { .. })));
+    state.alive(n.id, n.connection);
+    let room = |c: &mut Client| match events(c).as_slice() {
+        [Event::ChatroomFound { room_id }] => *room_id,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(room(&mut n), room(&mut m));
+    assert!(matches!(frozen.rx.try_recv(), Ok(BrokerMsg::Ping { .. })));
+    assert!(
+        frozen.rx.try_recv().is_err(),
+        "no chatroom.found for the frozen one"
+    );
 }

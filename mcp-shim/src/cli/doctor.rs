@@ -108,7 +108,7 @@ fn check_socket_dir(report: &mut Report, socket: &Path) -> bool {
 }
 
 async fn check_broker(report: &mut Report, socket: &Path) -> bool {
-    match connect_or_start(socket, "mcp-chat doctor").await {
+    match connect_or_start(socket, "mcp-chat doctor", None).await {
         Ok((_transport, welcome)) => {
             let pid = std::fs::read_to_string(broker_lock_path(socket)).unwrap_or_default();
             let detail = format!(
@@ -213,18 +213,18 @@ async fn round_trip(socket: &Path) -> Result<RoundTrip, String> {
 
 async fn connect(socket: &Path) -> Result<(BrokerConnection, Arc<EventLog>), String> {
     let events = Arc::new(EventLog::new(None));
-    let (transport, welcome) = connect_or_start(socket, "mcp-chat doctor")
+    let (transport, welcome) = connect_or_start(socket, "mcp-chat doctor", None)
         .await
         .map_err(|e| e.to_string())?;
     Ok((
-        BrokerConnection::start(transport, welcome, Arc::clone(&events)),
+        BrokerConnection::start(transport, welcome, Arc::clone(&events), 0),
         events,
     ))
 }
 
 async fn request(connection: &BrokerConnection, request: Request) -> Result<Reply, String> {
     match connection.request(request).await {
-        Ok(Reply::Error { code, message }) => Err(format!("{code}: {message}")),
+        Ok(Reply::Error { code, message, .. }) => Err(format!("{code}: {message}")),
         Ok(reply) => Ok(reply),
         Err(e) => Err(e.to_string()),
     }

@@ -65,14 +65,14 @@ async fn handle_line(session: &ChatSession, line: &str) -> anyhow::Result<bool> 
         "" => {}
         "/quit" | "/exit" => return Ok(false),
         "/next" => {
-            if matches!(session.events.place(), Place::Waiting { .. }) {
+            if matches!(session.events().place(), Place::Waiting { .. }) {
                 say("already waiting for a partner");
             } else {
                 leave_room(session).await;
                 enter_queue(session).await?;
             }
         }
-        "/leave" => match session.events.place() {
+        "/leave" => match session.events().place() {
             Place::InRoom(_) => {
                 leave_room(session).await;
                 say("you left the chat; /next to meet someone new, /quit to exit");
@@ -82,7 +82,7 @@ async fn handle_line(session: &ChatSession, line: &str) -> anyhow::Result<bool> 
         },
         "/help" => say(HELP),
         _ if line.starts_with('/') => say(&format!("unknown command {line:?}; {HELP}")),
-        _ => match session.events.place() {
+        _ => match session.events().place() {
             Place::InRoom(room_id) => send(session, room_id, line).await,
             _ => say(
                 "you are not in a chat yet; your message was not sent (/next to find a partner)",
@@ -95,21 +95,21 @@ async fn handle_line(session: &ChatSession, line: &str) -> anyhow::Result<bool> 
 async fn enter_queue(session: &ChatSession) -> anyhow::Result<()> {
     match session.request(Request::EnterQueue).await? {
         Reply::Matched { room_id } => {
-            session.events.set_place(Place::InRoom(room_id));
+            session.events().set_place(Place::InRoom(room_id));
             // The chatroom.found event that came with the match announces it.
         }
         Reply::Waiting { position } => {
-            session.events.set_place(Place::Waiting { position });
+            session.events().note_waiting(position);
             say(&waiting_line(session).await);
         }
-        Reply::Error { code, message } => say(&format!("! {code}: {message}")),
+        Reply::Error { code, message, .. } => say(&format!("! {code}: {message}")),
         other => say(&format!("! unexpected answer {other:?}")),
     }
     Ok(())
 }
 
 async fn waiting_line(session: &ChatSession) -> String {
-    let position = match session.events.place() {
+    let position = match session.events().place() {
         Place::Waiting { position } => position,
         _ => 1,
     };
@@ -131,7 +131,7 @@ async fn send(session: &ChatSession, room_id: RoomId, text: &str) {
         .await
     {
         Ok(Reply::Sent) => {}
-        Ok(Reply::Error { code, message }) => say(&format!("! not sent ({code}): {message}")),
+        Ok(Reply::Error { code, message, .. }) => say(&format!("! not sent ({code}): {message}")),
         Ok(other) => say(&format!("! unexpected answer {other:?}")),
         Err(e) => say(&format!("! not sent: {e}")),
     }
@@ -139,9 +139,9 @@ async fn send(session: &ChatSession, room_id: RoomId, text: &str) {
 
 /// Leaves the current room, if any, so the partner is told at once.
 async fn leave_room(session: &ChatSession) {
-    if let Place::InRoom(room_id) = session.events.place() {
+    if let Place::InRoom(room_id) = session.events().place() {
         let _ = session.request(Request::LeaveChat { room_id }).await;
-        session.events.set_place(Place::Idle);
+        session.events().set_place(Place::Idle);
     }
 }
 

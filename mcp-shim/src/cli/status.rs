@@ -23,9 +23,9 @@ struct StatusReport<'a> {
 
 /// Asks the broker on `socket` for its figures.
 pub async fn query(socket: &Path) -> Result<StatusInfo, QueryError> {
-    let (transport, welcome) = handshake(socket, "mcp-chat status").await?;
-    let connection =
-        BrokerConnection::start(transport, welcome, std::sync::Arc::new(EventLog::new(None)));
+    let (transport, welcome) = handshake(socket, "mcp-chat status", None).await?;
+    let events = std::sync::Arc::new(EventLog::new(None));
+    let connection = BrokerConnection::start(transport, welcome, events, 0);
     match connection.request(Request::Status).await {
         Ok(Reply::Status(info)) => Ok(info),
         Ok(other) => Err(QueryError::Unexpected(format!("{other:?}"))),

@@ -1,0 +1,264 @@
+//! Liveness, recovery, limits and who may connect, with real processes:
+//! frozen clients (SIGSTOP), resumes, the resume grace, probing before a
+//! match, the session cap, the send rate limit, and the peer uid check.
+
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
+
+use mcp_chat_tests::{BrokerProcess, McpClient, TestSocket, within};
+use serde_json::{Value, json};
+
+/// Fast heartbeats so a frozen client is noticed in a fraction of a second;
+/// a long grace so a resume never races it.
+const QUICK_HEARTBEAT: &[&str] = &["--heartbeat-ms", "100", "--resume-grace-ms", "20000"];
+
+fn signal(client: &McpClient, name: &str) {
+    let pid = client.child.id().unwrap();
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Pairs `a` (entering first) with `b`. With quick heartbeats the broker may
+/// ping `a` before matching, so `b` can be told `waiting` and matched a
+/// moment later: the `chatroom.found` notifications are what count.
+async fn pair_up(a: &mut McpClient, b: &mut McpClient) -> String {
+    a.ok("enter_queue", json!({})).await;
+    b.ok("enter_queue", json!({})).await;
+    let room = a.expect_notification("chatroom.found").await["room_id"].clone();
+    assert_eq!(
+        b.expect_notification("chatroom.found").await["room_id"],
+        room
+    );
+    room.as_str().unwrap().to_owned()
+}
+
+fn types(pulled: &Value) -> Vec<String> {
+    pulled["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_frozen_shim_resumes_its_room_with_nothing_lost() {
+    let socket = TestSocket::new();
+    let mut broker = BrokerProcess::start(&socket.path, QUICK_HEARTBEAT).await;
+    let mut a = McpClient::spawn(&socket.path).await;
+    let mut b = McpClient::spawn(&socket.path).await;
+    let room = pair_up(&mut a, &mut b).await;
+
+    signal(&a, "STOP");
+    broker
+        .wait_for_log("holding its session for a resume")
+        .await;
+    b.ok(
+        "send_message",
+        json!({"room_id": room, "message": "while you were away"}),
+    )
+    .await;
+    signal(&a, "CONT");
+    broker.wait_for_log("session resumed").await;
+    let got = a.expect_notification("message.received").await;
+    assert_eq!(
+        got,
+        json!({"room_id": room, "message": "while you were away"})
+    );
+    // The room survived: both ways still work, and b was never told a left.
+    a.ok("send_message", json!({"room_id": room, "message": "back"}))
+        .await;
+    assert_eq!(
+        b.expect_notification("message.received").await["message"],
+        "back"
+    );
+    let pulled = b.ok("wait_for_events", json!({"timeout_s": 0})).await;
+    assert!(
+        !types(&pulled).contains(&"partner.disconnected".to_owned()),
+        "{pulled}"
+    );
+}
+
+#[tokio::test]
+async fn past_the_resume_grace_the_partner_is_told() {
+    let socket = TestSocket::new();
+    let args = ["--heartbeat-ms", "100", "--resume-grace-ms", "200"];
+    let _broker = BrokerProcess::start(&socket.path, &args).await;
+    let mut a = McpClient::spawn(&socket.path).await;
+    let mut b = McpClient::spawn(&socket.path).await;
+    let room = pair_up(&mut a, &mut b).await;
+    signal(&a, "STOP");
+    let gone = b.expect_notification("partner.disconnected").await;
+    assert_eq!(gone, json!({"room_id": room, "reason": "disconnected"}));
+    signal(&a, "CONT");
+    // a learns its session ended (same broker, so not a restart) and can
+    // simply start over.
+    let own = a.expect_notification("partner.disconnected").await;
+    assert_eq!(own, json!({"room_id": room, "reason": "disconnected"}));
+    assert_eq!(a.ok("enter_queue", json!({})).await["status"], "waiting");
+}
+
+#[tokio::test]
+async fn a_frozen_waiter_is_never_matched_and_keeps_its_place() {
+    let socket = TestSocket::new();
+    let mut broker = BrokerProcess::start(&socket.path, QUICK_HEARTBEAT).await;
+    let mut frozen = McpClient::spawn(&socket.path).await;
+    assert_eq!(
+        frozen.ok("enter_queue", json!({})).await["status"],
+        "waiting"
+    );
+    signal(&frozen, "STOP");
+    // Once the broker has had to ping it, the waiter is no longer fresh.
+    broker.wait_for_log("heartbeat ping").await;
+
+    let mut b = McpClient::spawn(&socket.path).await;
+    let mut c = McpClient::spawn(&socket.path).await;
+    b.ok("enter_queue", json!({})).await;
+    c.ok("enter_queue", json!({})).await;
+    let room = b.expect_notification("chatroom.found").await["room_id"].clone();
+    assert_eq!(
+        c.expect_notification("chatroom.found").await["room_id"],
+        room
+    );
+
+    signal(&frozen, "CONT");
+    broker.wait_for_log("session resumed").await;
+    // Still in the queue after the resume: the next newcomer meets it.
+    let mut d = McpClient::spawn(&socket.path).await;
+    d.ok("enter_queue", json!({})).await;
+    let found = frozen.expect_notification("chatroom.found").await;
+    assert_eq!(d.expect_notification("chatroom.found").await, found);
+    assert_ne!(found["room_id"], room);
+}
+
+#[tokio::test]
+async fn a_full_broker_refuses_new_sessions() {
+    let socket = TestSocket::new();
+    let _broker = BrokerProcess::start(&socket.path, &["--max-sessions", "1"]).await;
+    let a = McpClient::spawn(&socket.path).await;
+    a.ok("chat_status", json!({})).await;
+    let b = McpClient::spawn(&socket.path).await;
+    let failure = b.fails("enter_queue", json!({})).await;
+    assert_eq!(failure["error"], "broker_full");
+    assert!(
+        failure["message"].as_str().unwrap().contains("full"),
+        "{failure}"
+    );
+}
+
+#[tokio::test]
+async fn sending_too_fast_is_refused_with_a_retry_hint() {
+    let socket = TestSocket::new();
+    let args = ["--message-rate", "0.1", "--message-burst", "3"];
+    let _broker = BrokerProcess::start(&socket.path, &args).await;
+    let mut a = McpClient::spawn(&socket.path).await;
+    let mut b = McpClient::spawn(&socket.path).await;
+    let room = pair_up(&mut a, &mut b).await;
+    for i in 0..3 {
+        a.ok(
+            "send_message",
+            json!({"room_id": room, "message": format!("m{i}")}),
+        )
+        .await;
+    }
+    let failure = a
+        .fails("send_message", json!({"room_id": room, "message": "m3"}))
+        .await;
+    assert_eq!(failure["error"], "rate_limited");
+    let wait = failure["retry_after_ms"].as_u64().unwrap();
+    assert!(wait > 0 && wait <= 10_000, "{failure}");
+    // The ones that were sent all arrived; the refused one did not.
+    for i in 0..3 {
+        assert_eq!(
+            b.expect_notification("message.received").await["message"],
+            format!("m{i}")
+        );
+    }
+}
+
+/// Runs the broker as `nobody` and connects as root: the broker must refuse
+/// a peer whose uid differs from its own even when the directory lets it in
+/// (root ignores directory modes).
+#[cfg(unix)]
+#[tokio::test]
+async fn another_users_process_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    if mcp_chat_proto::socket_path::current_uid() != 0 {
+        eprintln!("skipped: needs root to run a broker as another user");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let socket = TestSocket::new();
+    std::fs::set_permissions(socket.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = socket.path.parent().unwrap();
+    std::fs::create_dir(dir).unwrap();
+    std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    let mut broker = tokio::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(mcp_chat_tests::bin_path("mcp-chat-broker"))
+        .args(["--foreground", "--socket"])
+        .arg(&socket.path)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stderr = broker.stderr.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+    within("the broker to listen", async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("broker listening") {
+                return;
+            }
+        }
+        panic!("broker exited");
+    })
+    .await;
+
+    use futures::{SinkExt, StreamExt};
+    let stream = mcp_chat_tests::proto_client::connect_raw(&socket.path)
+        .await
+        .unwrap();
+    let mut transport = tokio_util::codec::Framed::new(stream, mcp_chat_proto::ClientCodec::new());
+    let _ = transport
+        .send(mcp_chat_tests::proto_client::hello(
+            mcp_chat_proto::PROTOCOL_VERSION,
+        ))
+        .await;
+    match within("refusal", transport.next()).await {
+        Some(Ok(mcp_chat_proto::BrokerMsg::Refused { code, message })) => {
+            assert_eq!(code, mcp_chat_proto::ErrorCode::WrongUser);
+            assert!(
+                message.contains("65534") && message.contains("uid 0"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a wrong_user refusal, got {other:?}"),
+    }
+}
+
+/// A socket directory owned by someone else is refused by the shim, which
+/// says why, and is not touched.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_socket_directory_owned_by_another_user_is_refused() {
+    use std::os::unix::fs::MetadataExt;
+    if mcp_chat_proto::socket_path::current_uid() != 0 {
+        eprintln!("skipped: needs root to create a directory owned by another user");
+        return;
+    }
+    let socket = TestSocket::new();
+    let dir = socket.path.parent().unwrap();
+    std::fs::create_dir(dir).unwrap();
+    std::os::unix::fs::chown(dir, Some(65534), Some(65534)).unwrap();
+    let a = McpClient::spawn(&socket.path).await;
+    let failure = a.fails("enter_queue", json!({})).await;
+    assert_eq!(failure["error"], "broker_unreachable");
+    let message = failure["message"].as_str().unwrap();
+    assert!(message.contains("belongs to uid 65534"), "{message}");
+    assert_eq!(std::fs::metadata(dir).unwrap().uid(), 65534, "left alone");
+}
