@@ -24,7 +24,9 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use mcp_chat_tests::mcp_client::matched_room;
-use mcp_chat_tests::{BrokerProcess, McpClient, TestSocket, bin_path, within};
+use mcp_chat_tests::{
+    BrokerProcess, McpClient, TestSocket, bin_path, interop_python, repo_root, within,
+};
 use rmcp::ServiceExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -365,26 +367,6 @@ async fn stdio_meets_http(stdio: &mut McpClient, http: &mut RawSession) -> Strin
 
 // --- the SDK interop tests ------------------------------------------------------------
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-fn python() -> PathBuf {
-    if let Some(python) = std::env::var_os("MCP_CHAT_TEST_PYTHON") {
-        return python.into();
-    }
-    let venv = repo_root().join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "{} is missing: run ./test.sh, which creates it with the official MCP SDK",
-        venv.display()
-    );
-    venv
-}
-
 /// The folder holding the TypeScript SDK, installed.
 fn node_interop_dir() -> PathBuf {
     let dir = repo_root().join("tests/interop/node");
@@ -426,7 +408,7 @@ async fn run_interop(mut command: Command, what: &str) {
 
 #[tokio::test]
 async fn python_sdk_http_client_chats_with_a_stdio_user() {
-    let mut command = Command::new(python());
+    let mut command = Command::new(interop_python());
     command.arg(repo_root().join("tests/interop/python/http_flow.py"));
     run_interop(command, "tests/interop/python/http_flow.py").await;
 }

@@ -20,16 +20,10 @@
 #![cfg(unix)]
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
-/// The repository root: this crate lives in `<root>/tests`.
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate sits inside the workspace")
-        .to_path_buf()
-}
+use mcp_chat_tests::repo_root;
 
 /// `target/install-e2e` of the target dir this test binary was built in
 /// (`target/<profile>/deps/<test>-<hash>`).

@@ -4,35 +4,13 @@
 
 #![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
-use std::path::PathBuf;
-
-use mcp_chat_tests::{AutoStartedBroker, TestSocket, bin_path, within};
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-fn python() -> PathBuf {
-    if let Some(python) = std::env::var_os("MCP_CHAT_TEST_PYTHON") {
-        return python.into();
-    }
-    let venv = repo_root().join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "{} is missing: run ./test.sh, which creates it with the official MCP SDK",
-        venv.display()
-    );
-    venv
-}
+use mcp_chat_tests::{AutoStartedBroker, TestSocket, bin_path, interop_python, repo_root, within};
 
 #[tokio::test]
 async fn python_sdk_default_client_runs_the_seed_flow() {
     let socket = TestSocket::new();
     let script = repo_root().join("tests/interop/python/seed_flow.py");
-    let run = tokio::process::Command::new(python())
+    let run = tokio::process::Command::new(interop_python())
         .arg(&script)
         .env("MCP_CHAT_BIN", bin_path("mcp-chat"))
         .env("MCP_CHAT_BROKER", bin_path("mcp-chat-broker"))

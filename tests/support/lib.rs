@@ -40,6 +40,29 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
+/// The repository root: this crate lives in `<root>/tests`.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate sits inside the workspace")
+        .to_owned()
+}
+
+/// A Python with the official MCP SDK: `MCP_CHAT_TEST_PYTHON`, else the
+/// `.venv` that `./test.sh` creates.
+pub fn interop_python() -> PathBuf {
+    if let Some(python) = std::env::var_os("MCP_CHAT_TEST_PYTHON") {
+        return python.into();
+    }
+    let venv = repo_root().join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "{} is missing: run ./test.sh, which creates it with the official MCP SDK",
+        venv.display()
+    );
+    venv
+}
+
 /// A private temporary directory holding one test's socket.
 pub struct TestSocket {
     pub dir: tempfile::TempDir,
