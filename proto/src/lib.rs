@@ -8,6 +8,8 @@
 //! - [`socket_path`]: where the broker listens, and the checks that keep
 //!   another user out of that directory.
 //! - [`error`]: the typed failures of all of the above.
+//! - `raw`: the one-pass reader behind `ClientMsg`'s `Deserialize`, which
+//!   keeps the broker's hot path off serde's tagged-enum buffering.
 //!
 //! This crate does no I/O policy: it never connects, spawns or retries.
 
@@ -15,6 +17,7 @@ pub mod codec;
 pub mod error;
 pub mod limits;
 pub mod message;
+mod raw;
 pub mod socket_path;
 
 pub use codec::{BrokerCodec, ClientCodec, JsonCodec};

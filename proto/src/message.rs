@@ -37,9 +37,14 @@ impl FromStr for RoomId {
     }
 }
 
-/// Shim → broker.
+/// Shim → broker. Read through `crate::raw`, which decodes each frame in
+/// one pass; written by the derive below.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(
+    tag = "type",
+    rename_all = "snake_case",
+    try_from = "crate::raw::RawClientMsg"
+)]
 pub enum ClientMsg {
     /// Must be the first frame on a connection.
     Hello {
