@@ -61,21 +61,21 @@ pub async fn run(socket: &Path, json: bool) -> anyhow::Result<()> {
         waiting: info.waiting,
         rooms: info.rooms,
     };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?); // stdout-ok
+    let text = if json {
+        serde_json::to_string_pretty(&report)?
     } else {
-        println!("socket:   {}", report.socket.display()); // stdout-ok
-        println!(
-            "broker:   pid {}, version {}, up {}",
+        format!(
+            "socket:   {}\nbroker:   pid {}, version {}, up {}\nsessions: {} online, {} waiting, {} rooms",
+            report.socket.display(),
             report.broker_pid,
             report.broker_version,
-            uptime(report.uptime_s)
-        ); // stdout-ok
-        println!(
-            "sessions: {} online, {} waiting, {} rooms",
-            report.sessions, report.waiting, report.rooms
-        ); // stdout-ok
-    }
+            uptime(report.uptime_s),
+            report.sessions,
+            report.waiting,
+            report.rooms
+        )
+    };
+    println!("{text}"); // stdout-ok
     Ok(())
 }
 

@@ -295,18 +295,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn all_with_no_client_found_changes_nothing() {
-        let dir = temp();
-        let config = dir.path().join("Claude").join("claude_desktop_config.json");
-        let clients = Clients {
-            desktop_config: Some(config.clone()),
-            desktop_explicit: false,
+    /// Clients as `register all` sees them with Claude Code absent.
+    fn desktop_only(config: &std::path::Path, explicit: bool) -> Clients {
+        Clients {
+            desktop_config: Some(config.to_owned()),
+            desktop_explicit: explicit,
             code: ClaudeCode {
                 program: None,
                 config: None,
             },
-        };
+        }
+    }
+
+    #[test]
+    fn all_with_no_client_found_changes_nothing() {
+        let dir = temp();
+        let config = dir.path().join("Claude").join("claude_desktop_config.json");
+        let clients = desktop_only(&config, false);
         register_all(&clients, CMD).unwrap();
         assert!(!config.exists());
         assert!(!config.parent().unwrap().exists());
@@ -317,14 +322,7 @@ mod tests {
         let dir = temp();
         let config = dir.path().join("Claude").join("claude_desktop_config.json");
         fs::create_dir(config.parent().unwrap()).unwrap();
-        let clients = Clients {
-            desktop_config: Some(config.clone()),
-            desktop_explicit: false,
-            code: ClaudeCode {
-                program: None,
-                config: None,
-            },
-        };
+        let clients = desktop_only(&config, false);
         register_all(&clients, CMD).unwrap();
         let found = read_registration("claude-desktop", &config)
             .unwrap()
@@ -337,14 +335,7 @@ mod tests {
         let dir = temp();
         let config = dir.path().join("c.json");
         fs::write(&config, "{oops").unwrap();
-        let clients = Clients {
-            desktop_config: Some(config.clone()),
-            desktop_explicit: true,
-            code: ClaudeCode {
-                program: None,
-                config: None,
-            },
-        };
+        let clients = desktop_only(&config, true);
         let error = register_all(&clients, CMD).unwrap_err().to_string();
         assert!(error.starts_with("Claude Desktop: "), "{error}");
         assert!(error.contains("line 1"), "{error}");
