@@ -221,6 +221,11 @@ async fn pump(
                         return Ended::Dropped;
                     }
                 }
+                Some(Ok(ClientMsg::Ack { seq })) => {
+                    if !hub.send(Command::Ack { session, connection, seq }).await {
+                        return Ended::Dropped;
+                    }
+                }
                 // Without an id there is nobody to answer; a newer client's
                 // notice we do not understand is safe to skip.
                 Some(Ok(ClientMsg::Unknown | ClientMsg::Hello { .. })) => {

@@ -31,6 +31,12 @@ pub(crate) enum Command {
         session: SessionId,
         connection: ConnectionId,
     },
+    /// The client holds every event up to `seq`.
+    Ack {
+        session: SessionId,
+        connection: ConnectionId,
+        seq: u64,
+    },
     /// The connection closed: the client is gone.
     Disconnected {
         session: SessionId,
@@ -151,6 +157,11 @@ fn handle(state: &mut State, command: Command) {
             session,
             connection,
         } => state.alive(session, connection),
+        Command::Ack {
+            session,
+            connection,
+            seq,
+        } => state.ack(session, connection, seq),
         Command::Disconnected {
             session,
             connection,

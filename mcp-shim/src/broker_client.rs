@@ -25,6 +25,10 @@ use crate::events::EventLog;
 /// How long the broker may take to answer `Hello`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Events received between acknowledgements, so the broker's replay buffer
+/// for this session stays small.
+const ACK_EVERY: u64 = 32;
+
 /// Requests queued for the connection task before callers wait.
 const REQUEST_CAPACITY: usize = 64;
 
@@ -277,9 +281,19 @@ async fn run(
                     last_seq = seq;
                     events.ingest(event).await;
                     received_seq.store(seq, Ordering::Release);
+                    // Safely logged: the broker need not keep it for a resume.
+                    if seq % ACK_EVERY == 0
+                        && let Err(e) = transport.send(ClientMsg::Ack { seq }).await
+                    {
+                        break Some(format!("write failed: {e}"));
+                    }
                 }
                 Some(Ok(BrokerMsg::Ping { nonce })) => {
-                    if let Err(e) = transport.send(ClientMsg::Pong { nonce }).await {
+                    let answered = async {
+                        transport.feed(ClientMsg::Pong { nonce }).await?;
+                        transport.send(ClientMsg::Ack { seq: last_seq }).await
+                    };
+                    if let Err(e) = answered.await {
                         break Some(format!("write failed: {e}"));
                     }
                 }

@@ -60,6 +60,9 @@ pub enum ClientMsg {
     Request { id: u64, request: Request },
     /// Answers [`BrokerMsg::Ping`], proving the client is alive.
     Pong { nonce: u64 },
+    /// Every event up to `seq` is safely in the client's hands, so the
+    /// broker may stop keeping them for a resume.
+    Ack { seq: u64 },
     #[serde(other)]
     Unknown,
 }

@@ -16,6 +16,7 @@ enum ClientKind {
     Hello,
     Request,
     Pong,
+    Ack,
     #[serde(other)]
     Unknown,
 }
@@ -44,6 +45,7 @@ pub(crate) struct RawClientMsg {
     id: Option<u64>,
     request: Option<RawRequest>,
     nonce: Option<u64>,
+    seq: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -75,6 +77,9 @@ impl TryFrom<RawClientMsg> for ClientMsg {
             },
             ClientKind::Pong => Self::Pong {
                 nonce: required(raw.nonce, "nonce")?,
+            },
+            ClientKind::Ack => Self::Ack {
+                seq: required(raw.seq, "seq")?,
             },
             ClientKind::Unknown => Self::Unknown,
         })
@@ -138,6 +143,7 @@ mod tests {
             round_trip(ClientMsg::Request { id: 9, request });
         }
         round_trip(ClientMsg::Pong { nonce: 4 });
+        round_trip(ClientMsg::Ack { seq: 5 });
     }
 
     #[test]

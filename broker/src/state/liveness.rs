@@ -40,6 +40,20 @@ impl Replay {
         }
     }
 
+    #[cfg(test)]
+    pub(super) fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Forgets events the client has acknowledged.
+    fn forget_through(&mut self, seq: u64) {
+        while self.events.front().is_some_and(|(kept, _)| *kept <= seq) {
+            if let Some((_, old)) = self.events.pop_front() {
+                self.bytes -= text_len(&old);
+            }
+        }
+    }
+
     /// Everything after `last_seq`, or `None` if part of it is gone.
     fn after(&self, last_seq: u64, next_seq: u64) -> Option<Vec<(u64, Event)>> {
         if last_seq + 1 == next_seq {
@@ -135,6 +149,15 @@ impl State {
         );
         // A detached waiter is skipped by matching; others may pair now.
         self.try_match();
+    }
+
+    /// The client holds every event up to `seq`: no need to keep them.
+    pub(crate) fn ack(&mut self, session: SessionId, connection: ConnectionId, seq: u64) {
+        if self.is_current(session, connection)
+            && let Some(s) = self.sessions.get_mut(&session)
+        {
+            s.replay.forget_through(seq);
+        }
     }
 
     /// The client answered a ping.

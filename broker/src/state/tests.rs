@@ -499,3 +499,27 @@ async fn a_frozen_waiter_is_never_matched() {
         "no chatroom.found for the frozen one"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn acknowledged_events_are_not_kept_for_a_resume() {
+    let mut state = new_state(100);
+    let (a, mut b, room_id) = pair(&mut state);
+    for i in 0..10 {
+        ask(&mut state, &mut b, send(room_id, &format!("{i}")));
+    }
+    // a holds everything up to seq 11 (chatroom.found + 10 messages).
+    state.ack(a.id, a.connection, 11);
+    assert!(state.sessions[&a.id].replay.is_empty());
+    state.unresponsive(a.id, a.connection);
+    ask(&mut state, &mut b, send(room_id, "later"));
+    let (h, mut rx, _kick) = handle(16);
+    let claim = mcp_chat_proto::Resume {
+        token: a.token,
+        last_seq: 11,
+    };
+    assert!(state.register(h, Some(claim)).unwrap().resumed);
+    assert!(matches!(
+        rx.try_recv(),
+        Ok(BrokerMsg::Event { seq: 12, .. })
+    ));
+}
