@@ -92,7 +92,9 @@ async fn leave_notifies_partner_and_both_can_reenter() {
         b.next_event().await,
         Event::PartnerDisconnected {
             room_id,
-            reason: DisconnectReason::Left
+            reason: DisconnectReason::Left,
+            undelivered: 0,
+            unconfirmed: 0,
         }
     );
     assert_eq!(
@@ -121,7 +123,9 @@ async fn disconnect_notifies_partner_and_cleans_queue() {
         b.next_event().await,
         Event::PartnerDisconnected {
             room_id,
-            reason: DisconnectReason::Disconnected
+            reason: DisconnectReason::Disconnected,
+            undelivered: 0,
+            unconfirmed: 0,
         }
     );
     let mut waiter = ProtoClient::connect(&socket.path).await;
@@ -346,7 +350,9 @@ async fn sigterm_tells_everyone_and_removes_the_socket() {
             client.next_event().await,
             Event::PartnerDisconnected {
                 room_id,
-                reason: DisconnectReason::Shutdown
+                reason: DisconnectReason::Shutdown,
+                undelivered: 0,
+                unconfirmed: 0,
             }
         );
         assert_eq!(client.next_event().await, Event::Shutdown);
@@ -434,48 +440,71 @@ async fn two_hundred_pairs_fifty_messages_each_nothing_lost() {
 }
 
 #[tokio::test]
-async fn a_client_that_stops_reading_is_dropped_and_its_partner_told() {
+async fn a_client_that_stops_reading_is_ended_and_its_partner_told_exactly_what_it_missed() {
     let socket = TestSocket::new();
-    // Unthrottled: this test is about load, not the per-session rate limit.
-    let _broker = BrokerProcess::start(&socket.path, &["--message-rate", "0"]).await;
-    let (mut a, b, room_id) = matched_pair(&socket.path).await;
-    // b never reads again. Fill the socket buffers and b's outbox with large
-    // messages until the broker gives up on b.
+    // Unthrottled: this test is about load, not the per-session rate limits.
+    let _broker =
+        BrokerProcess::start(&socket.path, &["--message-rate", "0", "--byte-rate", "0"]).await;
+    let (mut a, mut b, room_id) = matched_pair(&socket.path).await;
+    // b never reads (or acknowledges) until the end. Send large messages
+    // until the broker gives up on b.
     let filler = "x".repeat(MAX_MESSAGE_BYTES);
-    let partner_gone = 'sending: loop {
+    let mut sent = 0u64;
+    let mut gone = None;
+    while gone.is_none() {
         let id = a
             .send_request(Request::SendMessage {
                 room_id,
                 message: filler.clone(),
             })
             .await;
-        let mut event = None;
         loop {
             match a.next_frame().await {
                 Some(Ok(BrokerMsg::Response { id: got, reply })) if got == id => {
-                    // The notice is queued right behind the reply to the
-                    // message that overflowed b, so the next send already
-                    // finds the partner gone.
-                    if let Some(event) = event {
-                        assert_eq!(error_code(reply), ErrorCode::PartnerGone);
-                        break 'sending event;
+                    match reply {
+                        Reply::Sent => sent += 1,
+                        other => assert_eq!(error_code(other), ErrorCode::PartnerGone),
                     }
-                    assert_eq!(reply, Reply::Sent);
                     break;
                 }
-                Some(Ok(BrokerMsg::Event { event: e, .. })) => event = Some(e),
+                Some(Ok(BrokerMsg::Event { event, .. })) => gone = Some(event),
                 other => panic!("{other:?}"),
             }
         }
+    }
+    let Some(Event::PartnerDisconnected {
+        room_id: gone_room,
+        reason: DisconnectReason::Disconnected,
+        undelivered,
+        unconfirmed,
+    }) = gone
+    else {
+        panic!("{gone:?}");
     };
-    assert_eq!(
-        partner_gone,
-        Event::PartnerDisconnected {
-            room_id,
-            reason: DisconnectReason::Disconnected
+    assert_eq!(gone_room, room_id);
+    // Now b reads what reached its socket before the broker closed it.
+    let mut received = 0u64;
+    loop {
+        match b.next_frame().await {
+            Some(Ok(BrokerMsg::Event {
+                event: Event::MessageReceived { .. },
+                ..
+            })) => received += 1,
+            Some(Ok(_)) => {}
+            // The end of the stream, or a frame cut off part way.
+            None | Some(Err(_)) => break,
         }
+    }
+    assert!(received > 0 && undelivered > 0, "{received} {undelivered}");
+    assert_eq!(
+        sent,
+        received + undelivered,
+        "every message answered sent was delivered or reported"
     );
-    drop(b);
+    assert_eq!(
+        unconfirmed, received,
+        "written but never acknowledged: exactly what b read afterwards"
+    );
     // a itself is fine, and nothing else was queued for it: the ping's
     // reply is the very next frame.
     let ping = a.send_request(Request::Ping).await;

@@ -450,7 +450,9 @@ impl Client {
                     self.fin_received = true;
                 }
             }
-            Event::PartnerDisconnected { room_id, reason } => {
+            Event::PartnerDisconnected {
+                room_id, reason, ..
+            } => {
                 assert_eq!(
                     reason,
                     DisconnectReason::Left,

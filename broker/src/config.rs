@@ -9,7 +9,7 @@ pub struct Config {
     /// Connections beyond this are refused with `broker_full`.
     pub max_sessions: usize,
     /// Frames buffered for one session before it counts as a slow consumer
-    /// and is disconnected. Large enough for any burst a live client reads.
+    /// and is detached. Large enough for any burst a live client reads.
     pub outbox_capacity: usize,
     /// How long a new connection may take to send its `Hello`.
     pub handshake_timeout: Duration,
@@ -19,6 +19,31 @@ pub struct Config {
     /// Per-session `send_message` limit; `None` lets a session send as fast
     /// as it likes (benchmarks and load tests).
     pub send_limit: Option<SendLimit>,
+    /// Per-session limit on bytes of message text, beside `send_limit`:
+    /// 20 short messages a second are a conversation, 20 of 16 KiB a flood
+    /// of a model's context. `None` lifts it.
+    pub byte_limit: Option<SendLimit>,
+}
+
+/// Bytes of message text one session may send per second, sustained.
+pub const BYTES_PER_SECOND: f64 = 64.0 * 1024.0;
+/// Bytes of message text one session may send in a burst.
+pub const BYTE_BURST: f64 = 256.0 * 1024.0;
+
+/// Outbox frames beyond the replay buffer's events: room for the replies
+/// and pings between them. Events alone never fill an outbox (see the
+/// replay buffer in `state::liveness`), so an overflow means a client that
+/// sends requests without reading the answers.
+pub const OUTBOX_HEADROOM: usize = 64;
+
+impl SendLimit {
+    /// The default byte limit (see [`Config::byte_limit`]).
+    pub fn bytes() -> Self {
+        Self {
+            per_second: BYTES_PER_SECOND,
+            burst: BYTE_BURST,
+        }
+    }
 }
 
 /// A token bucket: `burst` messages at once, then `per_second` sustained.
@@ -92,11 +117,12 @@ impl Default for Config {
         Self {
             idle_exit: None,
             max_sessions: 50_000,
-            outbox_capacity: 1024,
+            outbox_capacity: crate::state::REPLAY_EVENTS + OUTBOX_HEADROOM,
             handshake_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(3),
             liveness: Liveness::default(),
             send_limit: Some(SendLimit::default()),
+            byte_limit: Some(SendLimit::bytes()),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use interprocess::local_socket::tokio::Stream;
-use mcp_chat_proto::{BrokerCodec, BrokerMsg, ClientMsg, CodecError, ErrorCode, PROTOCOL_VERSION};
+use mcp_chat_proto::{BrokerMsg, ClientMsg, CodecError, ErrorCode, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::config::Liveness;
 use crate::hub::{Command, Hub};
+use crate::ledger::{CountingCodec, Ledger};
 use crate::state::{Admitted, SessionHandle};
 
 /// Frames written per flush at most, so one busy session cannot starve its
@@ -25,7 +26,7 @@ const READ_BUFFER: usize = 1024;
 /// Bytes written before a flush is forced.
 const WRITE_BATCH_BYTES: usize = 8 * 1024;
 
-type Transport = Framed<Stream, BrokerCodec>;
+type Transport = Framed<Stream, CountingCodec>;
 
 pub(crate) struct ConnectionSettings {
     pub(crate) handshake_timeout: Duration,
@@ -44,13 +45,13 @@ pub(crate) async fn serve(
 ) {
     if let Err(refusal) = check_peer(&stream) {
         tracing::warn!(reason = %refusal.1, "refusing connection");
-        refuse(&mut Framed::new(stream, BrokerCodec::new()), refusal).await;
+        refuse(&mut Framed::new(stream, CountingCodec::default()), refusal).await;
         return;
     }
     // A small read buffer: it stays resident for every idle connection, and
     // 10,000 sessions of the default 8 KiB add up. The write side still
     // batches up to 8 KiB before it pushes back, so throughput is unchanged.
-    let mut transport = Framed::with_capacity(stream, BrokerCodec::new(), READ_BUFFER);
+    let mut transport = Framed::with_capacity(stream, CountingCodec::default(), READ_BUFFER);
     transport.set_backpressure_boundary(WRITE_BATCH_BYTES);
     let hello = tokio::select! {
         () = hard_stop.cancelled() => return,
@@ -83,7 +84,9 @@ pub(crate) async fn serve(
         connection,
         resume_token,
         resumed,
+        written,
     } = admitted;
+    let mut ledger = Ledger::new(written);
     let span = tracing::debug_span!("session", session, client = %client_name);
     let welcome = BrokerMsg::Welcome {
         protocol: PROTOCOL_VERSION,
@@ -105,9 +108,12 @@ pub(crate) async fn serve(
     async {
         tracing::debug!(resumed, "session started");
         let ended = match transport.send(welcome).await {
-            Ok(()) => pump(&mut transport, &link, inbox).await,
+            Ok(()) => pump(&mut transport, &link, inbox, &mut ledger).await,
             Err(e) => Ended::Failed(e),
         };
+        // Before the hub hears that this connection ended: its notice is
+        // the hub's sign that `written` is final.
+        ledger.finish(transport.codec().encoded(), transport.write_buffer().len());
         let notice = match ended {
             Ended::Unresponsive => {
                 tracing::warn!("client stopped answering pings; dropping its connection");
@@ -164,6 +170,7 @@ async fn pump(
     transport: &mut Transport,
     link: &Link<'_>,
     mut inbox: mpsc::Receiver<BrokerMsg>,
+    ledger: &mut Ledger,
 ) -> Ended {
     let (session, connection, hub, kick) = (link.session, link.connection, link.hub, link.kick);
     // Heartbeat: one timer ticks every interval. A tick with no frame since
@@ -201,7 +208,7 @@ async fn pump(
                 let Some(first) = outgoing else { return Ended::Dropped };
                 let written = tokio::select! {
                     () = kick.cancelled() => return Ended::Dropped,
-                    written = write_batch(transport, first, &mut inbox) => written,
+                    written = write_batch(transport, first, &mut inbox, ledger) => written,
                 };
                 if let Err(e) = written {
                     return Ended::Failed(e);
@@ -239,20 +246,40 @@ async fn pump(
     }
 }
 
-/// Writes `first` and whatever else is already queued, then flushes once.
+/// Writes `first` and whatever else is already queued, then flushes once,
+/// noting each event's frame in the ledger.
 async fn write_batch(
     transport: &mut Transport,
     first: BrokerMsg,
     inbox: &mut mpsc::Receiver<BrokerMsg>,
+    ledger: &mut Ledger,
 ) -> Result<(), CodecError> {
-    transport.feed(first).await?;
+    feed(transport, first, ledger).await?;
     for _ in 1..MAX_BATCH {
         match inbox.try_recv() {
-            Ok(msg) => transport.feed(msg).await?,
+            Ok(msg) => feed(transport, msg, ledger).await?,
             Err(_) => break,
         }
     }
-    transport.flush().await
+    transport.flush().await?;
+    ledger.flushed();
+    Ok(())
+}
+
+async fn feed(
+    transport: &mut Transport,
+    msg: BrokerMsg,
+    ledger: &mut Ledger,
+) -> Result<(), CodecError> {
+    let seq = match &msg {
+        BrokerMsg::Event { seq, .. } => Some(*seq),
+        _ => None,
+    };
+    transport.feed(msg).await?;
+    if let Some(seq) = seq {
+        ledger.fed(transport.codec().encoded(), seq);
+    }
+    Ok(())
 }
 
 /// The client's name and resume claim from a valid `Hello`.

@@ -50,6 +50,13 @@ pub(crate) enum Command {
     Shutdown,
 }
 
+/// Per-session sending limits (see [`crate::config::Config`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Limits {
+    pub(crate) messages: Option<SendLimit>,
+    pub(crate) bytes: Option<SendLimit>,
+}
+
 /// A cheap handle connection tasks use to reach the hub.
 #[derive(Clone, Debug)]
 pub(crate) struct Hub {
@@ -62,12 +69,12 @@ impl Hub {
     pub(crate) fn spawn(
         max_sessions: usize,
         liveness: Liveness,
-        send_limit: Option<SendLimit>,
+        limits: Limits,
         idle_exit: Option<Duration>,
         idle: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (commands, rx) = mpsc::channel(COMMAND_CAPACITY);
-        let state = State::new(max_sessions, liveness, send_limit);
+        let state = State::new(max_sessions, liveness, limits.messages, limits.bytes);
         let task = tokio::spawn(run(state, rx, idle_exit, idle));
         (Self { commands }, task)
     }
@@ -202,7 +209,7 @@ mod tests {
         let (hub, _task) = Hub::spawn(
             10,
             Liveness::default(),
-            None,
+            Limits::default(),
             Some(Duration::from_secs(60)),
             idle.clone(),
         );
@@ -226,7 +233,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn no_idle_exit_when_disabled() {
         let idle = CancellationToken::new();
-        let (_hub, _task) = Hub::spawn(10, Liveness::default(), None, None, idle.clone());
+        let (_hub, _task) = Hub::spawn(
+            10,
+            Liveness::default(),
+            Limits::default(),
+            None,
+            idle.clone(),
+        );
         tokio::time::sleep(Duration::from_secs(86_400)).await;
         assert!(!idle.is_cancelled());
     }

@@ -6,6 +6,8 @@
 //! - [`server`]: the accept loop, connection limits and graceful shutdown.
 //! - `connection`: one task per client: peer uid check, `Hello` handshake,
 //!   then decode → forward to the hub, and hub → encode.
+//! - `ledger`: how far each connection has written, so that a message
+//!   answered `sent` is either delivered or reported.
 //! - `hub`: the one task that owns all chat state, fed by a channel.
 //! - `state`: that state and its rules (FIFO matching, rooms, relay), pure and
 //!   synchronous, so it is tested without sockets.
@@ -14,6 +16,7 @@
 pub mod config;
 mod connection;
 mod hub;
+mod ledger;
 pub mod listener;
 pub mod server;
 mod state;

@@ -39,6 +39,14 @@ struct Args {
     /// Messages one session may send in a burst before the rate applies.
     #[arg(long, value_name = "N", default_value_t = SendLimit::default().burst)]
     message_burst: f64,
+    /// Bytes of message text one session may send per second; 0 removes the
+    /// limit.
+    #[arg(long, value_name = "BYTES", default_value_t = SendLimit::bytes().per_second)]
+    byte_rate: f64,
+    /// Bytes of message text one session may send in a burst before the rate
+    /// applies.
+    #[arg(long, value_name = "BYTES", default_value_t = SendLimit::bytes().burst)]
+    byte_burst: f64,
     /// Heartbeat interval in milliseconds; the resume grace and the other
     /// liveness timers scale with it. For tests and diagnosis.
     #[arg(long, value_name = "MS", hide = true)]
@@ -90,6 +98,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         send_limit: (args.message_rate > 0.0).then_some(SendLimit {
             per_second: args.message_rate,
             burst: args.message_burst.max(1.0),
+        }),
+        byte_limit: (args.byte_rate > 0.0).then_some(SendLimit {
+            per_second: args.byte_rate,
+            // One message of the largest size must always fit.
+            burst: args
+                .byte_burst
+                .max(mcp_chat_proto::MAX_MESSAGE_BYTES as f64),
         }),
         ..Config::default()
     };

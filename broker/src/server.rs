@@ -25,7 +25,10 @@ pub async fn run(listener: BoundListener, shutdown: impl Future<Output = ()>, co
     let (hub, hub_task) = Hub::spawn(
         config.max_sessions,
         config.liveness,
-        config.send_limit,
+        crate::hub::Limits {
+            messages: config.send_limit,
+            bytes: config.byte_limit,
+        },
         config.idle_exit,
         idle.clone(),
     );

@@ -203,6 +203,16 @@ pub enum Event {
     PartnerDisconnected {
         room_id: RoomId,
         reason: DisconnectReason,
+        /// Messages this session sent that never left the broker for the
+        /// partner: each was answered `sent`, and this is the report that it
+        /// was not delivered. 0 when all were.
+        #[serde(default)]
+        undelivered: u64,
+        /// Messages written to the partner's socket that its client never
+        /// acknowledged (it froze or exited right after): they may or may
+        /// not have been read.
+        #[serde(default)]
+        unconfirmed: u64,
     },
     /// The broker is going away; the connection closes after this.
     Shutdown,
@@ -349,12 +359,27 @@ mod tests {
             event: Event::PartnerDisconnected {
                 room_id,
                 reason: DisconnectReason::Left,
+                undelivered: 2,
+                unconfirmed: 1,
             },
         };
         assert_eq!(
             serde_json::to_value(&event).unwrap(),
-            json!({"type":"event","seq":3,"event":{"event":"partner_disconnected","room_id":room_id.to_string(),"reason":"left"}})
+            json!({"type":"event","seq":3,"event":{"event":"partner_disconnected","room_id":room_id.to_string(),"reason":"left","undelivered":2,"unconfirmed":1}})
         );
+        // A broker of the previous release sends no counts: zero.
+        let old: Event = serde_json::from_value(
+            json!({"event":"partner_disconnected","room_id":room_id.to_string(),"reason":"left"}),
+        )
+        .unwrap();
+        assert!(matches!(
+            old,
+            Event::PartnerDisconnected {
+                undelivered: 0,
+                unconfirmed: 0,
+                ..
+            }
+        ));
         let status = Reply::Status(StatusInfo {
             broker_version: "1".into(),
             pid: 1,

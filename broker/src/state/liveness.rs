@@ -7,21 +7,36 @@
 //! resume grace, events for it wait in its replay buffer, and a client that
 //! reconnects with its resume token gets them in order. Past the grace, the
 //! partner is told.
+//!
+//! The replay buffer holds every event the client has not acknowledged, up
+//! to [`REPLAY_EVENTS`] / [`REPLAY_BYTES`]. Past that it lets go of the
+//! oldest events that were already written whole to the socket (counted,
+//! for the partner, as unconfirmed). It never lets go of an unwritten one:
+//! those are exactly what the outbox (and a blocked write) still holds, so
+//! the buffer's byte cap is also the cap on the outbox's event bytes, and
+//! the outbox's frame capacity is sized above [`REPLAY_EVENTS`] so that
+//! events alone never overflow it. When the buffer is full of unwritten
+//! events the client is neither reading nor acknowledging: the session is
+//! doomed and its partner told exactly what did not arrive.
 
 use std::collections::VecDeque;
 
-use mcp_chat_proto::{BrokerMsg, DisconnectReason, Event, Resume};
+use mcp_chat_proto::{BrokerMsg, DisconnectReason, Event, Resume, RoomId};
 use tokio::time::Instant;
 
-use super::{Admitted, ConnectionId, Place, SessionHandle, SessionId, State};
+use super::{Admitted, ConnectionId, Place, SessionHandle, SessionId, State, Tally};
 
-/// Events kept for replay, at most. A client that is further behind than
-/// this cannot resume without a gap, so it is refused and starts afresh.
-const REPLAY_EVENTS: usize = 256;
-/// Bytes of message text kept for replay, at most.
-const REPLAY_BYTES: usize = 1024 * 1024;
+/// Unacknowledged events kept for replay, at most.
+pub(crate) const REPLAY_EVENTS: usize = 1024;
+/// Bytes of unacknowledged message text kept for replay, at most.
+pub(crate) const REPLAY_BYTES: usize = 1024 * 1024;
 
-/// The most recent events of one session, for resuming without a gap.
+/// The buffer is full of events not yet written to the client.
+#[derive(Debug)]
+pub(super) struct Overflow;
+
+/// The unacknowledged events of one session, for resuming without a gap and
+/// for counting what a partner's messages came to.
 #[derive(Debug, Default)]
 pub(super) struct Replay {
     events: VecDeque<(u64, Event)>,
@@ -29,15 +44,44 @@ pub(super) struct Replay {
 }
 
 impl Replay {
-    pub(super) fn keep(&mut self, seq: u64, event: &Event) {
-        self.bytes += text_len(event);
-        self.events.push_back((seq, event.clone()));
-        while self.events.len() > REPLAY_EVENTS || self.bytes > REPLAY_BYTES {
-            match self.events.pop_front() {
-                Some((_, old)) => self.bytes -= text_len(&old),
+    /// Keeps `event`, letting go of the oldest events written up to
+    /// `written` if it must (tallied as unconfirmed when they are messages
+    /// of `room`). Refuses, keeping nothing, when only unwritten events
+    /// are left to let go.
+    pub(super) fn keep(
+        &mut self,
+        seq: u64,
+        event: &Event,
+        written: u64,
+        room: Option<RoomId>,
+        tally: &mut Tally,
+    ) -> Result<(), Overflow> {
+        let len = text_len(event);
+        while self.events.len() >= REPLAY_EVENTS || self.bytes + len > REPLAY_BYTES {
+            match self.events.front() {
+                Some((oldest, _)) if *oldest <= written => {
+                    if let Some((_, old)) = self.events.pop_front() {
+                        self.bytes -= text_len(&old);
+                        if matches!(old, Event::MessageReceived { room_id, .. } if Some(room_id) == room)
+                        {
+                            tally.unconfirmed += 1;
+                        }
+                    }
+                }
+                Some(_) => return Err(Overflow),
+                // Empty, yet one event is over the byte cap: it cannot be
+                // (messages are capped far lower), but keep it rather than
+                // lose it.
                 None => break,
             }
         }
+        self.bytes += len;
+        self.events.push_back((seq, event.clone()));
+        Ok(())
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (u64, &Event)> {
+        self.events.iter().map(|(seq, event)| (*seq, event))
     }
 
     #[cfg(test)]
@@ -46,7 +90,7 @@ impl Replay {
     }
 
     /// Forgets events the client has acknowledged.
-    fn forget_through(&mut self, seq: u64) {
+    pub(super) fn forget_through(&mut self, seq: u64) {
         while self.events.front().is_some_and(|(kept, _)| *kept <= seq) {
             if let Some((_, old)) = self.events.pop_front() {
                 self.bytes -= text_len(&old);
@@ -54,13 +98,18 @@ impl Replay {
         }
     }
 
-    /// Everything after `last_seq`, or `None` if part of it is gone.
+    /// Everything after `last_seq`, or `None` if part of it is gone (or the
+    /// claim names events this session never had).
     fn after(&self, last_seq: u64, next_seq: u64) -> Option<Vec<(u64, Event)>> {
-        if last_seq + 1 == next_seq {
+        let first_missed = last_seq.checked_add(1)?;
+        if first_missed == next_seq {
             return Some(Vec::new());
         }
+        if first_missed > next_seq {
+            return None;
+        }
         let oldest = self.events.front()?.0;
-        (oldest <= last_seq + 1).then(|| {
+        (oldest <= first_missed).then(|| {
             self.events
                 .iter()
                 .filter(|(seq, _)| *seq > last_seq)
@@ -91,7 +140,12 @@ impl State {
         let Some(s) = self.sessions.get(&session) else {
             return Err(handle);
         };
-        let Some(missed) = s.replay.after(claim.last_seq, s.next_seq) else {
+        let missed = if s.doomed {
+            None
+        } else {
+            s.replay.after(claim.last_seq, s.next_seq)
+        };
+        let Some(missed) = missed else {
             tracing::warn!(session, "resume refused: missed events no longer kept");
             self.remove_session(session, DisconnectReason::Disconnected);
             return Err(handle);
@@ -105,39 +159,54 @@ impl State {
             old.kick.cancel();
         }
         s.connection = connection;
+        s.connection_done = false;
         s.detached_until = None;
         s.last_seen = Instant::now();
         s.probe_deadline = None;
+        // The client has everything through `last_seq`: that is both
+        // written and acknowledged.
+        s.written.advance_to(claim.last_seq);
+        s.replay.forget_through(claim.last_seq);
         let resume_token = s.resume_token.clone();
+        let written = s.written.clone();
         tracing::info!(session, replayed = missed.len(), "session resumed");
         for (seq, event) in missed {
             self.deliver(session, BrokerMsg::Event { seq, event });
         }
         self.try_match();
-        self.drop_slow_consumers();
+        self.detach_slow_consumers();
         Ok(Admitted {
             session,
             connection,
             resume_token,
             resumed: true,
+            written,
         })
     }
 
-    /// The connection stopped answering: keep the session for a resume.
+    /// The connection stopped answering (and has ended, publishing how far
+    /// it wrote): keep the session for a resume.
     pub(crate) fn unresponsive(&mut self, session: SessionId, connection: ConnectionId) {
         if self.is_current(session, connection) {
             self.detach(session);
+            if let Some(s) = self.sessions.get_mut(&session) {
+                s.connection_done = true;
+            }
+            self.end_if_doomed(session);
         }
     }
 
-    fn detach(&mut self, session: SessionId) {
+    pub(super) fn detach(&mut self, session: SessionId) {
         let grace = self.liveness.resume_grace;
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };
-        if let Some(handle) = s.handle.take() {
-            handle.kick.cancel();
-        }
+        let Some(handle) = s.handle.take() else {
+            return;
+        };
+        handle.kick.cancel();
+        // Its final `written` arrives with the connection's own notice.
+        s.connection_done = false;
         let until = Instant::now() + grace;
         s.detached_until = Some(until);
         s.probe_deadline = None;
@@ -151,11 +220,14 @@ impl State {
         self.try_match();
     }
 
-    /// The client holds every event up to `seq`: no need to keep them.
+    /// The client holds every event up to `seq`: no need to keep them. A
+    /// claim beyond what was sent is held to what was sent.
     pub(crate) fn ack(&mut self, session: SessionId, connection: ConnectionId, seq: u64) {
         if self.is_current(session, connection)
             && let Some(s) = self.sessions.get_mut(&session)
         {
+            let seq = seq.min(s.next_seq.saturating_sub(1));
+            s.written.advance_to(seq);
             s.replay.forget_through(seq);
         }
     }
@@ -170,7 +242,7 @@ impl State {
             let was_probed = s.probe_deadline.take().is_some();
             if was_probed && s.place == Place::Waiting {
                 self.try_match();
-                self.drop_slow_consumers();
+                self.detach_slow_consumers();
             }
         }
     }
@@ -202,7 +274,7 @@ impl State {
                 self.detach(session);
             }
         }
-        self.drop_slow_consumers();
+        self.detach_slow_consumers();
     }
 
     /// Whether a session can be matched right now without a ping first.

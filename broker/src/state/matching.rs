@@ -3,11 +3,14 @@
 use mcp_chat_proto::{ErrorCode, Event, Reply, RoomId};
 use tokio::time::Instant;
 
-use super::{Place, Room, SessionId, State};
+use super::{Place, Room, SessionId, State, Tally};
 
 impl State {
     pub(super) fn enter_queue(&mut self, session: SessionId) -> Reply {
-        match self.sessions[&session].place {
+        let Some(place) = self.sessions.get(&session).map(|s| s.place) else {
+            return Reply::error(ErrorCode::UnknownRequest, "no such session");
+        };
+        match place {
             Place::Waiting => return self.waiting_reply(session),
             Place::InRoom(room_id) if self.partner_of(session, room_id).is_some() => {
                 return Reply::error(
@@ -25,8 +28,8 @@ impl State {
         self.set_place(session, Place::Waiting);
         self.queue.push_back(session);
         self.try_match();
-        match self.sessions[&session].place {
-            Place::InRoom(room_id) => Reply::Matched { room_id },
+        match self.sessions.get(&session).map(|s| s.place) {
+            Some(Place::InRoom(room_id)) => Reply::Matched { room_id },
             _ => self.waiting_reply(session),
         }
     }
@@ -75,6 +78,7 @@ impl State {
                 members: vec![first, second],
             },
         );
+        self.full_rooms += 1;
         for member in [first, second] {
             self.set_place(member, Place::InRoom(room_id));
             self.emit(member, Event::ChatroomFound { room_id });
@@ -86,6 +90,8 @@ impl State {
     pub(super) fn set_place(&mut self, session: SessionId, place: Place) {
         if let Some(s) = self.sessions.get_mut(&session) {
             s.place = place;
+            // Delivery counts are per room.
+            s.tally = Tally::default();
         }
     }
 }

@@ -2,7 +2,15 @@
 //! so every operation (a match pops two sessions and opens a room) is atomic
 //! without a lock. Nothing here awaits: outgoing frames are `try_send`-ed to
 //! each session's bounded outbox, and a full outbox marks that session as a
-//! slow consumer to be dropped once the current command is done.
+//! slow consumer to be detached once the current command is done.
+//!
+//! `sent` means delivered or reported: every event a session is sent stays in
+//! its replay buffer until its client acknowledges it, and the connection
+//! task publishes how far it has written (`Written`). When a session ends in
+//! a room, its partner's `partner.disconnected` counts the partner's
+//! messages that never left the broker (`undelivered`) and those written to
+//! the socket but never acknowledged (`unconfirmed`). See `liveness` for how
+//! the buffer, the outbox and slow consumers fit together.
 //!
 //! - `matching`: the FIFO queue, and pinging quiet waiters before matching.
 //! - `rooms`: relaying messages (rate limited) and leaving.
@@ -15,6 +23,8 @@ mod rate;
 mod rooms;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use mcp_chat_proto::{
     BrokerMsg, DisconnectReason, ErrorCode, Event, Reply, Request, RoomId, StatusInfo,
@@ -25,6 +35,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Liveness, SendLimit};
+pub(crate) use liveness::REPLAY_EVENTS;
 use liveness::Replay;
 use rate::TokenBucket;
 
@@ -42,13 +53,30 @@ pub(crate) struct SessionHandle {
     pub(crate) kick: CancellationToken,
 }
 
+/// The highest event `seq` a session's connections have written whole to
+/// the client's socket. The connection task is its only writer (after each
+/// flush, and exactly when it ends); the hub reads it when a session ends.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Written(Arc<AtomicU64>);
+
+impl Written {
+    pub(crate) fn advance_to(&self, seq: u64) {
+        self.0.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// A session admitted by [`State::register`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) struct Admitted {
     pub(crate) session: SessionId,
     pub(crate) connection: ConnectionId,
     pub(crate) resume_token: String,
     pub(crate) resumed: bool,
+    pub(crate) written: Written,
 }
 
 #[derive(Debug)]
@@ -65,7 +93,26 @@ struct Session {
     last_seen: Instant,
     /// Set while a quiet waiter is being pinged before a match.
     probe_deadline: Option<Instant>,
+    /// Messages per second, and bytes of message text per second.
     sending: TokenBucket,
+    sending_bytes: TokenBucket,
+    written: Written,
+    /// Whether the connection last attached has ended and so published its
+    /// final `written`. False from a hub-side kick until its notice.
+    connection_done: bool,
+    /// The replay buffer could not keep an event: no resume can be whole,
+    /// so the session ends as soon as its connection is done.
+    doomed: bool,
+    /// Delivery counts for the current room, beyond what the replay holds.
+    tally: Tally,
+}
+
+/// Messages of the current room that the replay buffer no longer holds:
+/// written but let go unacknowledged, or never kept at all.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    unconfirmed: u64,
+    lost: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +135,9 @@ pub(crate) struct State {
     by_token: HashMap<String, SessionId>,
     queue: VecDeque<SessionId>,
     rooms: HashMap<RoomId, Room>,
+    /// Rooms with both members still in them, kept as a count so `status`
+    /// never scans.
+    full_rooms: usize,
     /// Resume graces and probe timeouts, soonest first, so the hub finds the
     /// next one without scanning every session. An entry whose session has
     /// since moved on is skipped when it comes due.
@@ -97,6 +147,7 @@ pub(crate) struct State {
     max_sessions: usize,
     liveness: Liveness,
     send_limit: Option<SendLimit>,
+    byte_limit: Option<SendLimit>,
     shutting_down: bool,
     slow_consumers: Vec<SessionId>,
 }
@@ -106,18 +157,21 @@ impl State {
         max_sessions: usize,
         liveness: Liveness,
         send_limit: Option<SendLimit>,
+        byte_limit: Option<SendLimit>,
     ) -> Self {
         Self {
             sessions: HashMap::new(),
             by_token: HashMap::new(),
             queue: VecDeque::new(),
             rooms: HashMap::new(),
+            full_rooms: 0,
             deadlines: BTreeSet::new(),
             next_id: 1,
             started: Instant::now(),
             max_sessions,
             liveness,
             send_limit,
+            byte_limit,
             shutting_down: false,
             slow_consumers: Vec::new(),
         }
@@ -160,6 +214,7 @@ impl State {
         let connection = self.fresh_id();
         let resume_token = uuid::Uuid::new_v4().simple().to_string();
         self.by_token.insert(resume_token.clone(), session);
+        let written = Written::default();
         self.sessions.insert(
             session,
             Session {
@@ -173,6 +228,11 @@ impl State {
                 last_seen: Instant::now(),
                 probe_deadline: None,
                 sending: TokenBucket::full(self.send_limit),
+                sending_bytes: TokenBucket::full(self.byte_limit),
+                written: written.clone(),
+                connection_done: false,
+                doomed: false,
+                tally: Tally::default(),
             },
         );
         Ok(Admitted {
@@ -180,6 +240,7 @@ impl State {
             connection,
             resume_token,
             resumed: false,
+            written,
         })
     }
 
@@ -189,6 +250,11 @@ impl State {
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };
+        if s.handle.is_none() {
+            // A detached session's connection is on its way out; a request
+            // it managed to send has nobody to answer.
+            return;
+        }
         s.last_seen = Instant::now();
         let reply = match request {
             Request::EnterQueue => self.enter_queue(session),
@@ -204,21 +270,25 @@ impl State {
             ),
         };
         self.reply(session, id, reply);
-        self.drop_slow_consumers();
+        self.detach_slow_consumers();
     }
 
     /// A connection closed: the client is gone for good (a process that
     /// exits closes its socket), so forget the session and tell its partner.
-    /// A detached session's old connection closing changes nothing: the
-    /// resume grace decides its fate.
+    /// A detached session's old connection closing only means its final
+    /// `written` is in: the resume grace decides the session's fate, unless
+    /// it was doomed already.
     pub(crate) fn disconnect(&mut self, session: SessionId, connection: ConnectionId) {
-        let attached = self
-            .sessions
-            .get(&session)
-            .is_some_and(|s| s.handle.is_some());
-        if attached && self.is_current(session, connection) {
+        if !self.is_current(session, connection) {
+            return;
+        }
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        s.connection_done = true;
+        if s.handle.is_some() || s.doomed {
             self.remove_session(session, DisconnectReason::Disconnected);
-            self.drop_slow_consumers();
+            self.detach_slow_consumers();
         }
     }
 
@@ -231,11 +301,15 @@ impl State {
             if let Some(Place::InRoom(room_id)) = self.sessions.get(id).map(|s| s.place)
                 && self.partner_of(*id, room_id).is_some()
             {
+                // Both sides are going; every outbox is still flushed for
+                // the drain timeout, so no counts are claimed here.
                 self.emit(
                     *id,
                     Event::PartnerDisconnected {
                         room_id,
                         reason: DisconnectReason::Shutdown,
+                        undelivered: 0,
+                        unconfirmed: 0,
                     },
                 );
             }
@@ -255,13 +329,13 @@ impl State {
             uptime_s: self.started.elapsed().as_secs(),
             sessions: self.sessions.len(),
             waiting: self.queue.len(),
-            rooms: self.rooms.values().filter(|r| r.members.len() == 2).count(),
+            rooms: self.full_rooms,
         }
     }
 
     fn fresh_id(&mut self) -> u64 {
         let id = self.next_id;
-        self.next_id += 1;
+        self.next_id = self.next_id.wrapping_add(1);
         id
     }
 
@@ -286,7 +360,18 @@ impl State {
                 // The one it was about to be matched with may now pair up.
                 self.try_match();
             }
-            Place::InRoom(room_id) => self.vacate(session, room_id, reason),
+            Place::InRoom(room_id) => {
+                let counts = removed.delivery(room_id);
+                if counts != Delivery::default() {
+                    tracing::warn!(
+                        session,
+                        undelivered = counts.undelivered,
+                        unconfirmed = counts.unconfirmed,
+                        "session ended with its partner's messages not confirmed delivered"
+                    );
+                }
+                self.vacate(session, room_id, reason, counts);
+            }
         }
     }
 
@@ -295,15 +380,50 @@ impl State {
     }
 
     /// Queues an event with the session's next sequence number, and keeps it
-    /// for replay in case the connection is lost before it is read.
+    /// for replay until the client acknowledges it. An event the buffer
+    /// cannot keep is not sent either: the session is doomed (no resume
+    /// could be whole), its partner's message counted as never delivered.
     fn emit(&mut self, session: SessionId, event: Event) {
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };
+        if s.doomed {
+            s.tally.lost += u64::from(matches!(event, Event::MessageReceived { .. }));
+            return;
+        }
         let seq = s.next_seq;
+        let room = match s.place {
+            Place::InRoom(room_id) => Some(room_id),
+            _ => None,
+        };
+        if s.replay
+            .keep(seq, &event, s.written.get(), room, &mut s.tally)
+            .is_err()
+        {
+            tracing::warn!(
+                session,
+                "client neither reads nor acknowledges its events; ending its session"
+            );
+            s.doomed = true;
+            s.tally.lost += u64::from(matches!(event, Event::MessageReceived { .. }));
+            self.detach(session);
+            self.end_if_doomed(session);
+            return;
+        }
         s.next_seq += 1;
-        s.replay.keep(seq, &event);
         self.deliver(session, BrokerMsg::Event { seq, event });
+    }
+
+    /// A doomed session ends once its connection has published its final
+    /// `written`, so the partner's counts are exact.
+    fn end_if_doomed(&mut self, session: SessionId) {
+        if self
+            .sessions
+            .get(&session)
+            .is_some_and(|s| s.doomed && s.connection_done)
+        {
+            self.remove_session(session, DisconnectReason::Disconnected);
+        }
     }
 
     fn deliver(&mut self, session: SessionId, msg: BrokerMsg) {
@@ -323,13 +443,46 @@ impl State {
         }
     }
 
-    /// A session whose outbox overflowed would otherwise lose an event
-    /// silently; it is disconnected instead, and its partner told.
-    fn drop_slow_consumers(&mut self) {
+    /// A session whose outbox overflowed is detached: its connection is
+    /// dropped, and everything it had not acknowledged waits in the replay
+    /// buffer for a resume within the grace, as for a frozen client.
+    fn detach_slow_consumers(&mut self) {
         while let Some(session) = self.slow_consumers.pop() {
-            tracing::warn!(session, "disconnecting slow consumer: outbox full");
-            self.remove_session(session, DisconnectReason::Disconnected);
+            if self.is_attached(session) {
+                tracing::warn!(session, "detaching slow consumer: outbox full");
+                self.detach(session);
+            }
         }
+    }
+}
+
+/// A partner's messages that an ended session's client never confirmed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Delivery {
+    pub(crate) undelivered: u64,
+    pub(crate) unconfirmed: u64,
+}
+
+impl Session {
+    /// What became of the messages this session was sent in `room_id` and
+    /// never acknowledged: written whole to its socket (`unconfirmed`), or
+    /// not (`undelivered`).
+    fn delivery(&self, room_id: RoomId) -> Delivery {
+        let written = self.written.get();
+        let mut counts = Delivery {
+            undelivered: self.tally.lost,
+            unconfirmed: self.tally.unconfirmed,
+        };
+        for (seq, event) in self.replay.iter() {
+            if matches!(event, Event::MessageReceived { room_id: r, .. } if *r == room_id) {
+                if seq <= written {
+                    counts.unconfirmed += 1;
+                } else {
+                    counts.undelivered += 1;
+                }
+            }
+        }
+        counts
     }
 }
 

@@ -1,5 +1,6 @@
-//! A token bucket per session for `send_message`: a burst, then a steady
-//! rate (see [`SendLimit`]).
+//! Token buckets per session for `send_message`, one counting messages and
+//! one counting bytes of text: a burst, then a steady rate (see
+//! [`SendLimit`]).
 
 use std::time::Duration;
 
@@ -25,20 +26,37 @@ impl TokenBucket {
     }
 
     /// Takes a token, or says how long until one is there.
+    #[cfg(test)]
     pub(super) fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        self.wait_for(now, 1.0)?;
+        self.spend(1.0);
+        Ok(())
+    }
+
+    /// Whether `cost` tokens are there now (after refilling), or how long
+    /// until they are. A cost above the burst is held to the burst, so one
+    /// large item waits for a full bucket rather than forever.
+    pub(super) fn wait_for(&mut self, now: Instant, cost: f64) -> Result<(), Duration> {
         let Some(limit) = self.limit else {
             return Ok(());
         };
         let earned = now.duration_since(self.refilled).as_secs_f64() * limit.per_second;
         self.tokens = (self.tokens + earned).min(limit.burst);
         self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let cost = cost.min(limit.burst);
+        if self.tokens >= cost {
             Ok(())
         } else {
             Err(Duration::from_secs_f64(
-                (1.0 - self.tokens) / limit.per_second,
+                (cost - self.tokens) / limit.per_second,
             ))
+        }
+    }
+
+    /// Spends what [`Self::wait_for`] found there.
+    pub(super) fn spend(&mut self, cost: f64) {
+        if let Some(limit) = self.limit {
+            self.tokens -= cost.min(limit.burst);
         }
     }
 }
@@ -64,6 +82,25 @@ mod tests {
             assert!(bucket.take(later).is_ok());
         }
         assert!(bucket.take(later).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_are_counted_and_a_large_item_waits_for_a_full_bucket() {
+        let limit = SendLimit {
+            per_second: 64.0 * 1024.0,
+            burst: 256.0 * 1024.0,
+        };
+        let mut bucket = TokenBucket::full(Some(limit));
+        let now = Instant::now();
+        for _ in 0..16 {
+            bucket.wait_for(now, 16_384.0).unwrap();
+            bucket.spend(16_384.0);
+        }
+        let wait = bucket.wait_for(now, 16_384.0).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(250));
+        // Refused checks spend nothing.
+        assert_eq!(bucket.wait_for(now, 16_384.0).unwrap_err(), wait);
+        assert!(bucket.wait_for(now + wait, 16_384.0).is_ok());
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use mcp_chat_proto::message::check_message;
 use mcp_chat_proto::{DisconnectReason, ErrorCode, Event, Reply, RoomId};
 
-use super::{Place, SessionId, State};
+use super::{Delivery, Place, SessionId, State};
 
 impl State {
     pub(super) fn send_message(
@@ -20,17 +20,27 @@ impl State {
         if let Err((code, text)) = check_message(&message) {
             return Reply::error(code, text);
         }
-        if let Some(s) = self.sessions.get_mut(&session)
-            && let Err(wait) = s.sending.take(tokio::time::Instant::now())
-        {
-            let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-            return Reply::Error {
-                code: ErrorCode::RateLimited,
-                message: format!(
-                    "you are sending faster than this broker allows; wait {retry_after_ms} ms and send again"
-                ),
-                retry_after_ms: Some(retry_after_ms),
-            };
+        if let Some(s) = self.sessions.get_mut(&session) {
+            let now = tokio::time::Instant::now();
+            // Both limits are checked before either is spent, so a refused
+            // message costs nothing.
+            let bytes = message.len() as f64;
+            let waits = [
+                s.sending.wait_for(now, 1.0).err(),
+                s.sending_bytes.wait_for(now, bytes).err(),
+            ];
+            if let Some(wait) = waits.into_iter().flatten().max() {
+                let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+                return Reply::Error {
+                    code: ErrorCode::RateLimited,
+                    message: format!(
+                        "you are sending faster than this broker allows (messages per second, and bytes of text per second); wait {retry_after_ms} ms and send again"
+                    ),
+                    retry_after_ms: Some(retry_after_ms),
+                };
+            }
+            s.sending.spend(1.0);
+            s.sending_bytes.spend(bytes);
         }
         let Some(partner) = self.partner_of(session, room_id) else {
             return Reply::error(
@@ -58,24 +68,50 @@ impl State {
         if !self.is_member(session, room_id) {
             return unknown_room(room_id);
         }
-        self.vacate(session, room_id, DisconnectReason::Left);
+        // The leaver's connection is alive: what its partner sent it is
+        // still on its way, so nothing is reported lost.
+        self.vacate(
+            session,
+            room_id,
+            DisconnectReason::Left,
+            Delivery::default(),
+        );
         self.set_place(session, Place::Idle);
         Reply::Left
     }
 
-    /// Takes `session` out of the room and tells the partner why. The room
-    /// is forgotten once nobody is left in it.
-    pub(super) fn vacate(&mut self, session: SessionId, room_id: RoomId, reason: DisconnectReason) {
+    /// Takes `session` out of the room and tells the partner why, and what
+    /// became of the partner's messages to it. The room is forgotten once
+    /// nobody is left in it.
+    pub(super) fn vacate(
+        &mut self,
+        session: SessionId,
+        room_id: RoomId,
+        reason: DisconnectReason,
+        counts: Delivery,
+    ) {
         let partner = self.partner_of(session, room_id);
         let Some(room) = self.rooms.get_mut(&room_id) else {
             return;
         };
+        let before = room.members.len();
         room.members.retain(|&m| m != session);
+        if before == 2 && room.members.len() < 2 {
+            self.full_rooms = self.full_rooms.saturating_sub(1);
+        }
         if room.members.is_empty() {
             self.rooms.remove(&room_id);
         }
         if let Some(partner) = partner {
-            self.emit(partner, Event::PartnerDisconnected { room_id, reason });
+            self.emit(
+                partner,
+                Event::PartnerDisconnected {
+                    room_id,
+                    reason,
+                    undelivered: counts.undelivered,
+                    unconfirmed: counts.unconfirmed,
+                },
+            );
         }
     }
 

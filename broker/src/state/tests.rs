@@ -18,6 +18,7 @@ fn new_state(max_sessions: usize) -> State {
         max_sessions,
         Liveness::default(),
         Some(crate::config::SendLimit::default()),
+        Some(crate::config::SendLimit::bytes()),
     )
 }
 
@@ -230,7 +231,9 @@ fn leave_notifies_partner_and_both_can_requeue() {
         events(&mut b),
         vec![Event::PartnerDisconnected {
             room_id,
-            reason: DisconnectReason::Left
+            reason: DisconnectReason::Left,
+            undelivered: 0,
+            unconfirmed: 0,
         }]
     );
     assert_eq!(
@@ -259,18 +262,20 @@ fn disconnect_cleans_queue_and_room() {
         events(&mut b),
         vec![Event::PartnerDisconnected {
             room_id,
-            reason: DisconnectReason::Disconnected
+            reason: DisconnectReason::Disconnected,
+            undelivered: 0,
+            unconfirmed: 0,
         }]
     );
     state.disconnect(b.id, b.connection);
     assert!(state.sessions.is_empty() && state.rooms.is_empty() && state.queue.is_empty());
 }
 
-#[test]
-fn slow_consumer_is_dropped_and_partner_told() {
+#[tokio::test(start_paused = true)]
+async fn slow_consumer_is_detached_and_may_resume() {
     let mut state = new_state(100);
     let mut a = join(&mut state, 64);
-    let mut b = join(&mut state, 2);
+    let b = join(&mut state, 2);
     ask(&mut state, &mut a, Request::EnterQueue);
     state.handle_request(b.id, 1, Request::EnterQueue);
     // b's outbox now holds its reply and chatroom.found: full. b never reads.
@@ -278,25 +283,109 @@ fn slow_consumer_is_dropped_and_partner_told() {
         [Event::ChatroomFound { room_id }] => *room_id,
         other => panic!("{other:?}"),
     };
-    let (reply, events) = ask(
-        &mut state,
-        &mut a,
-        Request::SendMessage {
-            room_id,
-            message: "hello?".into(),
-        },
-    );
+    let (reply, events_seen) = ask(&mut state, &mut a, send(room_id, "hello?"));
     assert_eq!(reply, Reply::Sent);
-    assert!(b.kick.is_cancelled());
+    assert!(b.kick.is_cancelled(), "its connection is dropped");
+    assert!(events_seen.is_empty(), "but its session waits for a resume");
+    // The dropped connection's notice comes in, then the client resumes
+    // having read only the reply: it gets chatroom.found and the message.
+    state.disconnect(b.id, b.connection);
+    let (h, mut rx, _kick) = handle(16);
+    let claim = mcp_chat_proto::Resume {
+        token: b.token.clone(),
+        last_seq: 0,
+    };
+    assert!(state.register(h, Some(claim)).unwrap().resumed);
+    assert!(matches!(rx.try_recv(), Ok(BrokerMsg::Event { seq: 1, .. })));
+    assert!(matches!(
+        rx.try_recv(),
+        Ok(BrokerMsg::Event {
+            seq: 2,
+            event: Event::MessageReceived { .. }
+        })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_partner_is_told_what_was_written_and_what_never_left() {
+    let mut state = new_state(100);
+    let (a, mut b, room_id) = pair(&mut state);
+    for i in 0..5 {
+        ask(&mut state, &mut b, send(room_id, &format!("{i}")));
+    }
+    // a's events: 1 chatroom.found, 2..=6 the messages. Its connection wrote
+    // through seq 4 and the client acknowledged through seq 2.
+    state.sessions[&a.id].written.advance_to(4);
+    state.ack(a.id, a.connection, 2);
+    state.disconnect(a.id, a.connection);
     assert_eq!(
-        events.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),
+        events(&mut b),
         vec![Event::PartnerDisconnected {
             room_id,
-            reason: DisconnectReason::Disconnected
+            reason: DisconnectReason::Disconnected,
+            undelivered: 2,
+            unconfirmed: 2,
         }]
     );
-    assert_eq!(state.session_count(), 1);
-    drop(b.rx.try_recv());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_neither_reads_nor_acknowledges_is_ended_with_an_exact_count() {
+    let mut state = new_state(100);
+    let (a, mut b, room_id) = pair(&mut state);
+    state.unresponsive(a.id, a.connection);
+    // a's replay holds chatroom.found and then messages until it is full.
+    let mut sent = 0;
+    loop {
+        if sent % 40 == 39 {
+            tokio::time::advance(std::time::Duration::from_secs(2)).await;
+        }
+        let (reply, seen) = ask(&mut state, &mut b, send(room_id, &format!("{sent}")));
+        assert_eq!(reply, Reply::Sent, "message {sent}");
+        sent += 1;
+        if let [event] = seen.as_slice() {
+            assert_eq!(
+                event.1,
+                Event::PartnerDisconnected {
+                    room_id,
+                    reason: DisconnectReason::Disconnected,
+                    undelivered: sent,
+                    unconfirmed: 0,
+                }
+            );
+            break;
+        }
+        assert!(seen.is_empty());
+        assert!(sent < 2000, "never ended");
+    }
+    assert_eq!(sent, super::REPLAY_EVENTS as u64);
+    let (h, _rx, _kick) = handle(4);
+    let claim = mcp_chat_proto::Resume {
+        token: a.token,
+        last_seq: 1,
+    };
+    assert!(!state.register(h, Some(claim)).unwrap().resumed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bytes_of_text_are_rate_limited_too() {
+    let mut state = new_state(100);
+    let (_a, mut b, room_id) = pair(&mut state);
+    let big = "x".repeat(mcp_chat_proto::MAX_MESSAGE_BYTES);
+    for _ in 0..16 {
+        assert_eq!(ask(&mut state, &mut b, send(room_id, &big)).0, Reply::Sent);
+    }
+    match ask(&mut state, &mut b, send(room_id, &big)).0 {
+        Reply::Error {
+            code: ErrorCode::RateLimited,
+            retry_after_ms: Some(250),
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    // The refusal spent nothing: after the hinted wait it goes through.
+    tokio::time::advance(std::time::Duration::from_millis(250)).await;
+    assert_eq!(ask(&mut state, &mut b, send(room_id, &big)).0, Reply::Sent);
 }
 
 #[test]
@@ -320,7 +409,9 @@ fn shutdown_tells_everyone() {
         vec![
             Event::PartnerDisconnected {
                 room_id,
-                reason: DisconnectReason::Shutdown
+                reason: DisconnectReason::Shutdown,
+                undelivered: 0,
+                unconfirmed: 0,
             },
             Event::Shutdown
         ]
@@ -410,7 +501,9 @@ async fn partner_is_told_when_the_grace_runs_out() {
         events(&mut b),
         vec![Event::PartnerDisconnected {
             room_id,
-            reason: DisconnectReason::Disconnected
+            reason: DisconnectReason::Disconnected,
+            undelivered: 0,
+            unconfirmed: 0,
         }]
     );
     assert_eq!(state.session_count(), 1);
@@ -423,29 +516,6 @@ async fn partner_is_told_when_the_grace_runs_out() {
         !state.register(h, Some(late)).unwrap().resumed,
         "too late: a fresh session"
     );
-}
-
-#[tokio::test(start_paused = true)]
-async fn resume_is_refused_rather_than_leave_a_gap() {
-    let mut state = new_state(100);
-    let (a, mut b, room_id) = pair(&mut state);
-    state.unresponsive(a.id, a.connection);
-    for i in 0..300 {
-        if i % 40 == 39 {
-            tokio::time::advance(std::time::Duration::from_secs(2)).await;
-        }
-        ask(&mut state, &mut b, send(room_id, &format!("{i}")));
-    }
-    let (h, _rx, _kick) = handle(4);
-    let claim = mcp_chat_proto::Resume {
-        token: a.token,
-        last_seq: 1,
-    };
-    assert!(!state.register(h, Some(claim)).unwrap().resumed);
-    assert!(events(&mut b).contains(&Event::PartnerDisconnected {
-        room_id,
-        reason: DisconnectReason::Disconnected
-    }));
 }
 
 #[tokio::test(start_paused = true)]
