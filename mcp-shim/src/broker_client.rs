@@ -38,7 +38,7 @@ pub enum ConnectError {
     /// closed before welcoming us because it is on its way out.
     #[error("no broker is running at {path}")]
     NotRunning { path: PathBuf },
-    #[error("the broker at {path} refused the connection ({code}): {message}")]
+    #[error("the broker at {path} refused the connection ({code}): {}", crate::untrusted::reveal(.message))]
     Refused {
         path: PathBuf,
         code: ErrorCode,

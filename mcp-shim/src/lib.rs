@@ -9,6 +9,8 @@
 //! - [`broker_client`]: one broker connection: handshake, requests, events.
 //! - [`autostart`]: finding the broker, and starting one when none runs.
 //! - [`cli`]: the human subcommands (`join`, `status`, `doctor`, `register`).
+//! - [`untrusted`]: a partner's text made safe for a model or a person to
+//!   read: no forged frames, no hidden characters.
 //! - [`http`]: `mcp-chat serve --http`: the same server over Streamable HTTP,
 //!   one [`ChatServer`] per HTTP session.
 //!
@@ -25,6 +27,7 @@ pub mod http;
 pub mod server;
 pub mod session;
 pub mod tools;
+pub mod untrusted;
 
 pub use server::ChatServer;
 

@@ -13,6 +13,11 @@ use crate::events::ChatEvent;
 pub const MAX_WAIT_S: u64 = 50;
 /// `wait_for_events` waits this long unless told otherwise.
 pub const DEFAULT_EVENT_WAIT_S: u64 = 25;
+/// Bytes of events one tool result carries at most (as the model reads
+/// them; at least one event always fits). A stranger who floods a session
+/// reaches the model's context this much per call, never megabytes at once;
+/// the rest follow on the next calls (`more_pending`).
+pub const EVENTS_PER_RESULT_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct EnterQueueParams {
@@ -82,6 +87,10 @@ pub struct WithEvents<T> {
     /// Older events let go because over 4096 waited unpulled (see `seq`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events_dropped: Option<u64>,
+    /// Events still waiting after these (a result carries at most 64 KiB of
+    /// events): call wait_for_events to take them, in order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub more_pending: Option<usize>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -116,6 +125,10 @@ pub struct EventsResult {
     /// Older events let go because over 4096 waited unpulled (see `seq`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events_dropped: Option<u64>,
+    /// Events still waiting after these (a result carries at most 64 KiB of
+    /// events): call wait_for_events again to take them, in order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub more_pending: Option<usize>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -155,6 +168,8 @@ pub struct ToolFailure {
     pub events: Vec<ChatEvent>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events_dropped: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub more_pending: Option<usize>,
 }
 
 #[cfg(test)]

@@ -8,9 +8,9 @@ use std::time::Duration;
 use mcp_chat_proto::{Reply, Request, RoomId};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use super::terminal::neutralise;
 use crate::events::{ChatEvent, EventKind, EventLog, Place};
 use crate::session::ChatSession;
+use crate::untrusted::reveal;
 
 /// How often the waiting line is refreshed with the queue figures.
 const REFRESH_EVERY: Duration = Duration::from_secs(10);
@@ -102,7 +102,7 @@ async fn enter_queue(session: &ChatSession) -> anyhow::Result<()> {
             session.events().note_waiting(position);
             say(&waiting_line(session).await);
         }
-        Reply::Error { code, message, .. } => say(&format!("! {code}: {message}")),
+        Reply::Error { code, message, .. } => say(&format!("! {code}: {}", reveal(&message))),
         other => say(&format!("! unexpected answer {other:?}")),
     }
     Ok(())
@@ -131,9 +131,11 @@ async fn send(session: &ChatSession, room_id: RoomId, text: &str) {
         .await
     {
         Ok(Reply::Sent) => {}
-        Ok(Reply::Error { code, message, .. }) => say(&format!("! not sent ({code}): {message}")),
+        Ok(Reply::Error { code, message, .. }) => {
+            say(&format!("! not sent ({code}): {}", reveal(&message)));
+        }
         Ok(other) => say(&format!("! unexpected answer {other:?}")),
-        Err(e) => say(&format!("! not sent: {e}")),
+        Err(e) => say(&format!("! not sent: {}", reveal(&e.to_string()))),
     }
 }
 
@@ -153,7 +155,7 @@ fn show_event(event: &ChatEvent) {
         )),
         EventKind::MessageReceived => say(&format!(
             "stranger: {}",
-            neutralise(event.message.as_deref().unwrap_or_default())
+            reveal(event.message.as_deref().unwrap_or_default())
         )),
         EventKind::PartnerDisconnected => say(&format!(
             "the stranger is gone ({}); /next to meet someone new, /quit to exit",

@@ -8,4 +8,3 @@ pub mod doctor;
 pub mod join;
 pub mod register;
 pub mod status;
-pub mod terminal;
