@@ -589,7 +589,10 @@ async fn closing_the_http_session_tells_the_partner() {
     let started = tokio::time::Instant::now();
     assert!(http.close().await.is_success());
     let gone = stdio.expect_notification("partner.disconnected").await;
-    assert_eq!(gone, json!({"room_id": room, "reason": "disconnected"}));
+    assert_eq!(
+        gone,
+        json!({"room_id": room, "reason": "disconnected", "undelivered": 0, "unconfirmed": 0})
+    );
     // rmcp alone would hold the session for 5 s waiting for that call.
     assert!(
         started.elapsed() < Duration::from_secs(4),
@@ -635,7 +638,10 @@ async fn an_expired_http_session_tells_the_partner() {
     let room = stdio_meets_http(&mut stdio, &mut silent).await;
 
     let gone = stdio.expect_notification("partner.disconnected").await;
-    assert_eq!(gone, json!({"room_id": room, "reason": "disconnected"}));
+    assert_eq!(
+        gone,
+        json!({"room_id": room, "reason": "disconnected", "undelivered": 0, "unconfirmed": 0})
+    );
     let ping = json!({"jsonrpc": "2.0", "id": 99, "method": "ping"});
     assert_eq!(silent.post_status(&ping).await, StatusCode::NOT_FOUND);
 

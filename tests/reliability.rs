@@ -92,7 +92,10 @@ async fn past_the_resume_grace_the_partner_is_told() {
     let room = pair_up(&mut a, &mut b).await;
     signal(&a, "STOP");
     let gone = b.expect_notification("partner.disconnected").await;
-    assert_eq!(gone, json!({"room_id": room, "reason": "disconnected"}));
+    assert_eq!(
+        gone,
+        json!({"room_id": room, "reason": "disconnected", "undelivered": 0, "unconfirmed": 0})
+    );
     signal(&a, "CONT");
     // a learns its session ended (same broker, so not a restart) and can
     // simply start over.
@@ -261,4 +264,83 @@ async fn a_socket_directory_owned_by_another_user_is_refused() {
     let message = failure["message"].as_str().unwrap();
     assert!(message.contains("belongs to uid 65534"), "{message}");
     assert_eq!(std::fs::metadata(dir).unwrap().uid(), 65534, "left alone");
+}
+
+/// `sent` means delivered or reported: a receiving shim frozen while its
+/// partner keeps sending is given up on, and the sender's
+/// `partner.disconnected` counts exactly the messages that never reached the
+/// receiver, checked against what the receiver reads once it runs again.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_frozen_receiver_costs_the_sender_an_exact_undelivered_count() {
+    let socket = TestSocket::new();
+    // Unthrottled, and heartbeats slow enough that the full buffer, not the
+    // heartbeat, is what gives up on the frozen receiver.
+    let _broker =
+        BrokerProcess::start(&socket.path, &["--message-rate", "0", "--byte-rate", "0"]).await;
+    let mut a = McpClient::spawn(&socket.path).await;
+    let mut b = McpClient::spawn(&socket.path).await;
+    let room = pair_up(&mut a, &mut b).await;
+    b.channel_event().await;
+    signal(&b, "STOP");
+    let filler = "x".repeat(mcp_chat_proto::MAX_MESSAGE_BYTES - 8);
+    let mut sent = 0u64;
+    loop {
+        let result = a
+            .call(
+                "send_message",
+                json!({"room_id": room, "message": format!("{sent:05} {filler}")}),
+            )
+            .await;
+        if result.is_error == Some(true) {
+            let failure: Value =
+                serde_json::from_str(&result.content[0].as_text().unwrap().text).unwrap();
+            assert_eq!(failure["error"], "partner_gone", "{failure}");
+            break;
+        }
+        sent += 1;
+        assert!(
+            sent < 10_000,
+            "the broker never gave up on the frozen receiver"
+        );
+    }
+    let gone = loop {
+        let (method, params) = a.notification().await;
+        if method == "partner.disconnected" {
+            break params;
+        }
+    };
+    assert_eq!(gone["reason"], "disconnected", "{gone}");
+    let undelivered = gone["undelivered"].as_u64().unwrap();
+    let unconfirmed = gone["unconfirmed"].as_u64().unwrap();
+
+    signal(&b, "CONT");
+    // b reads what reached its socket, then finds its session gone.
+    let mut received = Vec::new();
+    loop {
+        let (method, params) = b.notification().await;
+        match method.as_str() {
+            "message.received" => {
+                received.push(params["message"].as_str().unwrap()[..5].to_owned())
+            }
+            "partner.disconnected" => break,
+            other => panic!("{other}: {params}"),
+        }
+    }
+    let in_order: Vec<String> = (0..received.len()).map(|i| format!("{i:05}")).collect();
+    assert_eq!(
+        received, in_order,
+        "what arrived, arrived in order from the first"
+    );
+    let received = received.len() as u64;
+    assert!(undelivered > 0, "the receiver's buffers filled up");
+    assert_eq!(
+        sent,
+        received + undelivered,
+        "every message answered sent reached the receiver or was reported ({unconfirmed} unconfirmed)"
+    );
+    assert!(
+        unconfirmed <= received,
+        "unconfirmed ones were on the receiver's side"
+    );
 }

@@ -55,9 +55,15 @@ async fn seed_flow_with_notifications() {
     }
     for i in 0..5 {
         let got = b.expect_notification("message.received").await;
-        assert_eq!(got, json!({"room_id": room, "message": format!("a{i}")}));
+        assert_eq!(
+            got,
+            json!({"room_id": room, "message": format!("a{i}"), "untrusted": true})
+        );
         let got = a.expect_notification("message.received").await;
-        assert_eq!(got, json!({"room_id": room, "message": format!("b{i}")}));
+        assert_eq!(
+            got,
+            json!({"room_id": room, "message": format!("b{i}"), "untrusted": true})
+        );
     }
 
     assert_eq!(
@@ -65,7 +71,10 @@ async fn seed_flow_with_notifications() {
         "left"
     );
     let gone = b.expect_notification("partner.disconnected").await;
-    assert_eq!(gone, json!({"room_id": room, "reason": "left"}));
+    assert_eq!(
+        gone,
+        json!({"room_id": room, "reason": "left", "undelivered": 0, "unconfirmed": 0})
+    );
     assert_eq!(
         keys(&gone),
         BTreeSet::from(["room_id".into(), "reason".into()])
@@ -358,7 +367,10 @@ async fn killed_shim_mid_chat_notifies_partner() {
     let room = matched(&mut a, &mut b).await;
     a.child.start_kill().unwrap();
     let gone = b.expect_notification("partner.disconnected").await;
-    assert_eq!(gone, json!({"room_id": room, "reason": "disconnected"}));
+    assert_eq!(
+        gone,
+        json!({"room_id": room, "reason": "disconnected", "undelivered": 0, "unconfirmed": 0})
+    );
 }
 
 #[tokio::test]
@@ -371,7 +383,10 @@ async fn closing_stdin_exits_promptly_and_partner_is_told() {
     let status = a.close().await;
     assert!(status.success(), "{status:?}");
     let gone = b.expect_notification("partner.disconnected").await;
-    assert_eq!(gone, json!({"room_id": room, "reason": "disconnected"}));
+    assert_eq!(
+        gone,
+        json!({"room_id": room, "reason": "disconnected", "undelivered": 0, "unconfirmed": 0})
+    );
 }
 
 #[tokio::test]
@@ -466,7 +481,10 @@ async fn a_broker_restart_is_reported_and_tools_work_again() {
     a.ok("send_message", json!({"room_id": again, "message": "back"}))
         .await;
     let got = b.expect_notification("message.received").await;
-    assert_eq!(got, json!({"room_id": again, "message": "back"}));
+    assert_eq!(
+        got,
+        json!({"room_id": again, "message": "back", "untrusted": true})
+    );
 }
 
 #[tokio::test]

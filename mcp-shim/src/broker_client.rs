@@ -12,9 +12,10 @@ use futures::{SinkExt, StreamExt};
 use interprocess::local_socket::tokio::Stream;
 use interprocess::local_socket::traits::tokio::Stream as _;
 use interprocess::local_socket::{GenericFilePath, ToFsName};
+use mcp_chat_proto::socket_path::{check_private_dir, current_uid};
 use mcp_chat_proto::{
     BrokerMsg, ClientCodec, ClientMsg, CodecError, ErrorCode, PROTOCOL_VERSION, Reply, Request,
-    Resume,
+    Resume, SocketDirError,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
@@ -28,6 +29,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Events received between acknowledgements, so the broker's replay buffer
 /// for this session stays small.
 const ACK_EVERY: u64 = 32;
+/// How soon a quiet connection acknowledges what it received: the broker
+/// counts a partner's message as delivered once it is acknowledged, so a
+/// session that ends right after reading does not leave its partner told
+/// of messages "unconfirmed". Short enough for that, long enough that a
+/// busy conversation acknowledges in batches.
+const ACK_WITHIN: Duration = Duration::from_millis(50);
 
 /// Requests queued for the connection task before callers wait.
 const REQUEST_CAPACITY: usize = 64;
@@ -51,6 +58,20 @@ pub enum ConnectError {
     },
     #[error("the broker at {path} did not complete the handshake: {reason}")]
     Handshake { path: PathBuf, reason: String },
+    /// The socket's directory could let another user plant a listener:
+    /// refused before connecting, so not one byte reaches it.
+    #[error("refusing to connect: {0}")]
+    UnsafeDir(#[from] SocketDirError),
+    /// Whatever listens on the socket runs as another user: not our broker.
+    /// Refused before the first byte is sent.
+    #[error(
+        "refusing to talk to {path}: the process listening there runs as uid {listener}, not as you (uid {ours}); it is not your broker. Remove it or set MCP_CHAT_SOCKET to a path in a directory only you own (mcp-chat doctor)"
+    )]
+    WrongListener {
+        path: PathBuf,
+        listener: u32,
+        ours: u32,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +157,58 @@ pub async fn handshake(
     }
 }
 
+/// Connects to our own broker only. Both checks come before a byte is
+/// written: the directory must be ours and closed to others (else another
+/// user could have put a socket there), and the process that accepted must
+/// run as us. A missing directory means no broker yet.
 async fn connect_stream(socket: &Path) -> Result<Stream, ConnectError> {
+    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        match check_private_dir(dir, current_uid()) {
+            Ok(()) => {}
+            Err(SocketDirError::Inspect { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Err(ConnectError::NotRunning {
+                    path: socket.to_owned(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let stream = connect_unchecked(socket).await?;
+    check_listener(&stream, socket)?;
+    Ok(stream)
+}
+
+#[cfg(unix)]
+fn check_listener(stream: &Stream, socket: &Path) -> Result<(), ConnectError> {
+    use interprocess::local_socket::traits::StreamCommon;
+    let ours = current_uid();
+    let creds = stream.peer_creds().map_err(|source| ConnectError::Io {
+        path: socket.to_owned(),
+        source,
+    })?;
+    match creds.euid() {
+        Some(listener) if listener == ours => Ok(()),
+        Some(listener) => Err(ConnectError::WrongListener {
+            path: socket.to_owned(),
+            listener,
+            ours,
+        }),
+        None => Err(ConnectError::Io {
+            path: socket.to_owned(),
+            source: std::io::Error::other("the OS did not say which user listens on the socket"),
+        }),
+    }
+}
+
+#[cfg(not(unix))]
+fn check_listener(_stream: &Stream, _socket: &Path) -> Result<(), ConnectError> {
+    // Named pipes are created per user; the pipe's default ACL is the fence.
+    Ok(())
+}
+
+async fn connect_unchecked(socket: &Path) -> Result<Stream, ConnectError> {
     let io_err = |source: std::io::Error| match source.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
             ConnectError::NotRunning {
@@ -246,6 +318,38 @@ impl ConnectionWatch {
     }
 }
 
+/// Why a connection task ended early.
+enum Lost {
+    Write(CodecError),
+    Read(String),
+}
+
+/// How long a closed connection's last frames may take to read.
+const DRAIN_WITHIN: Duration = Duration::from_secs(1);
+
+/// Ingests the events still readable on a connection the broker has closed.
+async fn drain(
+    transport: &mut Transport,
+    events: &EventLog,
+    mut last_seq: u64,
+    received_seq: &AtomicU64,
+) {
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout(DRAIN_WITHIN, transport.next()).await {
+        if let BrokerMsg::Event { seq, event } = frame {
+            if seq != last_seq + 1 {
+                tracing::error!(
+                    expected = last_seq + 1,
+                    got = seq,
+                    "broker event sequence gap"
+                );
+            }
+            last_seq = seq;
+            events.ingest(event).await;
+            received_seq.store(seq, Ordering::Release);
+        }
+    }
+}
+
 async fn run(
     mut transport: Transport,
     mut requests: mpsc::Receiver<Outgoing>,
@@ -256,8 +360,17 @@ async fn run(
     let mut waiting: HashMap<u64, oneshot::Sender<Reply>> = HashMap::new();
     let mut next_id: u64 = 1;
     let mut last_seq = received_seq.load(Ordering::Acquire);
+    let mut acked = last_seq;
+    let ack_timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(ack_timer);
     let reason = loop {
         tokio::select! {
+            () = &mut ack_timer, if acked < last_seq => {
+                if let Err(e) = transport.send(ClientMsg::Ack { seq: last_seq }).await {
+                    break Some(Lost::Write(e));
+                }
+                acked = last_seq;
+            }
             outgoing = requests.recv() => {
                 // Every handle dropped: the session is over.
                 let Some(Outgoing { request, reply }) = outgoing else { break None };
@@ -265,7 +378,7 @@ async fn run(
                 next_id += 1;
                 waiting.insert(id, reply);
                 if let Err(e) = transport.send(ClientMsg::Request { id, request }).await {
-                    break Some(format!("write failed: {e}"));
+                    break Some(Lost::Write(e));
                 }
             }
             incoming = transport.next() => match incoming {
@@ -278,14 +391,18 @@ async fn run(
                     if seq != last_seq + 1 {
                         tracing::error!(expected = last_seq + 1, got = seq, "broker event sequence gap");
                     }
+                    let was_acked = acked == last_seq;
                     last_seq = seq;
                     events.ingest(event).await;
                     received_seq.store(seq, Ordering::Release);
                     // Safely logged: the broker need not keep it for a resume.
-                    if seq % ACK_EVERY == 0
-                        && let Err(e) = transport.send(ClientMsg::Ack { seq }).await
-                    {
-                        break Some(format!("write failed: {e}"));
+                    if seq % ACK_EVERY == 0 {
+                        if let Err(e) = transport.send(ClientMsg::Ack { seq }).await {
+                            break Some(Lost::Write(e));
+                        }
+                        acked = seq;
+                    } else if was_acked {
+                        ack_timer.as_mut().reset(tokio::time::Instant::now() + ACK_WITHIN);
                     }
                 }
                 Some(Ok(BrokerMsg::Ping { nonce })) => {
@@ -294,20 +411,27 @@ async fn run(
                         transport.send(ClientMsg::Ack { seq: last_seq }).await
                     };
                     if let Err(e) = answered.await {
-                        break Some(format!("write failed: {e}"));
+                        break Some(Lost::Write(e));
                     }
+                    acked = last_seq;
                 }
                 Some(Ok(BrokerMsg::Refused { code, message })) => {
-                    break Some(format!("broker closed the session ({code}): {message}"));
+                    break Some(Lost::Read(format!("broker closed the session ({code}): {message}")));
                 }
                 Some(Ok(_)) => tracing::debug!("ignoring a frame this version does not know"),
-                Some(Err(e)) => break Some(format!("read failed: {e}")),
-                None => break Some("broker closed the connection".to_owned()),
+                Some(Err(e)) => break Some(Lost::Read(format!("read failed: {e}"))),
+                None => break Some(Lost::Read("broker closed the connection".to_owned())),
             },
         }
     };
     match reason {
-        Some(reason) => tracing::warn!(%reason, "broker connection lost"),
+        Some(Lost::Write(e)) => {
+            tracing::warn!(error = %e, "broker connection lost: write failed");
+            // The broker closed its end; what it wrote before is still in our
+            // socket, and it counted it as written: take it in.
+            drain(&mut transport, &events, last_seq, &received_seq).await;
+        }
+        Some(Lost::Read(reason)) => tracing::warn!(%reason, "broker connection lost"),
         None => tracing::debug!("session over; closing the broker connection"),
     }
     // Callers still waiting get ConnectionLost when their senders drop here.

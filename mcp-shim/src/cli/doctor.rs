@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mcp_chat_proto::socket_path::{broker_lock_path, prepare_socket_dir};
-use mcp_chat_proto::{PROTOCOL_VERSION, Reply, Request};
+use mcp_chat_proto::{PROTOCOL_VERSION, Reply, Request, SocketDirError};
 
 use super::register::registered_clients;
-use crate::autostart::{broker_binary, connect_or_start};
-use crate::broker_client::BrokerConnection;
+use crate::autostart::{StartError, broker_binary, connect_or_start};
+use crate::broker_client::{BrokerConnection, ConnectError};
 use crate::events::{EventKind, EventLog};
 
 /// How long the round trip may take before it counts as failed.
@@ -97,13 +97,28 @@ fn check_socket_dir(report: &mut Report, socket: &Path) -> bool {
             true
         }
         Err(e) => {
-            report.fail(
-                "socket directory",
-                &e,
-                "fix the directory as the message says, or point MCP_CHAT_SOCKET at a path in a private directory",
-            );
+            report.fail("socket directory", &e, dir_fix(&e));
             false
         }
+    }
+}
+
+/// What to do about an unsafe socket directory, in words for the person
+/// reading doctor's output.
+fn dir_fix(error: &SocketDirError) -> String {
+    let elsewhere = "or point MCP_CHAT_SOCKET at a path in a directory only you own, e.g. `export MCP_CHAT_SOCKET=\"$HOME/.mcp-chat/broker.sock\"` (mcp-chat creates it 0700)";
+    match error {
+        SocketDirError::WrongOwner { path, owner, .. } => format!(
+            "uid {owner} created {} before you, so a broker there would not be yours and mcp-chat will not use it; ask its owner or an admin to remove it, {elsewhere}",
+            path.display()
+        ),
+        SocketDirError::TooOpen { path, .. } => {
+            format!("run `chmod 700 {}`, {elsewhere}", path.display())
+        }
+        SocketDirError::Symlink { path } => {
+            format!("remove the link {}, {elsewhere}", path.display())
+        }
+        _ => format!("fix it as the message says, {elsewhere}"),
     }
 }
 
@@ -133,6 +148,14 @@ async fn check_broker(report: &mut Report, socket: &Path) -> bool {
                 );
             }
             true
+        }
+        Err(StartError::Connect(e @ ConnectError::WrongListener { .. })) => {
+            report.fail(
+                "broker",
+                &e,
+                "another user's process holds your broker's socket: stop it (or have an admin remove it), or set MCP_CHAT_SOCKET to a path in a directory only you own",
+            );
+            false
         }
         Err(e) => {
             report.fail(
@@ -183,11 +206,14 @@ async fn round_trip(socket: &Path) -> Result<RoundTrip, String> {
         Reply::Matched { room_id } => room_id,
         other => return Err(format!("second test session was not matched: {other:?}")),
     };
-    let found = a_events.wait_pending(ROUND_TRIP_DEADLINE).await;
-    if !found
-        .iter()
-        .any(|e| e.kind == EventKind::ChatroomFound && e.room_id == room_id.to_string())
-    {
+    // Each wait is for the one event it needs, whatever else arrives first
+    // (b's own chatroom.found, say, is still pending when the probe is sent).
+    let deadline = tokio::time::Instant::now() + ROUND_TRIP_DEADLINE;
+    let room = room_id.to_string();
+    let found = a_events
+        .wait_for(deadline, |e| e.kind == EventKind::ChatroomFound)
+        .await;
+    if !found.is_ok_and(|e| e.room_id == room) {
         // Someone else entered between our two sessions; do not chat with them.
         let _ = request(&b, Request::LeaveChat { room_id }).await;
         return Err("the test sessions were matched with someone else; run doctor again".into());
@@ -201,13 +227,17 @@ async fn round_trip(socket: &Path) -> Result<RoundTrip, String> {
         },
     )
     .await?;
-    let got = b_events.wait_pending(ROUND_TRIP_DEADLINE).await;
+    let got = b_events
+        .wait_for(deadline, |e| {
+            e.kind == EventKind::MessageReceived && e.message.as_deref() == Some(probe)
+        })
+        .await;
     let _ = request(&a, Request::LeaveChat { room_id }).await;
-    let relayed = got.iter().any(|e| e.message.as_deref() == Some(probe));
-    if relayed {
-        Ok(RoundTrip::Done(started.elapsed()))
-    } else {
-        Err(format!("the message did not arrive (got {got:?})"))
+    match got {
+        Ok(_) => Ok(RoundTrip::Done(started.elapsed())),
+        Err(seen) => Err(format!(
+            "the message did not arrive within {ROUND_TRIP_DEADLINE:?} (got {seen:?})"
+        )),
     }
 }
 

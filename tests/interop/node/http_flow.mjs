@@ -156,7 +156,8 @@ async function flow(url, bin, socket) {
 
     await call(s, "leave_chat", { room_id: room }, "S leave_chat");
     const gone = await inboxH.waitFor("partner.disconnected", (p) => p.room_id === room, `for room ${room}`);
-    exactKeys(gone, ["room_id", "reason"], "H partner.disconnected");
+    exactKeys(gone, ["room_id", "reason", "undelivered", "unconfirmed"], "H partner.disconnected");
+    check(gone.undelivered === 0, "H partner.disconnected: nothing undelivered", gone);
     check(gone.reason === "left", "H partner.disconnected: reason", gone);
     passed("S leave_chat -> H received partner.disconnected {reason: 'left'} over HTTP");
 

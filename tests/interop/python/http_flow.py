@@ -119,7 +119,7 @@ async def http_flow(url: str, bin_path: str, socket: str) -> None:
             p = await inbox_h.wait_for(
                 "message.received", lambda p: p.room_id == room and p.message == msg_s, f"with {msg_s!r}"
             )
-            exact_keys(p, {"room_id", "message"}, "H message.received")
+            exact_keys(p, {"room_id", "message", "untrusted"}, "H message.received")
             passed("S -> H: H received message.received over HTTP")
 
             msg_h = "hello over HTTP"
@@ -138,7 +138,7 @@ async def http_flow(url: str, bin_path: str, socket: str) -> None:
 
             tool_payload(await call(s, "leave_chat", {"room_id": room}), "S leave_chat")
             p = await inbox_h.wait_for("partner.disconnected", lambda p: p.room_id == room, f"for room {room}")
-            exact_keys(p, {"room_id", "reason"}, "H partner.disconnected")
+            exact_keys(p, {"room_id", "reason", "undelivered", "unconfirmed"}, "H partner.disconnected")
             check(p.reason == "left", "H partner.disconnected: reason", p.reason)
             passed("S leave_chat -> H received partner.disconnected {reason: 'left'} over HTTP")
 

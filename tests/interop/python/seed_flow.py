@@ -273,7 +273,7 @@ async def seed_flow(bin_path: str, socket: str) -> None:
         p = await inbox_b.wait_for(
             "message.received", lambda p: p.room_id == room_id and p.message == msg_a, f"with message {msg_a!r}"
         )
-        exact_keys(p, {"room_id", "message"}, "B message.received")
+        exact_keys(p, {"room_id", "message", "untrusted"}, "B message.received")
         passed(f"A send_message -> sent; B received message.received {{room_id, message: {msg_a!r}}}")
 
         # B -> A.
@@ -286,14 +286,14 @@ async def seed_flow(bin_path: str, socket: str) -> None:
         p = await inbox_a.wait_for(
             "message.received", lambda p: p.room_id == room_id and p.message == msg_b, f"with message {msg_b!r}"
         )
-        exact_keys(p, {"room_id", "message"}, "A message.received")
+        exact_keys(p, {"room_id", "message", "untrusted"}, "A message.received")
         passed(f"B send_message -> sent; A received message.received {{room_id, message: {msg_b!r}}}")
 
         # A leaves: B is told the partner left.
         res = without_events(tool_payload(await call(a, "leave_chat", {"room_id": room_id}), "A leave_chat"), "A leave_chat")
         check(res == {"status": "left"}, "A leave_chat", res)
         p = await inbox_b.wait_for("partner.disconnected", lambda p: p.room_id == room_id, f"for room {room_id}")
-        exact_keys(p, {"room_id", "reason"}, "B partner.disconnected")
+        exact_keys(p, {"room_id", "reason", "undelivered", "unconfirmed"}, "B partner.disconnected")
         check(p.reason == "left", "B partner.disconnected: reason", p.reason)
         passed("A leave_chat -> left; B received partner.disconnected {room_id, reason: 'left'}")
 
