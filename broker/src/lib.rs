@@ -10,9 +10,12 @@
 //! - `state`: that state and its rules (FIFO matching, rooms, relay), pure and
 //!   synchronous, so it is tested without sockets.
 //! - [`config`]: the knobs.
+//! - [`fd_limit`]: raising the descriptor limit and sizing the session cap
+//!   to it.
 
 pub mod config;
 mod connection;
+pub mod fd_limit;
 mod hub;
 pub mod listener;
 pub mod server;
@@ -20,7 +23,7 @@ mod state;
 
 pub use config::Config;
 pub use listener::{BindError, BoundListener};
-pub use server::run;
+pub use server::{ServeError, run};
 
 /// The broker's version, reported in `Welcome` and `Status`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
