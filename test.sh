@@ -7,6 +7,10 @@ cd "$(dirname "$0")"
 
 # End-to-end tests start the binaries from the target directory.
 cargo build --workspace --bins
+# The broker again, with its test-only fault hook (tests/hub_failure.rs makes
+# its hub panic). A separate build, so that no workspace or release build
+# ever unifies the feature in; the hook is inert unless a test sends SIGUSR1.
+cargo build -p mcp-chat-broker --bins --features fault-injection
 
 # The interop tests drive mcp-chat with the official Python MCP SDK.
 if [ ! -x .venv/bin/python ]; then

@@ -6,7 +6,10 @@ use std::time::Duration;
 pub struct Config {
     /// Exit after this long with no connected sessions; `None` runs forever.
     pub idle_exit: Option<Duration>,
-    /// Connections beyond this are refused with `broker_full`.
+    /// Sessions beyond this are refused with `broker_full`. The binary lowers
+    /// it to what the file-descriptor limit allows (see `fd_limit`), and the
+    /// accept loop serves at most this many connections plus a small
+    /// handshake headroom, refusing the rest at once (see `server`).
     pub max_sessions: usize,
     /// Frames buffered for one session before it counts as a slow consumer
     /// and is detached. Large enough for any burst a live client reads.

@@ -45,7 +45,7 @@ pub(crate) async fn serve(
 ) {
     if let Err(refusal) = check_peer(&stream) {
         tracing::warn!(reason = %refusal.1, "refusing connection");
-        refuse(&mut Framed::new(stream, CountingCodec::default()), refusal).await;
+        turn_away(stream, refusal).await;
         return;
     }
     // A small read buffer: it stays resident for every idle connection, and
@@ -345,6 +345,11 @@ fn check_peer(stream: &Stream) -> Result<(), (ErrorCode, String)> {
 fn check_peer(_stream: &Stream) -> Result<(), (ErrorCode, String)> {
     // Named pipes are created per user; the pipe's default ACL is the fence.
     Ok(())
+}
+
+/// Tells a connection the broker will not serve why, then closes it.
+pub(crate) async fn turn_away(stream: Stream, refusal: (ErrorCode, String)) {
+    refuse(&mut Framed::new(stream, CountingCodec::default()), refusal).await;
 }
 
 /// Best effort: tell the peer why before closing. It may already be gone.

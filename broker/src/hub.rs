@@ -75,7 +75,10 @@ impl Hub {
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (commands, rx) = mpsc::channel(COMMAND_CAPACITY);
         let state = State::new(max_sessions, liveness, limits.messages, limits.bytes);
-        let task = tokio::spawn(run(state, rx, idle_exit, idle));
+        // Armed here, before the caller announces it is listening, so a test
+        // cannot signal before the hook is in place.
+        let fault = fault::Trigger::arm();
+        let task = tokio::spawn(run(state, rx, idle_exit, idle, fault));
         (Self { commands }, task)
     }
 
@@ -113,6 +116,7 @@ async fn run(
     mut commands: mpsc::Receiver<Command>,
     idle_exit: Option<Duration>,
     idle: CancellationToken,
+    mut fault: fault::Trigger,
 ) {
     let mut idle_since = Some(Instant::now());
     loop {
@@ -131,6 +135,7 @@ async fn run(
                 };
             }
             () = sleep_until(state.next_deadline()) => state.expire(Instant::now()),
+            () = fault.fired(), if fault::ENABLED => panic!("injected fault (SIGUSR1, fault-injection build)"),
             () = sleep_until(idle_deadline) => {
                 tracing::info!(after = ?idle_exit, "no sessions for the idle timeout; exiting");
                 idle.cancel();
@@ -178,6 +183,46 @@ fn handle(state: &mut State, command: Command) {
             connection,
         } => state.unresponsive(session, connection),
         Command::Shutdown => state.shutdown(),
+    }
+}
+
+/// Test-only fault injection: with the `fault-injection` feature, which
+/// only the test script enables, SIGUSR1 makes the hub panic, so tests can
+/// check that a broker whose hub dies exits and is replaced. Without it the
+/// hook is compiled out and the branch above is never polled.
+#[cfg(all(unix, feature = "fault-injection"))]
+mod fault {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+
+    pub(super) const ENABLED: bool = true;
+
+    pub(super) struct Trigger(Signal);
+
+    impl Trigger {
+        pub(super) fn arm() -> Self {
+            Self(signal(SignalKind::user_defined1()).expect("a test build can watch SIGUSR1"))
+        }
+
+        pub(super) async fn fired(&mut self) {
+            self.0.recv().await;
+        }
+    }
+}
+
+#[cfg(not(all(unix, feature = "fault-injection")))]
+mod fault {
+    pub(super) const ENABLED: bool = false;
+
+    pub(super) struct Trigger;
+
+    impl Trigger {
+        pub(super) fn arm() -> Self {
+            Self
+        }
+
+        pub(super) async fn fired(&mut self) {
+            std::future::pending().await
+        }
     }
 }
 

@@ -12,9 +12,12 @@
 //! - `state`: that state and its rules (FIFO matching, rooms, relay), pure and
 //!   synchronous, so it is tested without sockets.
 //! - [`config`]: the knobs.
+//! - [`fd_limit`]: raising the descriptor limit and sizing the session cap
+//!   to it.
 
 pub mod config;
 mod connection;
+pub mod fd_limit;
 mod hub;
 mod ledger;
 pub mod listener;
@@ -23,7 +26,7 @@ mod state;
 
 pub use config::Config;
 pub use listener::{BindError, BoundListener};
-pub use server::run;
+pub use server::{ServeError, run};
 
 /// The broker's version, reported in `Welcome` and `Status`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

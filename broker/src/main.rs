@@ -30,9 +30,12 @@ struct Args {
     /// or never with --foreground].
     #[arg(long, value_name = "SECS")]
     idle_exit: Option<u64>,
-    /// Refuse connections beyond this many sessions.
-    #[arg(long, value_name = "N", default_value_t = Config::default().max_sessions)]
-    max_sessions: usize,
+    /// Refuse connections beyond this many sessions. Lowered at start to what
+    /// the file-descriptor limit allows, after raising the soft limit as far
+    /// as the hard one.
+    /// [default: 50000]
+    #[arg(long, value_name = "N")]
+    max_sessions: Option<usize>,
     /// Messages one session may send per second; 0 removes the limit.
     #[arg(long, value_name = "N", default_value_t = SendLimit::default().per_second)]
     message_rate: f64,
@@ -88,12 +91,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
+    // Before the runtime starts: the limit is process-wide, and the session
+    // cap must fit the descriptors we actually have.
+    let max_sessions = mcp_chat_broker::fd_limit::fit_sessions(
+        args.max_sessions.unwrap_or(Config::default().max_sessions),
+        args.max_sessions.is_some(),
+    )?;
     let idle_secs = args
         .idle_exit
         .unwrap_or(if args.foreground { 0 } else { 600 });
     let config = Config {
         idle_exit: (idle_secs > 0).then(|| Duration::from_secs(idle_secs)),
-        max_sessions: args.max_sessions,
+        max_sessions,
         liveness: liveness(&args),
         send_limit: (args.message_rate > 0.0).then_some(SendLimit {
             per_second: args.message_rate,
@@ -115,7 +124,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let listener = BoundListener::bind(&socket)?;
-        mcp_chat_broker::run(listener, shutdown_signal(), config).await;
+        mcp_chat_broker::run(listener, shutdown_signal(), config).await?;
         anyhow::Ok(())
     })
 }

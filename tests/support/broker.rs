@@ -26,11 +26,37 @@ impl BrokerProcess {
 
     /// Starts a broker without waiting for anything.
     pub fn spawn(socket: &Path, extra_args: &[&str]) -> Self {
-        let mut child = Command::new(bin_path("mcp-chat-broker"))
+        let mut command = Command::new(bin_path("mcp-chat-broker"));
+        command
             .arg("--foreground")
             .arg("--socket")
             .arg(socket)
-            .args(extra_args)
+            .args(extra_args);
+        Self::from_command(command)
+    }
+
+    /// As [`Self::start`], with the descriptor limits set first by `sh`'s
+    /// `ulimit` (e.g. `"-Sn 1024"`; several separated by `;`).
+    #[cfg(unix)]
+    pub async fn start_under_ulimit(socket: &Path, limits: &str, extra_args: &[&str]) -> Self {
+        let ulimits: Vec<String> = limits.split(';').map(|l| format!("ulimit {l}")).collect();
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("{} && exec \"$0\" \"$@\"", ulimits.join(" && ")))
+            .arg(bin_path("mcp-chat-broker"))
+            .arg("--foreground")
+            .arg("--socket")
+            .arg(socket)
+            .args(extra_args);
+        let mut broker = Self::from_command(command);
+        broker.wait_for_log("broker listening").await;
+        broker
+    }
+
+    /// Runs `command`, a broker in the foreground, capturing its log.
+    fn from_command(mut command: Command) -> Self {
+        let mut child = command
             .env("MCP_CHAT_LOG", "info,mcp_chat_broker=debug")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -68,6 +94,18 @@ impl BrokerProcess {
 
     pub async fn wait_exit(&mut self) -> ExitStatus {
         within("broker exit", self.child.wait()).await.unwrap()
+    }
+
+    /// Sends `signal` (a name `kill` knows, e.g. `USR1`).
+    #[cfg(unix)]
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("broker still running");
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 
     /// Sends SIGTERM.
