@@ -369,7 +369,9 @@ async fn sigterm_tells_everyone_and_removes_the_socket() {
 #[tokio::test]
 async fn idle_broker_exits_by_itself() {
     let socket = TestSocket::new();
-    let mut broker = BrokerProcess::start(&socket.path, &["--idle-exit", "1"]).await;
+    // Long enough that a loaded machine still connects before it runs out
+    // (the idle clock starts with the broker).
+    let mut broker = BrokerProcess::start(&socket.path, &["--idle-exit", "3"]).await;
     let client = ProtoClient::connect(&socket.path).await;
     drop(client);
     broker.wait_for_log("idle timeout").await;
@@ -383,7 +385,11 @@ async fn two_hundred_pairs_fifty_messages_each_nothing_lost() {
     const MESSAGES: usize = 50;
     let socket = TestSocket::new();
     // Unthrottled: this test is about load, not the per-session rate limit.
-    let _broker = BrokerProcess::start(&socket.path, &["--message-rate", "0"]).await;
+    let _broker = BrokerProcess::start(
+        &socket.path,
+        &["--message-rate", "0", "--request-rate", "0"],
+    )
+    .await;
     let mut pairs = Vec::new();
     for _ in 0..PAIRS {
         pairs.push(matched_pair(&socket.path).await);
@@ -443,8 +449,18 @@ async fn two_hundred_pairs_fifty_messages_each_nothing_lost() {
 async fn a_client_that_stops_reading_is_ended_and_its_partner_told_exactly_what_it_missed() {
     let socket = TestSocket::new();
     // Unthrottled: this test is about load, not the per-session rate limits.
-    let _broker =
-        BrokerProcess::start(&socket.path, &["--message-rate", "0", "--byte-rate", "0"]).await;
+    let _broker = BrokerProcess::start(
+        &socket.path,
+        &[
+            "--message-rate",
+            "0",
+            "--byte-rate",
+            "0",
+            "--request-rate",
+            "0",
+        ],
+    )
+    .await;
     let (mut a, mut b, room_id) = matched_pair(&socket.path).await;
     // b never reads (or acknowledges) until the end. Send large messages
     // until the broker gives up on b.

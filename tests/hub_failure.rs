@@ -77,10 +77,13 @@ async fn shims_recover_against_a_fresh_broker_after_the_hub_panics() {
         let found = client.expect_notification("chatroom.found").await;
         assert_eq!(found, json!({"room_id": again}));
     }
-    a.ok("send_message", json!({"room_id": again, "message": "back"}))
-        .await;
+    a.ok(
+        "send_message",
+        json!({"room_id": again, "message": "back", "untrusted": true}),
+    )
+    .await;
     assert_eq!(
         b.expect_notification("message.received").await,
-        json!({"room_id": again, "message": "back"})
+        json!({"room_id": again, "message": "back", "untrusted": true})
     );
 }

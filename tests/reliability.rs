@@ -66,7 +66,7 @@ async fn a_frozen_shim_resumes_its_room_with_nothing_lost() {
     let got = a.expect_notification("message.received").await;
     assert_eq!(
         got,
-        json!({"room_id": room, "message": "while you were away"})
+        json!({"room_id": room, "message": "while you were away", "untrusted": true})
     );
     // The room survived: both ways still work, and b was never told a left.
     a.ok("send_message", json!({"room_id": room, "message": "back"}))
@@ -85,7 +85,9 @@ async fn a_frozen_shim_resumes_its_room_with_nothing_lost() {
 #[tokio::test]
 async fn past_the_resume_grace_the_partner_is_told() {
     let socket = TestSocket::new();
-    let args = ["--heartbeat-ms", "100", "--resume-grace-ms", "200"];
+    // A grace long enough that the live partner, starved on a loaded
+    // machine, resumes within it; the frozen one never does.
+    let args = ["--heartbeat-ms", "100", "--resume-grace-ms", "3000"];
     let _broker = BrokerProcess::start(&socket.path, &args).await;
     let mut a = McpClient::spawn(&socket.path).await;
     let mut b = McpClient::spawn(&socket.path).await;
@@ -276,8 +278,18 @@ async fn a_frozen_receiver_costs_the_sender_an_exact_undelivered_count() {
     let socket = TestSocket::new();
     // Unthrottled, and heartbeats slow enough that the full buffer, not the
     // heartbeat, is what gives up on the frozen receiver.
-    let _broker =
-        BrokerProcess::start(&socket.path, &["--message-rate", "0", "--byte-rate", "0"]).await;
+    let _broker = BrokerProcess::start(
+        &socket.path,
+        &[
+            "--message-rate",
+            "0",
+            "--byte-rate",
+            "0",
+            "--request-rate",
+            "0",
+        ],
+    )
+    .await;
     let mut a = McpClient::spawn(&socket.path).await;
     let mut b = McpClient::spawn(&socket.path).await;
     let room = pair_up(&mut a, &mut b).await;

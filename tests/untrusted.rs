@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
-use mcp_chat_tests::mcp_client::matched_room;
 use mcp_chat_tests::{BrokerProcess, McpClient, TestSocket};
 use rmcp::model::CallToolResult;
 use serde_json::{Value, json};
@@ -21,11 +20,20 @@ fn smuggled() -> String {
     format!("hello{hidden}\u{200b}\u{202e}")
 }
 
+/// Matched at once or, on a loaded machine, a moment later: the
+/// chatroom.found notifications are what count.
 async fn matched(a: &mut McpClient, b: &mut McpClient) -> String {
     a.ok("enter_queue", json!({})).await;
-    let room = matched_room(&b.ok("enter_queue", json!({})).await);
+    b.ok("enter_queue", json!({})).await;
+    let room = a.expect_notification("chatroom.found").await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        b.expect_notification("chatroom.found").await["room_id"],
+        room
+    );
     for client in [&mut *a, &mut *b] {
-        client.expect_notification("chatroom.found").await;
         client.channel_event().await;
     }
     room
@@ -140,8 +148,18 @@ async fn a_flood_reaches_the_model_a_bounded_piece_at_a_time() {
     const MAX_RESULT_BYTES: usize = 128 * 1024;
     let socket = TestSocket::new();
     // Unthrottled, so the flood arrives in one go.
-    let _broker =
-        BrokerProcess::start(&socket.path, &["--message-rate", "0", "--byte-rate", "0"]).await;
+    let _broker = BrokerProcess::start(
+        &socket.path,
+        &[
+            "--message-rate",
+            "0",
+            "--byte-rate",
+            "0",
+            "--request-rate",
+            "0",
+        ],
+    )
+    .await;
     let mut a = McpClient::spawn(&socket.path).await;
     let mut b = McpClient::spawn(&socket.path).await;
     let room = matched(&mut a, &mut b).await;

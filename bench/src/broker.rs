@@ -47,6 +47,11 @@ impl BrokerChild {
         if supports(bin, "--message-rate").await? {
             command.args(["--message-rate", "0"]);
         }
+        for limit in ["--byte-rate", "--request-rate"] {
+            if supports(bin, limit).await? {
+                command.args([limit, "0"]);
+            }
+        }
         let mut child = command
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;

@@ -26,7 +26,25 @@ pub struct Config {
     /// 20 short messages a second are a conversation, 20 of 16 KiB a flood
     /// of a model's context. `None` lifts it.
     pub byte_limit: Option<SendLimit>,
+    /// Per-session limit on requests of any kind: they all run on the one
+    /// hub task, so one session cannot take it over with status calls.
+    /// Generous beside `send_limit`. `None` lifts it.
+    pub request_limit: Option<SendLimit>,
 }
+
+/// Every per-session rate limit; `None` lifts one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// Requests of any kind (see [`Config::request_limit`]).
+    pub requests: Option<SendLimit>,
+    pub messages: Option<SendLimit>,
+    pub bytes: Option<SendLimit>,
+}
+
+/// Requests of any kind one session may make per second, sustained.
+pub const REQUESTS_PER_SECOND: f64 = 50.0;
+/// Requests one session may make in a burst.
+pub const REQUEST_BURST: f64 = 100.0;
 
 /// Bytes of message text one session may send per second, sustained.
 pub const BYTES_PER_SECOND: f64 = 64.0 * 1024.0;
@@ -40,6 +58,14 @@ pub const BYTE_BURST: f64 = 256.0 * 1024.0;
 pub const OUTBOX_HEADROOM: usize = 64;
 
 impl SendLimit {
+    /// The default request limit (see [`Config::request_limit`]).
+    pub fn requests() -> Self {
+        Self {
+            per_second: REQUESTS_PER_SECOND,
+            burst: REQUEST_BURST,
+        }
+    }
+
     /// The default byte limit (see [`Config::byte_limit`]).
     pub fn bytes() -> Self {
         Self {
@@ -126,6 +152,18 @@ impl Default for Config {
             liveness: Liveness::default(),
             send_limit: Some(SendLimit::default()),
             byte_limit: Some(SendLimit::bytes()),
+            request_limit: Some(SendLimit::requests()),
+        }
+    }
+}
+
+impl Config {
+    /// The per-session limits the hub applies.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            requests: self.request_limit,
+            messages: self.send_limit,
+            bytes: self.byte_limit,
         }
     }
 }

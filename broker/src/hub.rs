@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Liveness, SendLimit};
+use crate::config::{Limits, Liveness};
 use crate::state::{Admitted, ConnectionId, SessionHandle, SessionId, State};
 
 /// Commands buffered before connection tasks wait their turn. A full channel
@@ -50,13 +50,6 @@ pub(crate) enum Command {
     Shutdown,
 }
 
-/// Per-session sending limits (see [`crate::config::Config`]).
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Limits {
-    pub(crate) messages: Option<SendLimit>,
-    pub(crate) bytes: Option<SendLimit>,
-}
-
 /// A cheap handle connection tasks use to reach the hub.
 #[derive(Clone, Debug)]
 pub(crate) struct Hub {
@@ -74,7 +67,7 @@ impl Hub {
         idle: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (commands, rx) = mpsc::channel(COMMAND_CAPACITY);
-        let state = State::new(max_sessions, liveness, limits.messages, limits.bytes);
+        let state = State::new(max_sessions, liveness, limits);
         // Armed here, before the caller announces it is listening, so a test
         // cannot signal before the hook is in place.
         let fault = fault::Trigger::arm();

@@ -42,6 +42,13 @@ struct Args {
     /// Messages one session may send in a burst before the rate applies.
     #[arg(long, value_name = "N", default_value_t = SendLimit::default().burst)]
     message_burst: f64,
+    /// Requests of any kind one session may make per second; 0 removes the
+    /// limit.
+    #[arg(long, value_name = "N", default_value_t = SendLimit::requests().per_second)]
+    request_rate: f64,
+    /// Requests one session may make in a burst before the rate applies.
+    #[arg(long, value_name = "N", default_value_t = SendLimit::requests().burst)]
+    request_burst: f64,
     /// Bytes of message text one session may send per second; 0 removes the
     /// limit.
     #[arg(long, value_name = "BYTES", default_value_t = SendLimit::bytes().per_second)]
@@ -107,6 +114,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         send_limit: (args.message_rate > 0.0).then_some(SendLimit {
             per_second: args.message_rate,
             burst: args.message_burst.max(1.0),
+        }),
+        request_limit: (args.request_rate > 0.0).then_some(SendLimit {
+            per_second: args.request_rate,
+            burst: args.request_burst.max(1.0),
         }),
         byte_limit: (args.byte_rate > 0.0).then_some(SendLimit {
             per_second: args.byte_rate,

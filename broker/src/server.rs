@@ -79,10 +79,7 @@ pub async fn run(
     let (hub, mut hub_task) = Hub::spawn(
         config.max_sessions,
         config.liveness,
-        crate::hub::Limits {
-            messages: config.send_limit,
-            bytes: config.byte_limit,
-        },
+        config.limits(),
         config.idle_exit,
         idle.clone(),
     );

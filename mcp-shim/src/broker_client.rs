@@ -15,7 +15,7 @@ use interprocess::local_socket::{GenericFilePath, ToFsName};
 use mcp_chat_proto::socket_path::{check_private_dir, current_uid};
 use mcp_chat_proto::{
     BrokerMsg, ClientCodec, ClientMsg, CodecError, ErrorCode, PROTOCOL_VERSION, Reply, Request,
-    Resume, SocketDirError,
+    Resume, RoomId, SocketDirError,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
@@ -318,6 +318,36 @@ impl ConnectionWatch {
     }
 }
 
+/// What a reply says about where the session stands, applied by the
+/// connection task in the order frames arrive. Events say the rest.
+#[derive(Debug, Clone, Copy)]
+enum PlaceChange {
+    /// `enter_queue`: a `waiting` reply puts the session in the queue (a
+    /// `matched` one was announced by `chatroom.found`, read just before).
+    Enter,
+    /// `leave_chat`: a `left` reply takes the session out of that room.
+    Leave(RoomId),
+    None,
+}
+
+impl PlaceChange {
+    fn of(request: &Request) -> Self {
+        match request {
+            Request::EnterQueue => Self::Enter,
+            Request::LeaveChat { room_id } => Self::Leave(*room_id),
+            _ => Self::None,
+        }
+    }
+
+    fn apply(self, reply: &Reply, events: &EventLog) {
+        match (self, reply) {
+            (Self::Enter, Reply::Waiting { position }) => events.note_waiting(*position),
+            (Self::Leave(room_id), Reply::Left) => events.note_left(room_id),
+            _ => {}
+        }
+    }
+}
+
 /// Why a connection task ended early.
 enum Lost {
     Write(CodecError),
@@ -357,7 +387,7 @@ async fn run(
     received_seq: Arc<AtomicU64>,
     closed: CancellationToken,
 ) {
-    let mut waiting: HashMap<u64, oneshot::Sender<Reply>> = HashMap::new();
+    let mut waiting: HashMap<u64, (oneshot::Sender<Reply>, PlaceChange)> = HashMap::new();
     let mut next_id: u64 = 1;
     let mut last_seq = received_seq.load(Ordering::Acquire);
     let mut acked = last_seq;
@@ -376,14 +406,19 @@ async fn run(
                 let Some(Outgoing { request, reply }) = outgoing else { break None };
                 let id = next_id;
                 next_id += 1;
-                waiting.insert(id, reply);
+                let change = PlaceChange::of(&request);
+                waiting.insert(id, (reply, change));
                 if let Err(e) = transport.send(ClientMsg::Request { id, request }).await {
                     break Some(Lost::Write(e));
                 }
             }
             incoming = transport.next() => match incoming {
                 Some(Ok(BrokerMsg::Response { id, reply })) => {
-                    if let Some(waiter) = waiting.remove(&id) {
+                    if let Some((waiter, change)) = waiting.remove(&id) {
+                        // In wire order, before any event read after it:
+                        // a later chatroom.found or partner.disconnected
+                        // then overrides what the reply said, as it must.
+                        change.apply(&reply, &events);
                         let _ = waiter.send(reply);
                     }
                 }

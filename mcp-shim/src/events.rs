@@ -172,6 +172,9 @@ impl EventLog {
     /// where the session stood.
     pub async fn session_lost(&self, reason: DisconnectReason) -> Place {
         let before = std::mem::replace(&mut self.lock().place, Place::Idle);
+        // Anyone waiting on the place (enter_queue with wait_s) must hear
+        // of it, event or not.
+        self.arrived.notify_waiters();
         if let Place::InRoom(room_id) = before {
             // What was lost with the broker is unknown: no counts.
             self.record(Recorded {
@@ -233,6 +236,13 @@ impl EventLog {
         }
     }
 
+    fn take_one(&self) -> Option<ChatEvent> {
+        let mut inner = self.lock();
+        let taken = inner.pending.pop_front()?;
+        inner.pending_bytes -= taken.cost;
+        Some(taken.event)
+    }
+
     /// Takes every buffered event (for people's screens, which scroll).
     pub fn take_pending(&self) -> Vec<ChatEvent> {
         let mut inner = self.lock();
@@ -290,7 +300,8 @@ impl EventLog {
         let mut seen = Vec::new();
         loop {
             let arrived = self.arrived.notified();
-            for event in self.take_pending() {
+            // One at a time: events behind the wanted one stay pending.
+            while let Some(event) = self.take_one() {
                 if wanted(&event) {
                     return Ok(event);
                 }
@@ -322,14 +333,15 @@ impl EventLog {
         }
     }
 
-    /// Resolves when the place changes from what `current` says, or never.
-    pub async fn place_changed(&self, current: Place) {
+    /// Resolves once the session is no longer waiting in the queue: matched,
+    /// or out of the queue some other way (its broker was lost).
+    pub async fn left_queue(&self) {
         loop {
-            let arrived = self.arrived.notified();
-            if self.place() != current {
+            let changed = self.arrived.notified();
+            if !matches!(self.place(), Place::Waiting { .. }) {
                 return;
             }
-            arrived.await;
+            changed.await;
         }
     }
 
@@ -337,21 +349,22 @@ impl EventLog {
         self.lock().place
     }
 
-    /// Records what a reply said about where the session stands.
-    pub fn set_place(&self, place: Place) {
-        self.lock().place = place;
+    /// A `waiting` reply to `enter_queue`, applied in wire order (see
+    /// `broker_client`): a `chatroom.found` read after it overrides it.
+    pub fn note_waiting(&self, position: usize) {
+        self.lock().place = Place::Waiting { position };
+        self.arrived.notify_waiters();
     }
 
-    /// Records a `waiting` reply, unless the match it was waiting for has
-    /// already been announced: the `chatroom.found` event can be read
-    /// before the task that asked gets to look at its reply. Returns where
-    /// the session stands now.
-    pub fn note_waiting(&self, position: usize) -> Place {
+    /// A `left` reply to `leave_chat`, applied in wire order: the session is
+    /// out of `room_id`, unless it has moved on already.
+    pub fn note_left(&self, room_id: RoomId) {
         let mut inner = self.lock();
-        if !matches!(inner.place, Place::InRoom(_)) {
-            inner.place = Place::Waiting { position };
+        if inner.place == Place::InRoom(room_id) {
+            inner.place = Place::Idle;
         }
-        inner.place
+        drop(inner);
+        self.arrived.notify_waiters();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -521,13 +534,64 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_match_announced_before_the_waiting_reply_is_kept() {
+    async fn replies_and_events_apply_in_wire_order() {
+        let log = EventLog::new(None);
+        let r = room();
+        log.note_waiting(1);
+        log.ingest(Event::ChatroomFound { room_id: r }).await;
+        assert_eq!(log.place(), Place::InRoom(r));
+        log.note_left(RoomId::new_random());
+        assert_eq!(log.place(), Place::InRoom(r), "another room's leave");
+        log.note_left(r);
+        assert_eq!(log.place(), Place::Idle);
+    }
+
+    #[tokio::test]
+    async fn waiting_for_one_event_leaves_the_others_pending() {
         let log = EventLog::new(None);
         let r = room();
         log.ingest(Event::ChatroomFound { room_id: r }).await;
-        assert_eq!(log.note_waiting(1), Place::InRoom(r));
-        let idle = EventLog::new(None);
-        assert_eq!(idle.note_waiting(1), Place::Waiting { position: 1 });
+        for message in ["a", "b"] {
+            log.ingest(Event::MessageReceived {
+                room_id: r,
+                message: message.into(),
+                sent_at: 0,
+            })
+            .await;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let got = log
+            .wait_for(deadline, |e| e.message.as_deref() == Some("a"))
+            .await
+            .unwrap();
+        assert_eq!(got.seq, 2);
+        let rest = log.take_pending();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].message.as_deref(), Some("b"));
+    }
+
+    #[tokio::test]
+    async fn results_take_events_up_to_their_budget_and_at_least_one() {
+        let log = EventLog::new(None);
+        let r = room();
+        for i in 0..10 {
+            log.ingest(Event::MessageReceived {
+                room_id: r,
+                message: format!("{i}{}", "<".repeat(1000)),
+                sent_at: 0,
+            })
+            .await;
+        }
+        // Each costs over 6,000 bytes as a model reads it (`<` is escaped).
+        let first = log.take_batch(13_000);
+        assert_eq!(first.events.len(), 2);
+        assert_eq!(first.more_pending, 8);
+        let one = log.take_batch(10);
+        assert_eq!(one.events.len(), 1, "at least one always fits");
+        assert_eq!(one.events[0].seq, 3);
+        let rest = log.take_batch(usize::MAX);
+        assert_eq!(rest.events.len(), 7);
+        assert_eq!(rest.more_pending, 0);
     }
 
     #[test]

@@ -83,21 +83,18 @@ impl ChatServer {
         Parameters(params): Parameters<EnterQueueParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<WithEvents<EnterQueueResult>>, String> {
-        let reply = self.call(Request::EnterQueue).await?;
-        let position = match reply {
-            Reply::Matched { room_id } => {
-                self.session.events().set_place(Place::InRoom(room_id));
-                return Ok(self.with_events(matched(room_id)));
-            }
+        // The connection applies the reply to the session's place in wire
+        // order; a chatroom.found read after a `waiting` reply wins.
+        let position = match self.call(Request::EnterQueue).await? {
+            Reply::Matched { room_id } => return Ok(self.with_events(matched(room_id))),
             Reply::Waiting { position } => position,
             other => return Err(self.failure_from(other)),
         };
-        let waiting = match self.session.events().note_waiting(position) {
-            Place::InRoom(room_id) => return Ok(self.with_events(matched(room_id))),
-            waiting => waiting,
-        };
+        if let Place::InRoom(room_id) = self.session.events().place() {
+            return Ok(self.with_events(matched(room_id)));
+        }
         if params.wait_s > 0
-            && let Some(room_id) = self.wait_for_match(waiting, params.wait_s, &ctx).await?
+            && let Some(room_id) = self.wait_for_match(params.wait_s, &ctx).await?
         {
             return Ok(self.with_events(matched(room_id)));
         }
@@ -144,10 +141,7 @@ impl ChatServer {
             })
             .await?
         {
-            Reply::Left => {
-                self.session.events().set_place(Place::Idle);
-                Ok(self.with_events(StatusOnly { status: "left" }))
-            }
+            Reply::Left => Ok(self.with_events(StatusOnly { status: "left" })),
             other => Err(self.failure_from(other)),
         }
     }
@@ -230,7 +224,6 @@ impl ChatServer {
     /// client asked for it. `None` when time ran out.
     async fn wait_for_match(
         &self,
-        waiting: Place,
         wait_s: u64,
         ctx: &RequestContext<RoleServer>,
     ) -> Result<Option<mcp_chat_proto::RoomId>, String> {
@@ -243,7 +236,7 @@ impl ChatServer {
         let started = tokio::time::Instant::now();
         loop {
             tokio::select! {
-                () = events.place_changed(waiting) => {
+                () = events.left_queue() => {
                     return match events.place() {
                         Place::InRoom(room_id) => Ok(Some(room_id)),
                         // Left the queue some other way (the broker went away).

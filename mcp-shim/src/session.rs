@@ -143,7 +143,7 @@ impl Inner {
             };
             let before = self.events.session_lost(reason).await;
             if matches!(before, Place::Waiting { .. }) {
-                requeue(&self.events, &fresh).await;
+                requeue(&fresh).await;
             }
         }
         Ok(fresh)
@@ -200,12 +200,10 @@ async fn reconnect(inner: &Inner, claim: Resume) -> Result<BrokerConnection, Sta
 
 /// The session was waiting when the broker went away; it still wants a
 /// partner, so it takes a place in the new broker's queue.
-async fn requeue(events: &EventLog, connection: &BrokerConnection) {
+async fn requeue(connection: &BrokerConnection) {
+    // The connection applies the reply to the place, in wire order.
     match connection.request(Request::EnterQueue).await {
-        Ok(Reply::Waiting { position }) => {
-            events.note_waiting(position);
-        }
-        Ok(Reply::Matched { room_id }) => events.set_place(Place::InRoom(room_id)),
+        Ok(Reply::Waiting { .. } | Reply::Matched { .. }) => {}
         other => tracing::warn!(
             ?other,
             "could not re-enter the queue after a broker restart"

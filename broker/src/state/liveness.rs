@@ -169,6 +169,9 @@ impl State {
         s.replay.forget_through(claim.last_seq);
         let resume_token = s.resume_token.clone();
         let written = s.written.clone();
+        if s.place == Place::Waiting {
+            self.queue.set_attached(session, true);
+        }
         tracing::info!(session, replayed = missed.len(), "session resumed");
         for (seq, event) in missed {
             self.deliver(session, BrokerMsg::Event { seq, event });
@@ -207,6 +210,7 @@ impl State {
         handle.kick.cancel();
         // Its final `written` arrives with the connection's own notice.
         s.connection_done = false;
+        let waiting = s.place == Place::Waiting;
         let until = Instant::now() + grace;
         s.detached_until = Some(until);
         s.probe_deadline = None;
@@ -217,6 +221,9 @@ impl State {
             "client unresponsive; holding its session for a resume"
         );
         // A detached waiter is skipped by matching; others may pair now.
+        if waiting {
+            self.queue.set_attached(session, false);
+        }
         self.try_match();
     }
 

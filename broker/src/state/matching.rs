@@ -26,7 +26,8 @@ impl State {
             Place::Idle => {}
         }
         self.set_place(session, Place::Waiting);
-        self.queue.push_back(session);
+        // Only an attached session sends requests.
+        self.queue.push(session, true);
         self.try_match();
         match self.sessions.get(&session).map(|s| s.place) {
             Some(Place::InRoom(room_id)) => Reply::Matched { room_id },
@@ -41,8 +42,11 @@ impl State {
     pub(super) fn try_match(&mut self) {
         let now = Instant::now();
         loop {
-            let mut candidates = self.queue.iter().copied().filter(|&s| self.is_attached(s));
-            let (Some(first), Some(second)) = (candidates.next(), candidates.next()) else {
+            let pair = {
+                let mut candidates = self.queue.iter().filter(|&s| self.is_attached(s));
+                (candidates.next(), candidates.next())
+            };
+            let (Some(first), Some(second)) = pair else {
                 return;
             };
             let stale: Vec<SessionId> = [first, second]
@@ -55,18 +59,14 @@ impl State {
                 }
                 return;
             }
-            self.queue.retain(|&s| s != first && s != second);
+            self.queue.remove(first);
+            self.queue.remove(second);
             self.open_room(first, second);
         }
     }
 
     fn waiting_reply(&self, session: SessionId) -> Reply {
-        let position = self
-            .queue
-            .iter()
-            .filter(|&&s| self.is_attached(s))
-            .position(|&s| s == session)
-            .map_or(1, |i| i + 1);
+        let position = self.queue.position(session).unwrap_or(1);
         Reply::Waiting { position }
     }
 

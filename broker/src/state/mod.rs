@@ -19,10 +19,11 @@
 
 mod liveness;
 mod matching;
+mod queue;
 mod rate;
 mod rooms;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -34,9 +35,10 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Liveness, SendLimit};
+use crate::config::{Limits, Liveness};
 pub(crate) use liveness::REPLAY_EVENTS;
 use liveness::Replay;
+use queue::Queue;
 use rate::TokenBucket;
 
 pub(crate) type SessionId = u64;
@@ -93,6 +95,8 @@ struct Session {
     last_seen: Instant,
     /// Set while a quiet waiter is being pinged before a match.
     probe_deadline: Option<Instant>,
+    /// Requests of any kind per second: every request costs the hub work.
+    requesting: TokenBucket,
     /// Messages per second, and bytes of message text per second.
     sending: TokenBucket,
     sending_bytes: TokenBucket,
@@ -133,7 +137,7 @@ struct Room {
 pub(crate) struct State {
     sessions: HashMap<SessionId, Session>,
     by_token: HashMap<String, SessionId>,
-    queue: VecDeque<SessionId>,
+    queue: Queue,
     rooms: HashMap<RoomId, Room>,
     /// Rooms with both members still in them, kept as a count so `status`
     /// never scans.
@@ -146,23 +150,17 @@ pub(crate) struct State {
     started: Instant,
     max_sessions: usize,
     liveness: Liveness,
-    send_limit: Option<SendLimit>,
-    byte_limit: Option<SendLimit>,
+    limits: Limits,
     shutting_down: bool,
     slow_consumers: Vec<SessionId>,
 }
 
 impl State {
-    pub(crate) fn new(
-        max_sessions: usize,
-        liveness: Liveness,
-        send_limit: Option<SendLimit>,
-        byte_limit: Option<SendLimit>,
-    ) -> Self {
+    pub(crate) fn new(max_sessions: usize, liveness: Liveness, limits: Limits) -> Self {
         Self {
             sessions: HashMap::new(),
             by_token: HashMap::new(),
-            queue: VecDeque::new(),
+            queue: Queue::default(),
             rooms: HashMap::new(),
             full_rooms: 0,
             deadlines: BTreeSet::new(),
@@ -170,8 +168,7 @@ impl State {
             started: Instant::now(),
             max_sessions,
             liveness,
-            send_limit,
-            byte_limit,
+            limits,
             shutting_down: false,
             slow_consumers: Vec::new(),
         }
@@ -227,8 +224,9 @@ impl State {
                 detached_until: None,
                 last_seen: Instant::now(),
                 probe_deadline: None,
-                sending: TokenBucket::full(self.send_limit),
-                sending_bytes: TokenBucket::full(self.byte_limit),
+                requesting: TokenBucket::full(self.limits.requests),
+                sending: TokenBucket::full(self.limits.messages),
+                sending_bytes: TokenBucket::full(self.limits.bytes),
                 written: written.clone(),
                 connection_done: false,
                 doomed: false,
@@ -255,6 +253,20 @@ impl State {
             // it managed to send has nobody to answer.
             return;
         }
+        if let Err(wait) = s.requesting.wait_for(Instant::now(), 1.0) {
+            let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+            let reply = Reply::Error {
+                code: ErrorCode::RateLimited,
+                message: format!(
+                    "too many requests at once; wait {retry_after_ms} ms and try again"
+                ),
+                retry_after_ms: Some(retry_after_ms),
+            };
+            self.reply(session, id, reply);
+            self.detach_slow_consumers();
+            return;
+        }
+        s.requesting.spend(1.0);
         s.last_seen = Instant::now();
         let reply = match request {
             Request::EnterQueue => self.enter_queue(session),
@@ -356,7 +368,7 @@ impl State {
         match removed.place {
             Place::Idle => {}
             Place::Waiting => {
-                self.queue.retain(|&s| s != session);
+                self.queue.remove(session);
                 // The one it was about to be matched with may now pair up.
                 self.try_match();
             }

@@ -14,12 +14,8 @@ struct Client {
 }
 
 fn new_state(max_sessions: usize) -> State {
-    State::new(
-        max_sessions,
-        Liveness::default(),
-        Some(crate::config::SendLimit::default()),
-        Some(crate::config::SendLimit::bytes()),
-    )
+    let config = crate::config::Config::default();
+    State::new(max_sessions, Liveness::default(), config.limits())
 }
 
 fn handle(capacity: usize) -> (SessionHandle, mpsc::Receiver<BrokerMsg>, CancellationToken) {
@@ -592,4 +588,46 @@ async fn acknowledged_events_are_not_kept_for_a_resume() {
         rx.try_recv(),
         Ok(BrokerMsg::Event { seq: 12, .. })
     ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_request_counts_against_a_budget() {
+    let mut state = new_state(100);
+    let mut a = join(&mut state, 512);
+    let burst = crate::config::REQUEST_BURST as usize;
+    for _ in 0..burst {
+        assert!(matches!(
+            ask(&mut state, &mut a, Request::Status).0,
+            Reply::Status(_)
+        ));
+    }
+    match ask(&mut state, &mut a, Request::EnterQueue).0 {
+        Reply::Error {
+            code: ErrorCode::RateLimited,
+            retry_after_ms: Some(20),
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(state.queue.len(), 0, "the refused request did nothing");
+    tokio::time::advance(std::time::Duration::from_millis(20)).await;
+    assert_eq!(
+        ask(&mut state, &mut a, Request::EnterQueue).0,
+        Reply::Waiting { position: 1 }
+    );
+}
+
+#[test]
+fn waiting_positions_skip_detached_waiters() {
+    let mut state = new_state(100);
+    let mut a = join(&mut state, 16);
+    let mut b = join(&mut state, 16);
+    ask(&mut state, &mut a, Request::EnterQueue);
+    state.unresponsive(a.id, a.connection);
+    // a keeps its place for a resume but is not counted ahead of b.
+    assert_eq!(
+        ask(&mut state, &mut b, Request::EnterQueue).0,
+        Reply::Waiting { position: 1 }
+    );
+    assert_eq!(state.status().waiting, 2);
 }

@@ -201,15 +201,29 @@ async fn round_trip(socket: &Path) -> Result<RoundTrip, String> {
     {
         return Ok(RoundTrip::Skipped(info.waiting));
     }
-    request(&a, Request::EnterQueue).await?;
-    let room_id = match request(&b, Request::EnterQueue).await? {
-        Reply::Matched { room_id } => room_id,
-        other => return Err(format!("second test session was not matched: {other:?}")),
-    };
+    if let Reply::Matched { room_id } = request(&a, Request::EnterQueue).await? {
+        // Someone entered after the check above: do not chat with them.
+        let _ = request(&a, Request::LeaveChat { room_id }).await;
+        return Err("a real user entered the queue during the check; run doctor again".into());
+    }
     // Each wait is for the one event it needs, whatever else arrives first
     // (b's own chatroom.found, say, is still pending when the probe is sent).
     let deadline = tokio::time::Instant::now() + ROUND_TRIP_DEADLINE;
-    let room = room_id.to_string();
+    let room = match request(&b, Request::EnterQueue).await? {
+        Reply::Matched { room_id } => room_id.to_string(),
+        // On a busy machine the broker may ping a before matching it (it
+        // never matches a waiter it has not heard from lately): the match
+        // comes a moment later, announced by chatroom.found.
+        Reply::Waiting { .. } => b_events
+            .wait_for(deadline, |e| e.kind == EventKind::ChatroomFound)
+            .await
+            .map(|e| e.room_id)
+            .map_err(|seen| format!("the test sessions were not matched (got {seen:?})"))?,
+        other => return Err(format!("second test session was not matched: {other:?}")),
+    };
+    let room_id: mcp_chat_proto::RoomId = room
+        .parse()
+        .map_err(|_| format!("the broker named an invalid room {room:?}"))?;
     let found = a_events
         .wait_for(deadline, |e| e.kind == EventKind::ChatroomFound)
         .await;

@@ -94,13 +94,13 @@ async fn handle_line(session: &ChatSession, line: &str) -> anyhow::Result<bool> 
 
 async fn enter_queue(session: &ChatSession) -> anyhow::Result<()> {
     match session.request(Request::EnterQueue).await? {
-        Reply::Matched { room_id } => {
-            session.events().set_place(Place::InRoom(room_id));
-            // The chatroom.found event that came with the match announces it.
-        }
-        Reply::Waiting { position } => {
-            session.events().note_waiting(position);
-            say(&waiting_line(session).await);
+        // The chatroom.found event that came with the match announces it.
+        Reply::Matched { .. } => {}
+        Reply::Waiting { .. } => {
+            // Unless a match was read right behind the reply.
+            if matches!(session.events().place(), Place::Waiting { .. }) {
+                say(&waiting_line(session).await);
+            }
         }
         Reply::Error { code, message, .. } => say(&format!("! {code}: {}", reveal(&message))),
         other => say(&format!("! unexpected answer {other:?}")),
@@ -143,7 +143,6 @@ async fn send(session: &ChatSession, room_id: RoomId, text: &str) {
 async fn leave_room(session: &ChatSession) {
     if let Place::InRoom(room_id) = session.events().place() {
         let _ = session.request(Request::LeaveChat { room_id }).await;
-        session.events().set_place(Place::Idle);
     }
 }
 

@@ -145,7 +145,8 @@ async function flow(url, bin, socket) {
     const fromS = "hello over stdio";
     await call(s, "send_message", { room_id: room, message: fromS }, "S send_message");
     const got = await inboxH.waitFor("message.received", (p) => p.room_id === room && p.message === fromS, `with ${fromS}`);
-    exactKeys(got, ["room_id", "message"], "H message.received");
+    exactKeys(got, ["room_id", "message", "untrusted"], "H message.received");
+    check(got.untrusted === true, "H message.received: marked untrusted", got);
     passed("S -> H: H received message.received over HTTP");
 
     const fromH = "hello over HTTP";
