@@ -10,11 +10,13 @@
 //! - `state`: that state and its rules (FIFO matching, rooms, relay), pure and
 //!   synchronous, so it is tested without sockets.
 //! - [`config`]: the knobs.
+//! - [`log_file`]: the auto-started broker's private, size-capped log file.
 
 pub mod config;
 mod connection;
 mod hub;
 pub mod listener;
+pub mod log_file;
 pub mod server;
 mod state;
 
