@@ -206,7 +206,7 @@ fn locate_broker(
     search_path(OsStr::new(&name), path).ok_or_else(|| {
         not_found(
             sibling.unwrap_or_else(|| PathBuf::from(&name)),
-            "there, next to mcp-chat, or in any absolute PATH directory",
+            "next to mcp-chat or in any absolute PATH directory",
         )
     })
 }
