@@ -198,3 +198,34 @@ async fn a_log_left_readable_beside_the_socket_is_made_private() {
     join.stdin.take();
     within("join to exit", join.wait()).await.unwrap();
 }
+
+#[tokio::test]
+async fn the_log_is_rotated_past_its_cap() {
+    let socket = TestSocket::new();
+    let mut command = Command::new(bin_path("mcp-chat"));
+    // A one-byte cap: every line starts a new file. By the time the broker
+    // has welcomed join it has logged at least two lines ("listening", and
+    // at debug the session start), so it has rotated at least once.
+    command
+        .env("MCP_CHAT_SOCKET", &socket.path)
+        .env("MCP_CHAT_BROKER", bin_path("mcp-chat-broker"))
+        .env("MCP_CHAT_LOG", "debug")
+        .env("MCP_CHAT_LOG_MAX_BYTES", "1");
+    let mut join = join_until_waiting(command).await;
+    let _broker = AutoStartedBroker::find(&socket.path).expect("a broker wrote its lock");
+
+    let log = mcp_chat_proto::socket_path::broker_log_path(&socket.path);
+    let mut rotated = log.clone().into_os_string();
+    rotated.push(".1");
+    let rotated = PathBuf::from(rotated);
+    // Replaced by rename and cut only between lines: whole lines only.
+    let text = std::fs::read_to_string(&rotated).unwrap();
+    assert!(!text.is_empty() && text.ends_with('\n'), "{text:?}");
+    assert_eq!(mode(&rotated), 0o600);
+    let mut second = rotated.into_os_string();
+    second.push(".1");
+    assert!(!PathBuf::from(second).exists(), "one rotation only");
+
+    join.stdin.take();
+    within("join to exit", join.wait()).await.unwrap();
+}
