@@ -305,9 +305,11 @@ fn check_hello(
             resume,
             ..
         }))) => {
+            let client_name = loggable(&client_name);
             if protocol == PROTOCOL_VERSION {
                 Ok((client_name, resume))
             } else {
+                let client_version = loggable(&client_version);
                 Err((
                     ErrorCode::ProtocolMismatch,
                     format!(
@@ -322,6 +324,29 @@ fn check_hello(
             "the first frame must be hello".into(),
         )),
     }
+}
+
+/// Longest client-supplied name or version that is logged, in characters.
+const MAX_LOGGED_CHARS: usize = 64;
+
+/// A client-supplied string made fit for a log line: at most
+/// [`MAX_LOGGED_CHARS`] characters (cut on a character boundary, marked
+/// with `…`), control and bidi-override characters escaped, so a client can
+/// neither flood the log nor forge or hide lines in it.
+fn loggable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_LOGGED_CHARS + 8));
+    let mut chars = text.chars();
+    for c in chars.by_ref().take(MAX_LOGGED_CHARS) {
+        if c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if chars.next().is_some() {
+        out.push('…');
+    }
+    out
 }
 
 #[cfg(unix)]
@@ -356,4 +381,46 @@ pub(crate) async fn turn_away(stream: Stream, refusal: (ErrorCode, String)) {
 async fn refuse(transport: &mut Transport, (code, message): (ErrorCode, String)) {
     let refusal = BrokerMsg::Refused { code, message };
     let _ = tokio::time::timeout(Duration::from_secs(1), transport.send(refusal)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_strings_are_cut_and_escaped_before_logging() {
+        assert_eq!(loggable("mcp-chat 0.1.0"), "mcp-chat 0.1.0");
+        let long = "é".repeat(MAX_LOGGED_CHARS + 1);
+        let cut = loggable(&long);
+        assert_eq!(cut, format!("{}…", "é".repeat(MAX_LOGGED_CHARS)));
+        assert_eq!(
+            loggable(&"é".repeat(MAX_LOGGED_CHARS)).chars().count(),
+            MAX_LOGGED_CHARS
+        );
+        let forged = "x\n2026-01-01T00:00:00Z  INFO forged\u{1b}[2J\u{202e}";
+        let safe = loggable(forged);
+        assert!(
+            !safe.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{safe:?}"
+        );
+        assert!(safe.starts_with(r"x\n2026"), "{safe:?}");
+        assert!(safe.ends_with(r"\u{1b}[2J\u{202e}"), "{safe:?}");
+    }
+
+    #[test]
+    fn a_huge_client_name_in_a_mismatched_hello_is_not_repeated() {
+        let hello = ClientMsg::Hello {
+            protocol: PROTOCOL_VERSION + 1,
+            client_name: "n".repeat(100_000),
+            client_version: "v\n".repeat(100_000),
+            pid: 1,
+            resume: None,
+        };
+        let Err((code, message)) = check_hello(Ok(Some(Ok(hello)))) else {
+            panic!("a protocol mismatch is refused");
+        };
+        assert_eq!(code, ErrorCode::ProtocolMismatch);
+        assert!(message.len() < 1_000, "{} bytes", message.len());
+        assert!(!message.contains('\n'));
+    }
 }

@@ -14,6 +14,7 @@
 //! - [`config`]: the knobs.
 //! - [`fd_limit`]: raising the descriptor limit and sizing the session cap
 //!   to it.
+//! - [`log_file`]: the auto-started broker's private, size-capped log file.
 
 pub mod config;
 mod connection;
@@ -21,6 +22,7 @@ pub mod fd_limit;
 mod hub;
 mod ledger;
 pub mod listener;
+pub mod log_file;
 pub mod server;
 mod state;
 

@@ -53,13 +53,12 @@ impl BoundListener {
                 path: socket.to_owned(),
                 source,
             })?;
-        let options = ListenerOptions::new().name(name).reclaim_name(false);
-        #[cfg(unix)]
-        let options = {
-            use interprocess::os::unix::local_socket::ListenerOptionsExt;
-            options.mode(0o600)
+        let options = || {
+            ListenerOptions::new()
+                .name(name.clone())
+                .reclaim_name(false)
         };
-        let listener = options.create_tokio().map_err(|source| BindError::Bind {
+        let listener = listen_private(options, socket).map_err(|source| BindError::Bind {
             path: socket.to_owned(),
             source,
         })?;
@@ -88,6 +87,56 @@ impl Drop for BoundListener {
         {
             tracing::warn!(path = %self.path.display(), error = %e, "could not remove socket");
         }
+    }
+}
+
+/// Listens with the socket created `0600`. Interprocess sets the mode before
+/// `bind` (no umask race), which only some systems allow (Linux, recent BSDs);
+/// elsewhere (macOS) it reports `Unsupported`. There the socket is created
+/// with the umask's mode and narrowed right after `bind`: the `0700`
+/// directory, checked before we got here, keeps everyone else out meanwhile,
+/// and the peer uid check stays behind it.
+#[cfg(unix)]
+fn listen_private<'n>(
+    options: impl Fn() -> ListenerOptions<'n>,
+    socket: &Path,
+) -> io::Result<Listener> {
+    use interprocess::os::unix::local_socket::ListenerOptionsExt;
+    let (listener, fell_back) = with_mode_or_without(
+        || options().mode(0o600).create_tokio(),
+        || options().create_tokio(),
+    )?;
+    if fell_back {
+        use std::os::unix::fs::PermissionsExt;
+        tracing::info!(
+            path = %socket.display(),
+            "this system cannot set a socket's mode before bind; relying on the private directory and setting 0600 after bind"
+        );
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(listener)
+}
+
+#[cfg(not(unix))]
+fn listen_private<'n>(
+    options: impl Fn() -> ListenerOptions<'n>,
+    _socket: &Path,
+) -> io::Result<Listener> {
+    options().create_tokio()
+}
+
+/// Tries `with_mode`; only when the system says it cannot do that
+/// (`Unsupported`) tries `without_mode`. Any other error is the answer. The
+/// flag says whether the fallback was taken.
+#[cfg(unix)]
+fn with_mode_or_without<T>(
+    with_mode: impl FnOnce() -> io::Result<T>,
+    without_mode: impl FnOnce() -> io::Result<T>,
+) -> io::Result<(T, bool)> {
+    match with_mode() {
+        Ok(listener) => Ok((listener, false)),
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => Ok((without_mode()?, true)),
+        Err(e) => Err(e),
     }
 }
 
@@ -182,6 +231,31 @@ mod tests {
         let _bound = BoundListener::bind(&socket).unwrap();
         let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_unsupported_socket_mode_falls_back_to_the_private_directory() {
+        let unsupported = || Err::<&str, _>(io::Error::from(io::ErrorKind::Unsupported));
+        let plain = || Ok::<_, io::Error>("plain");
+        assert_eq!(
+            with_mode_or_without(unsupported, plain).unwrap(),
+            ("plain", true)
+        );
+        // Supported: the fallback is never tried.
+        let never = || -> io::Result<&str> { panic!("fallback tried") };
+        assert_eq!(
+            with_mode_or_without(|| Ok("0600"), never).unwrap(),
+            ("0600", false)
+        );
+        // Any other failure is reported as it is, not papered over.
+        let denied = || Err::<&str, _>(io::Error::from(io::ErrorKind::PermissionDenied));
+        let err = with_mode_or_without(denied, never).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        // The fallback's own failure is reported too.
+        let also_failing = || Err::<&str, _>(io::Error::from(io::ErrorKind::AddrInUse));
+        let err = with_mode_or_without(unsupported, also_failing).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
     }
 
     #[cfg(unix)]

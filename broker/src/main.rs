@@ -1,14 +1,16 @@
 //! `mcp-chat-broker`: the daemon binary. Everything testable is in the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use mcp_chat_broker::config::{Liveness, SendLimit};
+use mcp_chat_broker::log_file::{self, LogFile, prepare_state_dir};
 use mcp_chat_broker::{BoundListener, Config};
-use mcp_chat_proto::socket_path::{SocketEnv, broker_log_path};
+use mcp_chat_proto::socket_path::{SocketEnv, broker_log_path, prepare_socket_dir};
 use tracing_subscriber::EnvFilter;
 
 /// The mcp-chat broker: holds the waiting queue and the chat rooms for every
@@ -65,6 +67,11 @@ struct Args {
     /// 15000, scaled with --heartbeat-ms]. For tests and diagnosis.
     #[arg(long, value_name = "MS", hide = true)]
     resume_grace_ms: Option<u64>,
+    /// Rotate the log file to `<name>.1` once it holds this many bytes.
+    #[arg(long, value_name = "BYTES", hide = true, env = "MCP_CHAT_LOG_MAX_BYTES",
+          default_value_t = log_file::DEFAULT_MAX_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    log_max_bytes: u64,
     /// Log more: -v for per-session events, -vv for everything.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -140,7 +147,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     })
 }
 
-fn init_logging(args: &Args, socket: &std::path::Path) -> anyhow::Result<()> {
+fn init_logging(args: &Args, socket: &Path) -> anyhow::Result<()> {
     let default = match args.verbose {
         0 => "info",
         1 => "info,mcp_chat_broker=debug",
@@ -152,32 +159,40 @@ fn init_logging(args: &Args, socket: &std::path::Path) -> anyhow::Result<()> {
     if args.foreground {
         builder.with_writer(std::io::stderr).init();
     } else {
-        let path = log_path(socket);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating log directory {}", dir.display()))?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
+        let path = match state_log_path(socket) {
+            Some(path) => {
+                if let Some(dir) = path.parent() {
+                    prepare_state_dir(dir)?;
+                }
+                path
+            }
+            None => {
+                // Beside the socket: the directory the socket needs anyway,
+                // created 0700 and checked, never chmod-ed (it may be one the
+                // user named with MCP_CHAT_SOCKET).
+                prepare_socket_dir(socket)?;
+                broker_log_path(socket)
+            }
+        };
+        let file = LogFile::open(&path, args.log_max_bytes)
             .with_context(|| format!("opening log file {}", path.display()))?;
-        builder.with_writer(file).with_ansi(false).init();
+        builder
+            .with_writer(Mutex::new(file))
+            .with_ansi(false)
+            .init();
     }
     Ok(())
 }
 
-/// The user's state directory for the default socket; beside the socket when
-/// it was overridden, so tests and side-by-side brokers keep separate logs.
-fn log_path(socket: &std::path::Path) -> PathBuf {
+/// The log in the user's state directory, for the default socket. `None`
+/// when the socket was overridden: then the log goes beside the socket, so
+/// tests and side-by-side brokers keep separate logs.
+fn state_log_path(socket: &Path) -> Option<PathBuf> {
     let env = SocketEnv::from_process();
     let is_default = env.socket_override.is_none() && socket == env.socket_path();
-    let state_dir = directories::ProjectDirs::from("", "", "mcp-chat")
-        .map(|dirs| dirs.state_dir().unwrap_or(dirs.cache_dir()).to_owned());
-    match state_dir {
-        Some(dir) if is_default => dir.join("broker.log"),
-        _ => broker_log_path(socket),
-    }
+    let dirs = directories::ProjectDirs::from("", "", "mcp-chat")?;
+    let state_dir = dirs.state_dir().unwrap_or(dirs.cache_dir());
+    is_default.then(|| state_dir.join("broker.log"))
 }
 
 fn liveness(args: &Args) -> Liveness {

@@ -9,7 +9,7 @@ use mcp_chat_proto::socket_path::{broker_lock_path, prepare_socket_dir};
 use mcp_chat_proto::{PROTOCOL_VERSION, Reply, Request, SocketDirError};
 
 use super::register::registered_clients;
-use crate::autostart::{StartError, broker_binary, connect_or_start};
+use crate::autostart::{StartError, connect_or_start, find_broker};
 use crate::broker_client::{BrokerConnection, ConnectError};
 use crate::events::{EventKind, EventLog};
 
@@ -52,7 +52,19 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
 
 async fn check_binaries(report: &mut Report) {
     let shim = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("mcp-chat"));
-    let broker = broker_binary();
+    // The same absolute path auto-start would run, never a PATH lookup
+    // through the current directory.
+    let broker = match find_broker() {
+        Ok(broker) => broker,
+        Err(e) => {
+            report.fail(
+                "binaries",
+                e,
+                "install mcp-chat-broker next to mcp-chat or on PATH (./install.sh), or set MCP_CHAT_BROKER",
+            );
+            return;
+        }
+    };
     let output = tokio::process::Command::new(&broker)
         .arg("--version")
         .output()

@@ -123,11 +123,7 @@ pub(super) fn register_claude_code(
     };
 
     if let Some((_, entry)) = &existing {
-        let removed = run_claude(program, &REMOVE_ARGS)?;
-        let added = run_claude(program, &add_args(command))?;
-        if !added.success {
-            bail!(claude_failed(command, &added, Some(&removed)));
-        }
+        replace(program, command, entry)?;
         return Ok(CodeOutcome::Replaced {
             previous,
             dropped: dropped_settings(entry),
@@ -141,17 +137,71 @@ pub(super) fn register_claude_code(
     if !added.output.to_lowercase().contains("already exists") {
         bail!(claude_failed(command, &added, None));
     }
-    // Registered in a file we did not read (or could not parse): replace it,
-    // so it surely runs this binary.
+    // Registered after we looked (Claude Code rewrites its file all the
+    // time): look again, so the entry can be put back if the add fails.
+    let entry = code
+        .config
+        .as_deref()
+        .and_then(|config| read_server_entry(config).ok().flatten());
+    let Some(entry) = entry else {
+        // Not in the file we read (or it cannot be read): removing it could
+        // lose settings we could not put back.
+        bail!(
+            "`claude` says {SERVER_NAME} is already registered, but its entry is not in {}, \
+             so it was left as it is. To replace it, run:\n  {}\n  {}",
+            code.config.as_deref().map_or_else(
+                || "Claude Code's config".to_owned(),
+                |c| c.display().to_string()
+            ),
+            remove_command_line(),
+            add_command_line(command)
+        );
+    };
+    let previous = entry
+        .get("command")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    replace(program, command, &entry)?;
+    Ok(CodeOutcome::Replaced {
+        previous,
+        dropped: dropped_settings(&entry),
+    })
+}
+
+/// `claude mcp` has no way to replace an entry in one step, so this removes
+/// the old one and adds ours. If the add fails, the old entry (exactly as
+/// it was in the config, `env` and all) is put back with `claude mcp
+/// add-json`, so a failed replace never leaves mcp-chat unregistered.
+fn replace(program: &Path, command: &str, old_entry: &Value) -> anyhow::Result<()> {
     let removed = run_claude(program, &REMOVE_ARGS)?;
     let added = run_claude(program, &add_args(command))?;
-    if !added.success {
-        bail!(claude_failed(command, &added, Some(&removed)));
+    if added.success {
+        return Ok(());
     }
-    Ok(CodeOutcome::Replaced {
-        previous: None,
-        dropped: Vec::new(),
-    })
+    let mut message = claude_failed(command, &added, Some(&removed));
+    if !removed.success {
+        // Nothing was removed, so nothing needs putting back.
+        bail!(message);
+    }
+    let old_json = old_entry.to_string();
+    let restore_args = ["mcp", "add-json", "--scope", "user", SERVER_NAME, &old_json];
+    match run_claude(program, &restore_args) {
+        Ok(restored) if restored.success => {
+            message.push_str("\nThe previous registration was put back as it was.");
+        }
+        outcome => {
+            let why = match outcome {
+                Ok(run) => run.output,
+                Err(error) => format!("{error:#}"),
+            };
+            message.push_str(&format!(
+                "\nPutting the previous registration back failed too ({why}); \
+                 to restore it, run: claude mcp add-json --scope user {SERVER_NAME} {}",
+                shell_quote(&old_json)
+            ));
+        }
+    }
+    bail!(message)
 }
 
 /// Fields of an old entry, besides its command, that carried settings.

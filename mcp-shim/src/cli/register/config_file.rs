@@ -49,6 +49,12 @@ pub enum ConfigError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "{} changed {attempts} times while mcp-chat was updating it, so it was left \
+         as it is: close the app that keeps writing it and run this again",
+        path.display()
+    )]
+    KeptChanging { path: PathBuf, attempts: usize },
     #[error("cannot write {}; the old file is still in place", path.display())]
     Write {
         path: PathBuf,

@@ -1,9 +1,13 @@
 //! Claude Desktop: `mcpServers["mcp-chat"]` in `claude_desktop_config.json`.
 //!
-//! Every other key and server stays as it was, in its place; the old file is
-//! kept as `….json.bak`; the new one is written to a temp file in the same
-//! directory and renamed over the old, so the client never reads half a file.
-//! A file that is not valid JSON is never touched.
+//! Every other key and server stays as it was, in its place. The old content
+//! is kept as `….json.bak` the first time (the user's own config, never
+//! overwritten) and as `….json.bak.1`, `.bak.2`, … after that. The new file
+//! is written to a temp file in the same directory and renamed over the old,
+//! so the client never reads half a file; right before the rename the file is
+//! read again, and if the client changed it meanwhile the merge is redone on
+//! its new content, so that change is not lost. A file that is not valid
+//! JSON is never touched.
 //!
 //! Key order survives the rewrite only because serde_json is built with its
 //! `preserve_order` feature; without it `serde_json::Map` is a `BTreeMap` and
@@ -61,47 +65,84 @@ pub fn register_claude_desktop(
     config: &Path,
     command: &str,
 ) -> Result<DesktopOutcome, ConfigError> {
+    register_with_hook(config, command, &mut |_| {})
+}
+
+/// How many times the file may change under us before we give up: each
+/// change means redoing the merge on the new content.
+const MAX_ATTEMPTS: usize = 5;
+
+/// [`register_claude_desktop`], calling `before_check` just before the file
+/// is read again for the last time, where a test plays the client editing it.
+fn register_with_hook(
+    config: &Path,
+    command: &str,
+    before_check: &mut dyn FnMut(&Path),
+) -> Result<DesktopOutcome, ConfigError> {
     let path = real_path(config)?;
     if path.file_name().is_none() {
         return Err(ConfigError::NotAFile { path });
     }
-    let original = read_if_exists(&path)?;
-    let (bom, mut root) = match &original {
-        Some(bytes) => parse_config(&path, bytes)?,
-        None => (false, Map::new()),
-    };
-    let change = set_command(&path, &mut root, command)?;
-    if change == Change::Unchanged {
+    for _ in 0..MAX_ATTEMPTS {
+        let original = read_if_exists(&path)?;
+        let (bom, mut root) = match &original {
+            Some(bytes) => parse_config(&path, bytes)?,
+            None => (false, Map::new()),
+        };
+        let change = set_command(&path, &mut root, command)?;
+        if change == Change::Unchanged {
+            return Ok(DesktopOutcome {
+                config: path,
+                change,
+                backup: None,
+            });
+        }
+        let mut text = String::new();
+        if bom {
+            text.push('\u{feff}');
+        }
+        text.push_str(
+            &serde_json::to_string_pretty(&Value::Object(root))
+                .expect("a serde_json::Value always serializes"),
+        );
+        text.push('\n');
+
+        let temp = write_temp(&path, text.as_bytes())?;
+        let backup = match &original {
+            Some(bytes) => match write_backup(&path, bytes) {
+                Ok(backup) => Some(backup),
+                Err(error) => {
+                    let _ = fs::remove_file(&temp);
+                    return Err(error);
+                }
+            },
+            None => None,
+        };
+        // The client may have saved the file since we read it (it rewrites
+        // its config on its own): then merge again into what it wrote, or its
+        // change would be lost.
+        before_check(&path);
+        if read_if_exists(&path)? != original {
+            let _ = fs::remove_file(&temp);
+            if let Some(backup) = &backup {
+                let _ = fs::remove_file(backup);
+            }
+            continue;
+        }
+        rename_into_place(&temp, &path)?;
         return Ok(DesktopOutcome {
             config: path,
-            change,
-            backup: None,
+            change: if backup.is_some() {
+                change
+            } else {
+                Change::Created
+            },
+            backup,
         });
     }
-
-    let mut text = String::new();
-    if bom {
-        text.push('\u{feff}');
-    }
-    text.push_str(
-        &serde_json::to_string_pretty(&Value::Object(root))
-            .expect("a serde_json::Value always serializes"),
-    );
-    text.push('\n');
-
-    let backup = match original {
-        Some(_) => Some(write_backup(&path)?),
-        None => None,
-    };
-    write_atomically(&path, text.as_bytes())?;
-    Ok(DesktopOutcome {
-        config: path,
-        change: if backup.is_some() {
-            change
-        } else {
-            Change::Created
-        },
-        backup,
+    Err(ConfigError::KeptChanging {
+        path,
+        attempts: MAX_ATTEMPTS,
     })
 }
 
@@ -160,35 +201,59 @@ fn set_command(
     }
 }
 
-fn backup_path(path: &Path) -> PathBuf {
+/// `<name>.bak`, then `<name>.bak.1`, `<name>.bak.2`, …: the first backup is
+/// the user's config as it was before mcp-chat ever touched it, and it is
+/// never overwritten.
+fn backup_path(path: &Path, number: u32) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".bak");
+    if number > 0 {
+        name.push(format!(".{number}"));
+    }
     path.with_file_name(name)
 }
 
-/// Copies the current file to `<name>.bak` (with its permissions),
-/// replacing an older backup.
-fn write_backup(path: &Path) -> Result<PathBuf, ConfigError> {
-    let backup = backup_path(path);
-    match fs::copy(path, &backup) {
-        Ok(_) => Ok(backup),
-        Err(source) => Err(ConfigError::Backup {
+/// Saves `bytes` (the content about to be replaced) as the first free
+/// [`backup_path`], with the config's permissions. Never replaces a file.
+fn write_backup(path: &Path, bytes: &[u8]) -> Result<PathBuf, ConfigError> {
+    let mut number = 0;
+    loop {
+        let backup = backup_path(path, number);
+        let error = |source| ConfigError::Backup {
             path: path.to_path_buf(),
-            backup,
+            backup: backup.clone(),
             source,
-        }),
+        };
+        let mut file = match create_private(&backup) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && number < u32::MAX => {
+                number += 1;
+                continue;
+            }
+            Err(e) => return Err(error(e)),
+        };
+        let written = file.write_all(bytes).and_then(|()| {
+            if let Ok(meta) = fs::metadata(path) {
+                file.set_permissions(meta.permissions())?;
+            }
+            file.sync_all()
+        });
+        return match written {
+            Ok(()) => Ok(backup),
+            Err(e) => {
+                drop(file);
+                let _ = fs::remove_file(&backup);
+                Err(error(e))
+            }
+        };
     }
 }
 
-/// Writes `bytes` to a temp file next to `path`, flushes it to disk and
-/// renames it over `path`: readers see the old file or the new one, never a
-/// mix. The new file keeps the old one's permissions (0600 if new, as the
-/// config may hold secrets in `env`).
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
-    let dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
+/// Writes `bytes` to a temp file next to `path` and flushes it to disk; the
+/// new file gets the old one's permissions (0600 if new, as the config may
+/// hold secrets in `env`). [`rename_into_place`] then swaps it in.
+fn write_temp(path: &Path, bytes: &[u8]) -> Result<PathBuf, ConfigError> {
+    let dir = parent_dir(path);
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let write = || -> io::Result<()> {
@@ -203,19 +268,40 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
         if let Ok(meta) = fs::metadata(path) {
             file.set_permissions(meta.permissions())?;
         }
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&temp, path)?;
-        sync_dir(dir);
-        Ok(())
+        file.sync_all()
     };
-    write().map_err(|source| {
+    write().map(|()| temp.clone()).map_err(|source| {
         let _ = fs::remove_file(&temp);
         ConfigError::Write {
             path: path.to_path_buf(),
             source,
         }
     })
+}
+
+/// Renames the temp file over `path`: readers see the old file or the new
+/// one, never a mix.
+fn rename_into_place(temp: &Path, path: &Path) -> Result<(), ConfigError> {
+    match fs::rename(temp, path) {
+        Ok(()) => {
+            sync_dir(parent_dir(path));
+            Ok(())
+        }
+        Err(source) => {
+            let _ = fs::remove_file(temp);
+            Err(ConfigError::Write {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    }
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
 }
 
 fn create_private(path: &Path) -> io::Result<fs::File> {

@@ -65,6 +65,9 @@ impl FakeClaude {
              add) if [ -e '{d}/registered' ]; then\n\
                echo 'MCP server mcp-chat already exists in user config' >&2; exit 1; fi\n\
                echo \"$7\" > '{d}/registered'; echo 'Added stdio MCP server mcp-chat';;\n\
+             add-json) if [ -e '{d}/registered' ]; then\n\
+               echo 'MCP server mcp-chat already exists in user config' >&2; exit 1; fi\n\
+               echo \"$6\" > '{d}/registered'; echo 'Added stdio MCP server mcp-chat';;\n\
              remove) rm -f '{d}/registered'; echo 'Removed MCP server mcp-chat';;\n\
              esac\n"
         );
@@ -122,18 +125,95 @@ fn claude_code_is_registered_through_the_cli() {
 
 #[cfg(unix)]
 #[test]
-fn claude_code_already_exists_is_replaced() {
+fn claude_code_entry_we_cannot_see_is_left_alone() {
     let claude = FakeClaude::new("");
     fs::write(claude.dir.path().join("registered"), "/somewhere/else").unwrap();
+    let error = register_claude_code(&claude.code(), CMD)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("left as it is"), "{error}");
+    assert!(error.contains(&remove_command_line()), "{error}");
+    assert!(error.contains(&add_command_line(CMD)), "{error}");
+    // Never removed: we could not have put it back.
+    assert_eq!(claude.calls(), [ADD_CALL]);
+    assert_eq!(claude.registered().as_deref(), Some("/somewhere/else"));
+}
+
+#[cfg(unix)]
+#[test]
+fn claude_code_entry_that_appears_meanwhile_is_replaced() {
+    // Claude Code writes the entry into its config after we looked.
+    let claude = FakeClaude::new(
+        "[ -e \"$(dirname \"$0\")/.claude.json\" ] || \
+         printf '%s' '{\"mcpServers\": {\"mcp-chat\": {\"command\": \"/else\"}}}' \
+         > \"$(dirname \"$0\")/.claude.json\"",
+    );
+    fs::write(claude.dir.path().join("registered"), "/else").unwrap();
     assert_eq!(
         register_claude_code(&claude.code(), CMD).unwrap(),
         CodeOutcome::Replaced {
-            previous: None,
+            previous: Some("/else".to_owned()),
             dropped: Vec::new()
         }
     );
     assert_eq!(claude.calls(), [ADD_CALL, REMOVE_CALL, ADD_CALL]);
     assert_eq!(claude.registered().as_deref(), Some(CMD));
+}
+
+/// An entry whose replacement `claude mcp add` refuses, in a config file.
+#[cfg(unix)]
+fn entry_whose_add_fails(extra: &str) -> (FakeClaude, &'static str) {
+    const OLD: &str = r#"{"type":"stdio","command":"/old","args":["-x"],"env":{"K":"v"}}"#;
+    let claude = FakeClaude::new(extra);
+    fs::write(claude.dir.path().join("registered"), OLD).unwrap();
+    fs::write(
+        claude.dir.path().join(".claude.json"),
+        format!(r#"{{"numStartups": 3, "mcpServers": {{"mcp-chat": {OLD}}}}}"#),
+    )
+    .unwrap();
+    (claude, OLD)
+}
+
+#[cfg(unix)]
+#[test]
+fn a_failed_replace_puts_the_old_entry_back() {
+    let (claude, old) =
+        entry_whose_add_fails("[ \"$2\" = add ] && { echo 'Error: disk full' >&2; exit 1; }");
+    let error = register_claude_code(&claude.code(), CMD)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("disk full"), "{error}");
+    assert!(error.contains("put back as it was"), "{error}");
+    assert_eq!(
+        claude.calls(),
+        [
+            REMOVE_CALL.to_owned(),
+            ADD_CALL.to_owned(),
+            format!("mcp add-json --scope user mcp-chat {old}")
+        ]
+    );
+    // Exactly the old entry, env and all.
+    let restored: Value = serde_json::from_str(&claude.registered().unwrap()).unwrap();
+    assert_eq!(restored, serde_json::from_str::<Value>(old).unwrap());
+}
+
+#[cfg(unix)]
+#[test]
+fn a_failed_restore_says_how_to_restore_by_hand() {
+    let (claude, old) = entry_whose_add_fails(
+        "case \"$2\" in add|add-json) echo 'Error: disk full' >&2; exit 1;; esac",
+    );
+    let error = register_claude_code(&claude.code(), CMD)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("failed too"), "{error}");
+    assert!(
+        error.contains(&format!(
+            "claude mcp add-json --scope user mcp-chat '{old}'"
+        )),
+        "{error}"
+    );
+    assert!(error.contains(&add_command_line(CMD)), "{error}");
 }
 
 #[cfg(unix)]

@@ -50,7 +50,7 @@ fn second_run_is_byte_identical_and_already_registered() {
     fs::write(&config, EXISTING).unwrap();
     register_claude_desktop(&config, CMD).unwrap();
     let first = fs::read(&config).unwrap();
-    let backup = backup_path(&config);
+    let backup = backup_path(&config, 0);
     fs::remove_file(&backup).unwrap();
 
     let outcome = register_claude_desktop(&config, CMD).unwrap();
@@ -79,7 +79,7 @@ fn malformed_json_is_refused_and_left_untouched() {
     assert!(message.contains("line 3"), "{message}");
     assert!(message.contains("left unchanged"), "{message}");
     assert_eq!(fs::read_to_string(&config).unwrap(), broken);
-    assert!(!backup_path(&config).exists());
+    assert!(!backup_path(&config, 0).exists());
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
 }
 
@@ -118,6 +118,95 @@ fn backup_holds_the_old_content() {
 }
 
 #[test]
+fn the_first_backup_is_kept_and_later_ones_are_numbered() {
+    let dir = temp();
+    let config = dir.path().join("c.json");
+    fs::write(&config, EXISTING).unwrap();
+    let outcome = register_claude_desktop(&config, "/first/mcp-chat").unwrap();
+    assert_eq!(outcome.backup, Some(backup_path(&config, 0)));
+    let after_first = fs::read(&config).unwrap();
+
+    let outcome = register_claude_desktop(&config, "/second/mcp-chat").unwrap();
+    let first_numbered = dir.path().join("c.json.bak.1");
+    assert_eq!(backup_path(&config, 1), first_numbered);
+    assert_eq!(outcome.backup.as_deref(), Some(first_numbered.as_path()));
+    assert_eq!(fs::read(&first_numbered).unwrap(), after_first);
+    let after_second = fs::read(&config).unwrap();
+
+    // Nothing to change: no new backup.
+    register_claude_desktop(&config, "/second/mcp-chat").unwrap();
+    register_claude_desktop(&config, CMD).unwrap();
+    assert_eq!(fs::read(backup_path(&config, 2)).unwrap(), after_second);
+    // The user's own config is still the first backup.
+    assert_eq!(
+        fs::read_to_string(backup_path(&config, 0)).unwrap(),
+        EXISTING
+    );
+    assert!(!backup_path(&config, 3).exists());
+}
+
+#[test]
+fn a_change_made_while_registering_is_merged_not_lost() {
+    let dir = temp();
+    let config = dir.path().join("c.json");
+    fs::write(&config, EXISTING).unwrap();
+    let edited = EXISTING.replace(
+        "\"globalShortcut\"",
+        "\"newSetting\": true,\n  \"globalShortcut\"",
+    );
+    let mut edits = 0;
+    let outcome = register_with_hook(&config, CMD, &mut |path| {
+        // The client saves its config once, between our read and our write.
+        if edits == 0 {
+            fs::write(path, &edited).unwrap();
+        }
+        edits += 1;
+    })
+    .unwrap();
+    assert_eq!(
+        edits, 2,
+        "merged twice: before and after the client's change"
+    );
+    assert_eq!(outcome.change, Change::Added);
+    let root: Value = serde_json::from_slice(&fs::read(&config).unwrap()).unwrap();
+    assert_eq!(root["newSetting"], true, "the client's change is kept");
+    assert_eq!(root["mcpServers"]["mcp-chat"]["command"], CMD);
+    // The backup holds what was replaced: the client's version.
+    assert_eq!(fs::read_to_string(backup_path(&config, 0)).unwrap(), edited);
+    assert!(!backup_path(&config, 1).exists());
+    assert_eq!(
+        fs::read_dir(dir.path()).unwrap().count(),
+        2,
+        "no temp file left"
+    );
+}
+
+#[test]
+fn a_file_that_never_stops_changing_is_left_alone() {
+    let dir = temp();
+    let config = dir.path().join("c.json");
+    fs::write(&config, "{}").unwrap();
+    let mut edits = 0;
+    let error = register_with_hook(&config, CMD, &mut |path| {
+        edits += 1;
+        fs::write(path, format!("{{\"edit\": {edits}}}")).unwrap();
+    })
+    .unwrap_err();
+    assert!(
+        matches!(error, ConfigError::KeptChanging { .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("run this again"), "{error}");
+    assert_eq!(edits, MAX_ATTEMPTS);
+    // The client's last version, untouched; no backup or temp file left.
+    assert_eq!(
+        fs::read_to_string(&config).unwrap(),
+        format!("{{\"edit\": {edits}}}")
+    );
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
 fn missing_file_and_directory_are_created() {
     let dir = temp();
     let config = dir.path().join("Claude").join("claude_desktop_config.json");
@@ -130,7 +219,7 @@ fn missing_file_and_directory_are_created() {
         root,
         json!({ "mcpServers": { "mcp-chat": { "command": CMD } } })
     );
-    assert!(!backup_path(&config).exists());
+    assert!(!backup_path(&config, 0).exists());
     assert_eq!(fs::read_dir(config.parent().unwrap()).unwrap().count(), 1);
 }
 
@@ -181,7 +270,7 @@ fn entry_pointing_elsewhere_is_updated_keeping_its_other_fields() {
     let keys: Vec<_> = entry.as_object().unwrap().keys().collect();
     assert_eq!(keys, ["command", "args", "env"]);
     assert_eq!(root["mcpServers"]["other"], json!({ "command": "o" }));
-    assert_eq!(fs::read_to_string(backup_path(&config)).unwrap(), old);
+    assert_eq!(fs::read_to_string(backup_path(&config, 0)).unwrap(), old);
 }
 
 #[test]
