@@ -631,3 +631,21 @@ fn waiting_positions_skip_detached_waiters() {
     );
     assert_eq!(state.status().waiting, 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn impossible_seq_claims_are_refused_not_overflowed() {
+    let mut state = new_state(100);
+    let (a, _b, _room_id) = pair(&mut state);
+    // An acknowledgement beyond what was sent is held to what was sent.
+    state.ack(a.id, a.connection, u64::MAX);
+    state.unresponsive(a.id, a.connection);
+    let (h, _rx, _kick) = handle(4);
+    let claim = mcp_chat_proto::Resume {
+        token: a.token,
+        last_seq: u64::MAX,
+    };
+    assert!(
+        !state.register(h, Some(claim)).unwrap().resumed,
+        "a claim past the end is refused"
+    );
+}
