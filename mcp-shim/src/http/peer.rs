@@ -316,6 +316,35 @@ mod tests {
         assert_eq!(Owner::of(None, 1000), Owner::Unknown);
     }
 
+    #[tokio::test]
+    async fn accepted_connections_send_small_writes_at_once() {
+        let mut listener = NoDelayListener(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        let server = listener.0.local_addr().unwrap();
+        let client = TcpStream::connect(server).await.unwrap();
+        let (accepted, peer) = Listener::accept(&mut listener).await;
+        assert!(accepted.nodelay().unwrap(), "TCP_NODELAY is set");
+        assert_eq!(peer.remote, client.local_addr().unwrap());
+        assert_eq!(peer.local, server);
+    }
+
+    #[tokio::test]
+    async fn the_owner_is_looked_up_once_per_connection() {
+        let peer = Peer {
+            remote: addr("127.0.0.1:50000"),
+            local: addr("127.0.0.1:8931"),
+            owner: Arc::default(),
+        };
+        let lookups = std::sync::atomic::AtomicUsize::new(0);
+        let lookup = |_, _| async {
+            lookups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Owner::Other(7)
+        };
+        assert_eq!(peer.owner(lookup).await, Owner::Other(7));
+        // Every request on the connection carries a clone.
+        assert_eq!(peer.clone().owner(lookup).await, Owner::Other(7));
+        assert_eq!(lookups.into_inner(), 1);
+    }
+
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_connection_of_our_own_is_ours() {
