@@ -9,7 +9,9 @@
 //!   `MCP_CHAT_TEST_PYTHON` / `MCP_CHAT_TEST_NODE` may name other
 //!   interpreters.
 //! - A small raw client (hyper, one connection per request) checks the
-//!   security rules and that a closed or expired session leaves its room.
+//!   security rules (origin, host, token sources, another user's connection
+//!   via `curl` run as `nobody`), the session cap, and that a closed or
+//!   expired session leaves its room.
 
 #![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
