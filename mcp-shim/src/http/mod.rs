@@ -138,7 +138,7 @@ pub fn run(args: &ServeArgs, addr: SocketAddr, socket: PathBuf) -> anyhow::Resul
         })?;
     warn_about_token(configured.as_ref());
     let exposure = guard::check_bind(addr, configured.as_ref().map(|t| t.secret.as_str()))?;
-    let check = guard::loopback_check(&exposure, peer::OWNERS_LISTED);
+    let check = guard::loopback_check(&exposure, peer::owners_listed());
     let token = match (configured, check) {
         (None, Some(LoopbackCheck::Token)) => Some(token::generated(&socket)?),
         (token, _) => token,

@@ -72,9 +72,12 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
-/// Whether this OS lists each local socket's owner where
-/// [`lookup_owner`] reads.
-pub const OWNERS_LISTED: bool = cfg!(target_os = "linux");
+/// Whether this system lists each local socket's owner where
+/// [`lookup_owner`] reads: Linux, with `/proc` mounted and readable (a
+/// sandbox may hide it, and then the token fallback is the check).
+pub fn owners_listed() -> bool {
+    cfg!(target_os = "linux") && std::fs::File::open("/proc/net/tcp").is_ok()
+}
 
 /// Reads `/proc/net/tcp` and `/proc/net/tcp6` for the owner of the client's
 /// end of a connection from `peer` to `local`. `None` when it is not listed
