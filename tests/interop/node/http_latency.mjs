@@ -41,18 +41,19 @@ delete env.MCP_CHAT_TOKEN;
 delete env.MCP_CHAT_HTTP_TOKEN;
 const children = [];
 
-/** Stops every child, waits for them to exit, then removes the directory. */
+/**
+ * Stops the children newest first, each before the next: the HTTP server
+ * before the broker, or its sessions would start a new broker when theirs
+ * went away. Then removes the directory.
+ */
 async function cleanUp() {
-  await Promise.all(
-    children.map(
-      (child) =>
-        new Promise((done) => {
-          if (child.exitCode !== null || child.signalCode !== null) return done();
-          child.once("exit", done);
-          child.kill();
-        }),
-    ),
-  );
+  for (const child of children.reverse()) {
+    await new Promise((done) => {
+      if (child.exitCode !== null || child.signalCode !== null) return done();
+      child.once("exit", done);
+      child.kill();
+    });
+  }
   rmSync(dir, { recursive: true, force: true });
 }
 
