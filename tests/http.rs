@@ -9,7 +9,9 @@
 //!   `MCP_CHAT_TEST_PYTHON` / `MCP_CHAT_TEST_NODE` may name other
 //!   interpreters.
 //! - A small raw client (hyper, one connection per request) checks the
-//!   security rules and that a closed or expired session leaves its room.
+//!   security rules (origin, host, token sources, another user's connection
+//!   via `curl` run as `nobody`), the session cap, and that a closed or
+//!   expired session leaves its room.
 
 #![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
@@ -43,15 +45,22 @@ struct HttpServer {
     _child: Child,
     addr: SocketAddr,
     url: String,
+    /// What it printed on stderr up to its address.
+    startup: Vec<String>,
 }
 
 impl HttpServer {
     async fn start(socket: &Path, extra: &[&str]) -> Self {
-        let mut child = serve_command(socket, extra)
+        Self::spawn(serve_command(socket, extra)).await
+    }
+
+    async fn spawn(mut command: Command) -> Self {
+        let mut child = command
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn mcp-chat serve --http");
         let mut lines = stderr_lines(&mut child, "http");
+        let mut startup = Vec::new();
         let url = within("the server's address on stderr", async {
             loop {
                 let line = lines
@@ -61,6 +70,7 @@ impl HttpServer {
                 if let Some(url) = line.strip_prefix("mcp-chat: serving MCP over HTTP at ") {
                     return url.trim().to_owned();
                 }
+                startup.push(line);
             }
         })
         .await;
@@ -73,7 +83,13 @@ impl HttpServer {
             _child: child,
             addr,
             url,
+            startup,
         }
+    }
+
+    /// Whether a line printed before the address contains `needle`.
+    fn said(&self, needle: &str) -> bool {
+        self.startup.iter().any(|line| line.contains(needle))
     }
 }
 
@@ -86,6 +102,7 @@ fn serve_command(socket: &Path, extra: &[&str]) -> Command {
         .env("MCP_CHAT_BROKER", bin_path("mcp-chat-broker"))
         .env("MCP_CHAT_LOG", "info")
         .env_remove("MCP_CHAT_HTTP_TOKEN")
+        .env_remove("MCP_CHAT_TOKEN")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .kill_on_drop(true);
@@ -112,6 +129,7 @@ async fn refused(socket: &Path, args: &[&str]) -> (ExitStatus, String) {
         .args(args)
         .env("MCP_CHAT_SOCKET", socket)
         .env_remove("MCP_CHAT_HTTP_TOKEN")
+        .env_remove("MCP_CHAT_TOKEN")
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
@@ -494,7 +512,8 @@ async fn non_loopback_addresses_need_a_token() {
     let socket = TestSocket::new();
     // Refused before anything is bound.
     let (_, stderr) = refused(&socket.path, &["serve", "--http", "0.0.0.0:0"]).await;
-    assert!(stderr.contains("--token"), "{stderr}");
+    assert!(stderr.contains("--token-file"), "{stderr}");
+    assert!(stderr.contains("MCP_CHAT_TOKEN"), "{stderr}");
     assert!(stderr.contains("0.0.0.0:0"), "{stderr}");
     assert!(!stderr.contains("serving MCP"), "{stderr}");
 
@@ -569,6 +588,184 @@ async fn the_bearer_token_is_checked_on_every_request() {
         session.call("chat_status", json!({})).await["state"],
         "idle"
     );
+}
+
+/// `--token-file` and `MCP_CHAT_TOKEN` keep the secret out of `ps`; the
+/// `--token` flag still works but says so.
+#[tokio::test]
+async fn the_token_comes_from_a_file_or_the_environment_and_the_flag_warns() {
+    use std::os::unix::fs::PermissionsExt;
+    let socket = TestSocket::new();
+    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let file = socket.dir.path().join("token");
+    std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let file_arg = file.to_str().unwrap();
+    let warning = "puts the secret on the command line";
+
+    let mut env_command = serve_command(&socket.path, &[]);
+    env_command.env("MCP_CHAT_TOKEN", TOKEN);
+    let servers = [
+        (
+            "--token-file",
+            HttpServer::start(&socket.path, &["--token-file", file_arg]).await,
+        ),
+        ("MCP_CHAT_TOKEN", HttpServer::spawn(env_command).await),
+    ];
+    for (how, server) in &servers {
+        assert!(!server.said(warning), "{how}: {:?}", server.startup);
+        assert!(!server.said(TOKEN), "{how} never prints the token");
+        let response = send(
+            server.addr,
+            initialize_request(server.addr)
+                .body(initialize_body())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{how}");
+        let mut session = RawSession::open(server.addr, Some(TOKEN)).await;
+        assert_eq!(
+            session.call("chat_status", json!({})).await["state"],
+            "idle",
+            "{how}"
+        );
+    }
+
+    let flag = HttpServer::start(&socket.path, &["--token", TOKEN]).await;
+    assert!(flag.said(warning), "{:?}", flag.startup);
+    assert!(flag.said("--token-file"), "{:?}", flag.startup);
+    RawSession::open(flag.addr, Some(TOKEN)).await;
+
+    // A token file others may read works, with a warning naming the fix.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let open = HttpServer::start(&socket.path, &["--token-file", file_arg]).await;
+    assert!(open.said("chmod 600"), "{:?}", open.startup);
+
+    // A token file that is missing or empty is refused before binding.
+    let (_, stderr) = refused(
+        &socket.path,
+        &[
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--token-file",
+            "/nonexistent/token",
+        ],
+    )
+    .await;
+    assert!(stderr.contains("/nonexistent/token"), "{stderr}");
+    std::fs::write(&file, "\n").unwrap();
+    let (_, stderr) = refused(
+        &socket.path,
+        &["serve", "--http", "127.0.0.1:0", "--token-file", file_arg],
+    )
+    .await;
+    assert!(stderr.contains("is empty"), "{stderr}");
+    assert!(!stderr.contains("serving MCP"), "{stderr}");
+}
+
+/// On loopback, a process of another user gets 403: TCP carries no uid,
+/// so the server looks the connection's owner up in /proc/net/tcp. The
+/// client here is `curl` run as `nobody`.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn another_users_connection_is_refused() {
+    if mcp_chat_proto::socket_path::current_uid() != 0 {
+        eprintln!("skipped: needs root to run a client as another user");
+        return;
+    }
+    let curl = Path::new("/usr/bin/curl");
+    if !curl.exists() {
+        eprintln!("skipped: needs /usr/bin/curl to run as another user");
+        return;
+    }
+    let socket = TestSocket::new();
+    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    // Room for one session: if the refused request had made one, ours
+    // below could not open.
+    let server = HttpServer::start(&socket.path, &["--max-sessions", "1"]).await;
+    assert!(
+        server.said("serving processes of uid 0 only"),
+        "{:?}",
+        server.startup
+    );
+
+    let body = String::from_utf8(
+        initialize_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(curl)
+        .args(["--silent", "--show-error", "--include", "--max-time", "15"])
+        .args(["-H", "accept: application/json, text/event-stream"])
+        .args(["-H", "content-type: application/json"])
+        .args(["--data", &body])
+        .arg(&server.url)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = within("curl as nobody", output).await.unwrap();
+    let response = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(response.starts_with("HTTP/1.1 403"), "{response}");
+    assert!(response.contains("uid 65534"), "{response}");
+    assert!(
+        !response.to_ascii_lowercase().contains("mcp-session-id"),
+        "{response}"
+    );
+
+    // Our own processes are served, and the one place was still free.
+    let mut session = RawSession::open(server.addr, None).await;
+    let waiting = session.call("enter_queue", json!({})).await;
+    assert_eq!(waiting["status"], "waiting", "{waiting}");
+    // The broker knows our session and the status probe, nobody else.
+    let mut probe = mcp_chat_tests::ProtoClient::connect(&socket.path).await;
+    let status = probe.status().await;
+    assert_eq!((status.sessions, status.waiting), (2, 1), "{status:?}");
+}
+
+/// `--max-sessions N`: session N+1 gets a clear 503 until one ends.
+#[tokio::test]
+async fn sessions_past_the_cap_are_refused_until_one_ends() {
+    let socket = TestSocket::new();
+    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let server = HttpServer::start(&socket.path, &["--max-sessions", "2"]).await;
+    let first = RawSession::open(server.addr, None).await;
+    let mut second = RawSession::open(server.addr, None).await;
+
+    let response = send(
+        server.addr,
+        initialize_request(server.addr)
+            .body(initialize_body())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(!response.headers().contains_key("mcp-session-id"));
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains("2 MCP sessions") && body.contains("--max-sessions"),
+        "{body}"
+    );
+
+    // The sessions already open are unaffected…
+    assert_eq!(second.call("chat_status", json!({})).await["state"], "idle");
+    // …and one ending makes room.
+    assert!(first.close().await.is_success());
+    let mut third = RawSession::open(server.addr, None).await;
+    assert_eq!(third.call("chat_status", json!({})).await["state"], "idle");
 }
 
 // --- sessions end, partners are told ------------------------------------------------------

@@ -7,6 +7,8 @@
 //! - [`broker_relay`]: two protocol clients through a real `mcp-chat-broker`.
 //! - [`end_to_end`]: two real `mcp-chat` shims over stdio, JSON-RPC by hand.
 //! - [`startup`]: `mcp-chat` spawn → `initialize`, with and without a broker.
+//! - [`http`]: a `chat_status` round trip over `mcp-chat serve --http` (one
+//!   kept-alive connection) against the same over stdio.
 //! - [`scale`]: many concurrent sessions: broker memory and match rate.
 //!
 //! Support: [`broker`] runs the broker child, [`client`] is a raw protocol
@@ -24,6 +26,7 @@ mod broker;
 mod broker_relay;
 mod client;
 mod end_to_end;
+mod http;
 mod report;
 mod scale;
 mod shim;
@@ -78,6 +81,7 @@ enum Section {
     Relay,
     EndToEnd,
     Startup,
+    Http,
     Scale,
 }
 
@@ -100,6 +104,8 @@ pub struct Plan {
     pub window: usize,
     pub e2e_round_trips: usize,
     pub startup_runs: usize,
+    /// `chat_status` round trips over each of stdio and HTTP.
+    pub http_round_trips: usize,
     pub sessions: usize,
 }
 
@@ -116,6 +122,7 @@ impl Plan {
                 window: 256,
                 e2e_round_trips: 100,
                 startup_runs: 3,
+                http_round_trips: 50,
                 sessions: sessions.unwrap_or(1_000),
             }
         } else {
@@ -129,6 +136,7 @@ impl Plan {
                 window: 256,
                 e2e_round_trips: 5_000,
                 startup_runs: 20,
+                http_round_trips: 2_000,
                 sessions: sessions.unwrap_or(10_000),
             }
         }
@@ -197,7 +205,7 @@ fn run(args: &Args) -> anyhow::Result<Report> {
     let binaries = Binaries {
         broker: binary(args.broker.as_deref(), "mcp-chat-broker")?,
         // Only the shim sections need it; a broker-only run works without.
-        shim: if wanted(Section::EndToEnd) || wanted(Section::Startup) {
+        shim: if wanted(Section::EndToEnd) || wanted(Section::Startup) || wanted(Section::Http) {
             Some(binary(args.shim.as_deref(), "mcp-chat")?)
         } else {
             None
@@ -260,8 +268,16 @@ async fn sections(
     base: Option<&baseline::Baseline>,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    if wanted(Section::Relay) || wanted(Section::EndToEnd) || wanted(Section::Startup) {
-        // One broker serves relay, end-to-end and warm start-up; the scale
+    if [
+        Section::Relay,
+        Section::EndToEnd,
+        Section::Startup,
+        Section::Http,
+    ]
+    .into_iter()
+    .any(wanted)
+    {
+        // One broker serves relay, end-to-end, warm start-up and HTTP; the scale
         // section starts its own so its memory figures start clean.
         let mut broker = BrokerChild::start(&binaries.broker, None).await?;
         if wanted(Section::Relay) {
@@ -283,6 +299,13 @@ async fn sections(
             startup::run(plan, &binaries.shim()?, &broker, report)
                 .await
                 .context("start-up")?;
+            broker.check_alive()?;
+        }
+        if wanted(Section::Http) {
+            progress("http: chat_status over HTTP (keep-alive) and over stdio");
+            http::run(plan, &binaries.shim()?, broker.socket().to_owned(), report)
+                .await
+                .context("http")?;
             broker.check_alive()?;
         }
         broker.stop().await?;

@@ -27,11 +27,11 @@ pub enum Exposure {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BindError {
     #[error(
-        "refusing to serve MCP on {addr} without --token: that address may be reachable from other machines, and anyone who reaches it could chat as you. Bind a loopback address (127.0.0.1:PORT), or pass --token (or set MCP_CHAT_HTTP_TOKEN) with a secret of at least {MIN_TOKEN_LEN} characters, e.g. from `openssl rand -hex 32`"
+        "refusing to serve MCP on {addr} without a token: that address may be reachable from other machines, and anyone who reaches it could chat as you. Bind a loopback address (127.0.0.1:PORT), or give a secret of at least {MIN_TOKEN_LEN} characters with --token-file FILE or MCP_CHAT_TOKEN, e.g. `openssl rand -hex 32 > FILE`"
     )]
     NeedsToken { addr: SocketAddr },
     #[error(
-        "--token must be at least {MIN_TOKEN_LEN} characters of visible ASCII (no spaces); generate one with `openssl rand -hex 32`"
+        "the token must be at least {MIN_TOKEN_LEN} characters of visible ASCII (no spaces); generate one with `openssl rand -hex 32`"
     )]
     WeakToken,
 }
@@ -49,6 +49,28 @@ pub fn check_bind(addr: SocketAddr, token: Option<&str>) -> Result<Exposure, Bin
         Ok(Exposure::Network)
     } else {
         Err(BindError::NeedsToken { addr })
+    }
+}
+
+/// How a loopback server tells this user's processes from other users'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopbackCheck {
+    /// The OS lists each local socket's owner (Linux): the connection's
+    /// owner must be the server's user.
+    SocketOwner,
+    /// No such list: a bearer token is required, generated if none was
+    /// given.
+    Token,
+}
+
+/// Which check serves `exposure` on an OS that can (or cannot) name a
+/// local socket's owner; `None` off loopback, where the bearer token that
+/// [`check_bind`] demanded is the check.
+pub fn loopback_check(exposure: &Exposure, owners_listed: bool) -> Option<LoopbackCheck> {
+    match (exposure, owners_listed) {
+        (Exposure::Network, _) => None,
+        (Exposure::Loopback, true) => Some(LoopbackCheck::SocketOwner),
+        (Exposure::Loopback, false) => Some(LoopbackCheck::Token),
     }
 }
 
@@ -219,6 +241,20 @@ mod tests {
         }
         let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
         assert_eq!(check_bind(addr, Some("tiny")), Err(BindError::WeakToken));
+    }
+
+    #[test]
+    fn loopback_falls_back_to_a_token_where_owners_are_not_listed() {
+        assert_eq!(
+            loopback_check(&Exposure::Loopback, true),
+            Some(LoopbackCheck::SocketOwner)
+        );
+        assert_eq!(
+            loopback_check(&Exposure::Loopback, false),
+            Some(LoopbackCheck::Token)
+        );
+        assert_eq!(loopback_check(&Exposure::Network, true), None);
+        assert_eq!(loopback_check(&Exposure::Network, false), None);
     }
 
     #[test]

@@ -9,13 +9,19 @@
 //! stream.
 //!
 //! - [`guard`]: who may connect: loopback, `Origin`, `Host`, bearer token.
+//! - [`peer`]: which user owns a loopback connection (Linux), and the
+//!   listener that sets `TCP_NODELAY` on every connection.
+//! - [`token`]: where the bearer token comes from (flag, file, environment,
+//!   or generated where loopback owners cannot be checked).
 //! - `sessions`: when a session is over (closed, expired, shut down), so its
-//!   chat user leaves the room at once.
+//!   chat user leaves the room at once; and how many there may be.
 //! - `handler`: the per-session handler around [`ChatServer`].
 
 pub mod guard;
 mod handler;
+pub mod peer;
 mod sessions;
+pub mod token;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,8 +30,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::header::{AUTHORIZATION, ORIGIN, WWW_AUTHENTICATE};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header::{AUTHORIZATION, ORIGIN, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -34,9 +40,11 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use tokio_util::sync::CancellationToken;
 
 use crate::ChatServer;
-use guard::Exposure;
+use guard::{Exposure, LoopbackCheck};
 use handler::HttpChatServer;
-use sessions::{SessionEnd, Sessions, StreamGuard};
+use peer::{NoDelayListener, Owner, Peer};
+use sessions::{Full, SessionEnd, Sessions, StreamGuard};
+use token::{Source, Token};
 
 /// The MCP endpoint's path.
 pub const MCP_PATH: &str = "/mcp";
@@ -44,6 +52,11 @@ pub const MCP_PATH: &str = "/mcp";
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8931";
 /// Default `--session-timeout`.
 pub const DEFAULT_SESSION_TIMEOUT_S: u64 = 300;
+/// Default `--max-sessions`. Each session may hold a broker connection,
+/// a file descriptor, and the usual soft limit on those is 1,024; a
+/// client stuck in a reconnect loop hits this cap, with a clear 503, long
+/// before the process runs out of descriptors or memory.
+pub const DEFAULT_MAX_SESSIONS: usize = 1_000;
 /// Largest request body accepted. Chat messages are at most 16 KiB.
 const MAX_REQUEST_BODY: usize = 1 << 20;
 /// How long a shutdown waits for open connections before giving up on them.
@@ -66,13 +79,14 @@ pub struct ServeArgs {
     pub http: Option<SocketAddr>,
     /// With --http: every request must carry `Authorization: Bearer TOKEN`.
     /// Required for an address other than loopback. At least 16 characters.
-    #[arg(
-        long,
-        value_name = "TOKEN",
-        env = "MCP_CHAT_HTTP_TOKEN",
-        hide_env_values = true
-    )]
+    /// Every user of this machine can read it in `ps`: prefer --token-file
+    /// or the MCP_CHAT_TOKEN environment variable.
+    #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
+    /// With --http: like --token, with the token read from FILE (surrounding
+    /// whitespace ignored).
+    #[arg(long, value_name = "FILE", conflicts_with = "token", requires = "http")]
+    pub token_file: Option<PathBuf>,
     /// With --http: end a session (leaving its chat, so the partner is told)
     /// after SECS with no request and no open event stream.
     #[arg(
@@ -83,6 +97,24 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub session_timeout: u64,
+    /// With --http: at most N sessions at once; a client asking for one more
+    /// gets 503 until a session ends (closed or expired).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = DEFAULT_MAX_SESSIONS,
+        requires = "http",
+        value_parser = parse_max_sessions
+    )]
+    pub max_sessions: usize,
+}
+
+fn parse_max_sessions(text: &str) -> Result<usize, String> {
+    match text.parse() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("expected a number of sessions, not {text:?}")),
+    }
 }
 
 /// `IP:PORT`, or `localhost:PORT` for `127.0.0.1:PORT`.
@@ -100,28 +132,89 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
 /// Serves MCP over HTTP at `addr` until SIGINT or SIGTERM; sessions use the
 /// broker at `socket`.
 pub fn run(args: &ServeArgs, addr: SocketAddr, socket: PathBuf) -> anyhow::Result<()> {
-    let exposure = guard::check_bind(addr, args.token.as_deref())?;
+    let configured =
+        token::configured(args.token.as_deref(), args.token_file.as_deref(), |name| {
+            std::env::var(name).ok()
+        })?;
+    warn_about_token(configured.as_ref());
+    let exposure = guard::check_bind(addr, configured.as_ref().map(|t| t.secret.as_str()))?;
+    let check = guard::loopback_check(&exposure, peer::owners_listed());
+    let token = match (configured, check) {
+        (None, Some(LoopbackCheck::Token)) => Some(token::generated(&socket)?),
+        (token, _) => token,
+    };
+    let access = Access {
+        exposure,
+        same_user: check == Some(LoopbackCheck::SocketOwner),
+        token,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let result = runtime.block_on(serve(args, addr, exposure, socket));
+    let result = runtime.block_on(serve(args, addr, access, socket));
     // Sessions still winding down hold only broker connections; exiting
     // closes them, and the broker tells their partners.
     runtime.shutdown_timeout(Duration::from_millis(100));
     result
 }
 
+/// Warns about a token others may read: on the command line, or in a file
+/// open to group or others.
+fn warn_about_token(token: Option<&Token>) {
+    match token.map(|t| &t.source) {
+        Some(Source::Flag) => eprintln!(
+            "mcp-chat: WARNING: --token puts the secret on the command line, where every user of this machine can read it (ps, /proc/PID/cmdline).\n\
+             mcp-chat: WARNING: use --token-file FILE or the MCP_CHAT_TOKEN environment variable instead."
+        ),
+        Some(Source::File(path)) => {
+            if let Some(mode) = token::readable_by_others(path) {
+                eprintln!(
+                    "mcp-chat: WARNING: the token file {} has mode {mode:o}: other users may read it; run `chmod 600 {}`",
+                    path.display(),
+                    path.display()
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Who may use the server, decided before it binds.
+struct Access {
+    exposure: Exposure,
+    /// Loopback on Linux: only connections owned by our uid are served.
+    same_user: bool,
+    token: Option<Token>,
+}
+
 async fn serve(
     args: &ServeArgs,
     addr: SocketAddr,
-    exposure: Exposure,
+    access: Access,
     socket: PathBuf,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr} for MCP over HTTP"))?;
     let local = listener.local_addr().context("reading the bound address")?;
+    let uid = mcp_chat_proto::socket_path::current_uid();
+    let exposure = access.exposure;
+    if access.same_user {
+        eprintln!(
+            "mcp-chat: serving processes of uid {uid} only (the owner of each connection is read from /proc/net/tcp); others get 403"
+        );
+    }
+    if let Some(Token {
+        secret,
+        source: Source::Generated(path),
+    }) = &access.token
+    {
+        eprintln!(
+            "mcp-chat: this OS does not say which user a loopback connection belongs to, so every request must carry `Authorization: Bearer {secret}` (kept in {})",
+            path.display()
+        );
+    }
     if exposure == Exposure::Network {
         eprintln!(
             "mcp-chat: WARNING: serving MCP on {local}, an address other machines may reach.\n\
@@ -141,6 +234,7 @@ async fn serve(
     let manager = Arc::new(manager);
     let sessions = Sessions::new(
         Duration::from_secs(args.session_timeout),
+        args.max_sessions,
         Arc::clone(&manager),
     );
 
@@ -160,7 +254,8 @@ async fn serve(
         config,
     );
     let gate = Arc::new(Gate {
-        token: args.token.clone(),
+        token: access.token.map(|t| t.secret),
+        same_user: access.same_user.then_some(uid),
         sessions: Arc::clone(&sessions),
     });
     let app = Router::new()
@@ -178,8 +273,11 @@ async fn serve(
         }
     });
 
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = axum::serve(
+        NoDelayListener(listener),
+        app.into_make_service_with_connect_info::<Peer>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     tokio::select! {
         served = server => served.context("serving MCP over HTTP")?,
         () = async {
@@ -207,11 +305,14 @@ async fn stop_signal() {
 
 struct Gate {
     token: Option<String>,
+    /// Our uid, when only connections it owns are served.
+    same_user: Option<u32>,
     sessions: Arc<Sessions>,
 }
 
-/// Runs before rmcp on every request: refuses foreign origins (403) and
-/// missing or wrong bearer tokens (401), and tracks session liveness. rmcp
+/// Runs before rmcp on every request: refuses foreign origins (403),
+/// another user's connections (403), missing or wrong bearer tokens (401)
+/// and sessions past the cap (503), and tracks session liveness. rmcp
 /// itself then checks `Host` against the allowed hosts (403).
 async fn gatekeeper(State(gate): State<Arc<Gate>>, mut request: Request, next: Next) -> Response {
     if let Some(origin) = request.headers().get(ORIGIN)
@@ -223,6 +324,11 @@ async fn gatekeeper(State(gate): State<Arc<Gate>>, mut request: Request, next: N
             "Forbidden: cross-origin requests are refused; an Origin must be http(s)://localhost, 127.0.0.1 or [::1]\n",
         )
             .into_response();
+    }
+    if let Some(uid) = gate.same_user
+        && let Some(refusal) = other_user(request.extensions().get().cloned(), uid).await
+    {
+        return refusal;
     }
     if let Some(token) = &gate.token
         && !guard::bearer_matches(request.headers().get(AUTHORIZATION), token)
@@ -242,14 +348,31 @@ async fn gatekeeper(State(gate): State<Arc<Gate>>, mut request: Request, next: N
 
     let Some(id) = session_id(request.headers()) else {
         // `initialize` (or a stateless probe such as `server/discover`):
-        // a session may begin here. Its handler finds its end signal in
-        // the request's extensions.
+        // a session may begin here, if there is room for one. Its handler
+        // finds its end signal in the request's extensions.
+        let admission = match gate.sessions.admit() {
+            Ok(admission) => admission,
+            Err(Full { max }) => {
+                tracing::warn!(max, "refused a new HTTP session: the server is full");
+                let mut response = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "Service Unavailable: this server already has {max} MCP sessions (--max-sessions); try again when one ends\n"
+                    ),
+                )
+                    .into_response();
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+                return response;
+            }
+        };
         let end = SessionEnd::default();
         request.extensions_mut().insert(end.clone());
         let response = next.run(request).await;
         return match session_id(response.headers()) {
             Some(id) => {
-                let guard = gate.sessions.register(&id, end);
+                let guard = gate.sessions.register(admission, &id, end);
                 with_guard(response, guard)
             }
             None => response,
@@ -265,6 +388,34 @@ async fn gatekeeper(State(gate): State<Arc<Gate>>, mut request: Request, next: N
         Some(guard) => with_guard(response, guard),
         None => response,
     }
+}
+
+/// A 403 for a connection not owned by `uid`, looked up once per connection.
+async fn other_user(peer: Option<ConnectInfo<Peer>>, uid: u32) -> Option<Response> {
+    let owner = match peer {
+        Some(ConnectInfo(peer)) => {
+            peer.owner(|remote, local| async move {
+                Owner::of(peer::lookup_owner(remote, local).await, uid)
+            })
+            .await
+        }
+        None => Owner::Unknown,
+    };
+    let why = match owner {
+        Owner::SameUser => return None,
+        Owner::Other(theirs) => format!("this connection belongs to uid {theirs}"),
+        Owner::Unknown => "its owner could not be found in /proc/net/tcp".to_owned(),
+    };
+    tracing::warn!(?owner, "refused a connection of another user");
+    Some(
+        (
+            StatusCode::FORBIDDEN,
+            format!(
+                "Forbidden: this MCP server serves only processes of uid {uid}, the user who started it; {why}\n"
+            ),
+        )
+            .into_response(),
+    )
 }
 
 fn session_id(headers: &axum::http::HeaderMap) -> Option<String> {
@@ -313,10 +464,26 @@ mod tests {
         let args = parse(&["--http"]).unwrap();
         assert_eq!(args.http, Some(DEFAULT_ADDR.parse().unwrap()));
         assert_eq!(args.session_timeout, DEFAULT_SESSION_TIMEOUT_S);
+        assert_eq!(args.max_sessions, DEFAULT_MAX_SESSIONS);
         let args = parse(&["--http", "--session-timeout", "7"]).unwrap();
         assert_eq!(args.http, Some(DEFAULT_ADDR.parse().unwrap()));
         assert_eq!(args.session_timeout, 7);
         assert_eq!(parse(&[]).unwrap().http, None, "no --http: stdio");
         assert!(parse(&["--http", "--session-timeout", "0"]).is_err());
+    }
+
+    #[test]
+    fn token_and_session_options_parse() {
+        let args = parse(&["--http", "--max-sessions", "3", "--token-file", "/t"]).unwrap();
+        assert_eq!(args.max_sessions, 3);
+        assert_eq!(args.token_file, Some(PathBuf::from("/t")));
+        assert!(parse(&["--http", "--max-sessions", "0"]).is_err());
+        assert!(parse(&["--http", "--max-sessions", "many"]).is_err());
+        assert!(parse(&["--max-sessions", "3"]).is_err(), "needs --http");
+        assert!(parse(&["--token-file", "/t"]).is_err(), "needs --http");
+        assert!(
+            parse(&["--http", "--token", "x", "--token-file", "/t"]).is_err(),
+            "one token source on the command line"
+        );
     }
 }

@@ -23,7 +23,7 @@
 //! races every tool call against: a long poll in flight must not hold the
 //! chat session (and the partner) for the rest of its wait.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -47,41 +47,121 @@ pub struct SessionEnd(pub CancellationToken);
 struct Entry {
     /// Requests in progress plus response bodies still streaming.
     open: usize,
-    /// When `open` last fell to zero.
-    idle_since: Instant,
+    /// When the session expires, while nothing is open; also its key in
+    /// [`State::idle`].
+    deadline: Option<Instant>,
     end: CancellationToken,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    entries: HashMap<String, Entry>,
+    /// Idle sessions, earliest deadline first: the reaper looks only at the
+    /// front, so no request ever scans every session.
+    idle: BTreeSet<(Instant, String)>,
+    /// `initialize` requests admitted but not yet answered: they count
+    /// against the cap, so a burst of them cannot overshoot it.
+    admitting: usize,
+}
+
+impl State {
+    fn mark_busy(&mut self, id: &str) {
+        if let Some(entry) = self.entries.get_mut(id)
+            && let Some(deadline) = entry.deadline.take()
+        {
+            self.idle.remove(&(deadline, id.to_owned()));
+        }
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Entry> {
+        let entry = self.entries.remove(id)?;
+        if let Some(deadline) = entry.deadline {
+            self.idle.remove(&(deadline, id.to_owned()));
+        }
+        Some(entry)
+    }
 }
 
 #[derive(Debug)]
 pub struct Sessions {
-    entries: Mutex<HashMap<String, Entry>>,
+    state: Mutex<State>,
     /// Wakes the reaper when a session may have become idle.
     changed: Notify,
     timeout: Duration,
+    max: usize,
     manager: Arc<LocalSessionManager>,
 }
 
+/// Refused: the server already has `max` sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full {
+    pub max: usize,
+}
+
+/// A place reserved for a session that an `initialize` request may create;
+/// given back when dropped unless [`Sessions::register`] takes it.
+#[derive(Debug)]
+pub struct Admission {
+    sessions: Arc<Sessions>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut state = self.sessions.lock();
+        state.admitting = state.admitting.saturating_sub(1);
+    }
+}
+
 impl Sessions {
-    pub fn new(timeout: Duration, manager: Arc<LocalSessionManager>) -> Arc<Self> {
+    pub fn new(timeout: Duration, max: usize, manager: Arc<LocalSessionManager>) -> Arc<Self> {
         Arc::new(Self {
-            entries: Mutex::new(HashMap::new()),
+            state: Mutex::new(State::default()),
             changed: Notify::new(),
             timeout,
+            max,
             manager,
         })
     }
 
+    /// Reserves a place for a new session, or says the server is full.
+    pub fn admit(self: &Arc<Self>) -> Result<Admission, Full> {
+        let mut state = self.lock();
+        if state.entries.len() + state.admitting >= self.max {
+            return Err(Full { max: self.max });
+        }
+        state.admitting += 1;
+        Ok(Admission {
+            sessions: Arc::clone(self),
+        })
+    }
+
     /// A session rmcp just created (its `initialize` response carries the
-    /// id); the guard is that response's body.
-    pub fn register(self: &Arc<Self>, id: &str, end: SessionEnd) -> StreamGuard {
-        self.lock().insert(
-            id.to_owned(),
-            Entry {
-                open: 1,
-                idle_since: Instant::now(),
-                end: end.0,
-            },
-        );
+    /// id) in the place `admission` reserved; the guard is that response's
+    /// body.
+    pub fn register(
+        self: &Arc<Self>,
+        admission: Admission,
+        id: &str,
+        end: SessionEnd,
+    ) -> StreamGuard {
+        {
+            let mut state = self.lock();
+            // rmcp's ids are fresh UUIDs; should one repeat, the old
+            // session is over rather than silently shadowed.
+            if let Some(old) = state.remove(id) {
+                old.end.cancel();
+            }
+            state.entries.insert(
+                id.to_owned(),
+                Entry {
+                    open: 1,
+                    deadline: None,
+                    end: end.0,
+                },
+            );
+        }
+        // Given back after the entry counts, so the cap never dips.
+        drop(admission);
         tracing::info!(session = id, "HTTP session opened");
         StreamGuard {
             sessions: Arc::clone(self),
@@ -92,9 +172,9 @@ impl Sessions {
     /// A request for session `id` begins; `None` when the session is not
     /// (or no longer) known, and rmcp will answer 404.
     pub fn open(self: &Arc<Self>, id: &str) -> Option<StreamGuard> {
-        let mut entries = self.lock();
-        let entry = entries.get_mut(id)?;
-        entry.open += 1;
+        let mut state = self.lock();
+        state.entries.get_mut(id)?.open += 1;
+        state.mark_busy(id);
         Some(StreamGuard {
             sessions: Arc::clone(self),
             id: id.to_owned(),
@@ -103,7 +183,8 @@ impl Sessions {
 
     /// The client closed session `id`: its chat ends now.
     pub fn closed_by_client(&self, id: &str) {
-        if let Some(entry) = self.lock().remove(id) {
+        let removed = self.lock().remove(id);
+        if let Some(entry) = removed {
             tracing::info!(session = id, "HTTP session closed by the client");
             entry.end.cancel();
         }
@@ -111,7 +192,12 @@ impl Sessions {
 
     /// Ends every session (server shutdown).
     pub fn end_all(&self) {
-        for (_, entry) in self.lock().drain() {
+        let ended = {
+            let mut state = self.lock();
+            state.idle.clear();
+            std::mem::take(&mut state.entries)
+        };
+        for entry in ended.into_values() {
             entry.end.cancel();
         }
     }
@@ -145,48 +231,57 @@ impl Sessions {
         }
     }
 
-    /// Removes sessions idle past the timeout; also returns the earliest
-    /// deadline among the remaining idle ones.
+    /// Removes sessions idle past the timeout, looking only at those due;
+    /// also returns the earliest deadline among the rest.
     fn take_expired(&self, now: Instant) -> (Vec<(String, CancellationToken)>, Option<Instant>) {
-        let mut entries = self.lock();
+        let mut state = self.lock();
         let mut expired = Vec::new();
-        let mut next: Option<Instant> = None;
-        entries.retain(|id, entry| {
-            if entry.open > 0 {
-                return true;
+        while let Some((deadline, _)) = state.idle.first()
+            && *deadline <= now
+        {
+            let Some((_, id)) = state.idle.pop_first() else {
+                break;
+            };
+            if let Some(entry) = state.entries.remove(&id) {
+                expired.push((id, entry.end));
             }
-            let deadline = entry.idle_since + self.timeout;
-            if deadline <= now {
-                expired.push((id.clone(), entry.end.clone()));
-                return false;
-            }
-            next = Some(next.map_or(deadline, |n| n.min(deadline)));
-            true
-        });
+        }
+        let next = state.idle.first().map(|(deadline, _)| *deadline);
         (expired, next)
     }
 
     fn release(&self, id: &str) {
-        let mut entries = self.lock();
-        if let Some(entry) = entries.get_mut(id) {
-            entry.open = entry.open.saturating_sub(1);
-            if entry.open == 0 {
-                entry.idle_since = Instant::now();
-                drop(entries);
-                self.changed.notify_one();
-            }
+        let mut state = self.lock();
+        let deadline = Instant::now() + self.timeout;
+        let Some(entry) = state.entries.get_mut(id) else {
+            return;
+        };
+        entry.open = entry.open.saturating_sub(1);
+        if entry.open > 0 {
+            return;
         }
+        if let Some(old) = entry.deadline.replace(deadline) {
+            state.idle.remove(&(old, id.to_owned()));
+        }
+        state.idle.insert((deadline, id.to_owned()));
+        drop(state);
+        self.changed.notify_one();
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
-        // Every update is a single insert, remove or counter change, so a
-        // panic elsewhere cannot leave an entry half written.
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update keeps `entries` and `idle` in step before it
+        // returns, and nothing in between can panic.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     #[cfg(test)]
     fn is_known(&self, id: &str) -> bool {
-        self.lock().contains_key(id)
+        self.lock().entries.contains_key(id)
+    }
+
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
+        self.lock().idle.len()
     }
 }
 
@@ -242,17 +337,26 @@ mod tests {
     use super::*;
 
     fn sessions(timeout_s: u64) -> Arc<Sessions> {
+        capped(timeout_s, 100)
+    }
+
+    fn capped(timeout_s: u64, max: usize) -> Arc<Sessions> {
         Sessions::new(
             Duration::from_secs(timeout_s),
+            max,
             Arc::new(LocalSessionManager::default()),
         )
+    }
+
+    fn register(s: &Arc<Sessions>, id: &str, end: SessionEnd) -> StreamGuard {
+        s.register(s.admit().unwrap(), id, end)
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_session_expires_only_when_nothing_is_open() {
         let s = sessions(10);
         let end = SessionEnd::default();
-        let init = s.register("a", end.clone());
+        let init = register(&s, "a", end.clone());
         let stream = s.open("a").unwrap();
         drop(init);
         tokio::time::advance(Duration::from_secs(60)).await;
@@ -273,20 +377,41 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_request_restarts_the_idle_clock() {
         let s = sessions(10);
-        drop(s.register("a", SessionEnd::default()));
+        drop(register(&s, "a", SessionEnd::default()));
         tokio::time::advance(Duration::from_secs(9)).await;
-        drop(s.open("a").unwrap());
+        let request = s.open("a").unwrap();
+        assert_eq!(s.idle_count(), 0, "a busy session is not in the idle queue");
+        drop(request);
+        assert_eq!(s.idle_count(), 1);
         tokio::time::advance(Duration::from_secs(9)).await;
         assert!(s.take_expired(Instant::now()).0.is_empty());
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(s.take_expired(Instant::now()).0.len(), 1);
+        assert_eq!(s.idle_count(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_takes_only_the_due_sessions_in_deadline_order() {
+        let s = sessions(10);
+        for id in ["a", "b", "c"] {
+            drop(register(&s, id, SessionEnd::default()));
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        // "a" became busy again and idle later than "c".
+        drop(s.open("a").unwrap());
+        tokio::time::advance(Duration::from_secs(9)).await;
+        let (expired, next) = s.take_expired(Instant::now());
+        let ids: Vec<&str> = expired.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["b", "c"]);
+        assert_eq!(next, Some(Instant::now() + Duration::from_secs(1)));
+        assert!(s.is_known("a"));
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_reaper_ends_expired_sessions() {
         let s = sessions(5);
         let end = SessionEnd::default();
-        drop(s.register("a", end.clone()));
+        drop(register(&s, "a", end.clone()));
         let shutdown = CancellationToken::new();
         let reaper = tokio::spawn(Arc::clone(&s).reap(shutdown.clone()));
         // Paused time jumps straight to the reaper's deadline.
@@ -300,10 +425,39 @@ mod tests {
     fn closing_ends_the_chat_and_forgets_the_session() {
         let s = sessions(5);
         let end = SessionEnd::default();
-        let request = s.register("a", end.clone());
+        let request = register(&s, "a", end.clone());
         s.closed_by_client("a");
         assert!(end.0.is_cancelled());
         drop(request); // a guard outliving its session is harmless
         assert!(!s.is_known("a"));
+        assert_eq!(s.idle_count(), 0);
+    }
+
+    #[test]
+    fn the_cap_counts_sessions_and_admissions_in_flight() {
+        let s = capped(5, 2);
+        let first = s.admit().unwrap();
+        let second = s.admit().unwrap();
+        assert_eq!(s.admit().unwrap_err(), Full { max: 2 });
+        // An initialize that created no session gives its place back.
+        drop(second);
+        let _a = s.register(first, "a", SessionEnd::default());
+        let _b = s.register(s.admit().unwrap(), "b", SessionEnd::default());
+        assert_eq!(s.admit().unwrap_err(), Full { max: 2 });
+        // A session that ends frees its place.
+        s.closed_by_client("a");
+        assert!(s.admit().is_ok());
+    }
+
+    #[test]
+    fn ending_everything_clears_the_idle_queue() {
+        let s = sessions(5);
+        let end = SessionEnd::default();
+        drop(register(&s, "a", end.clone()));
+        assert_eq!(s.idle_count(), 1);
+        s.end_all();
+        assert!(end.0.is_cancelled());
+        assert_eq!(s.idle_count(), 0);
+        assert!(s.admit().is_ok());
     }
 }
