@@ -10,7 +10,7 @@ use mcp_chat_proto::{
     MAX_MESSAGE_BYTES, Reply, Request, RoomId,
 };
 use mcp_chat_tests::proto_client::{connect_raw, hello, matched_pair};
-use mcp_chat_tests::{BrokerProcess, ProtoClient, TestSocket, within};
+use mcp_chat_tests::{BrokerProcess, ProtoClient, TestSocket, UNTHROTTLED, within};
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::Framed;
 
@@ -385,11 +385,7 @@ async fn two_hundred_pairs_fifty_messages_each_nothing_lost() {
     const MESSAGES: usize = 50;
     let socket = TestSocket::new();
     // Unthrottled: this test is about load, not the per-session rate limit.
-    let _broker = BrokerProcess::start(
-        &socket.path,
-        &["--message-rate", "0", "--request-rate", "0"],
-    )
-    .await;
+    let _broker = BrokerProcess::start(&socket.path, UNTHROTTLED).await;
     let mut pairs = Vec::new();
     for _ in 0..PAIRS {
         pairs.push(matched_pair(&socket.path).await);
@@ -449,18 +445,7 @@ async fn two_hundred_pairs_fifty_messages_each_nothing_lost() {
 async fn a_client_that_stops_reading_is_ended_and_its_partner_told_exactly_what_it_missed() {
     let socket = TestSocket::new();
     // Unthrottled: this test is about load, not the per-session rate limits.
-    let _broker = BrokerProcess::start(
-        &socket.path,
-        &[
-            "--message-rate",
-            "0",
-            "--byte-rate",
-            "0",
-            "--request-rate",
-            "0",
-        ],
-    )
-    .await;
+    let _broker = BrokerProcess::start(&socket.path, UNTHROTTLED).await;
     let (mut a, mut b, room_id) = matched_pair(&socket.path).await;
     // b never reads (or acknowledges) until the end. Send large messages
     // until the broker gives up on b.

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
-use mcp_chat_tests::{BrokerProcess, McpClient, TestSocket, within};
+use mcp_chat_tests::{BrokerProcess, McpClient, TestSocket, UNTHROTTLED, within};
 use serde_json::{Value, json};
 
 /// Fast heartbeats so a frozen client is noticed in a fraction of a second;
@@ -278,18 +278,7 @@ async fn a_frozen_receiver_costs_the_sender_an_exact_undelivered_count() {
     let socket = TestSocket::new();
     // Unthrottled, and heartbeats slow enough that the full buffer, not the
     // heartbeat, is what gives up on the frozen receiver.
-    let _broker = BrokerProcess::start(
-        &socket.path,
-        &[
-            "--message-rate",
-            "0",
-            "--byte-rate",
-            "0",
-            "--request-rate",
-            "0",
-        ],
-    )
-    .await;
+    let _broker = BrokerProcess::start(&socket.path, UNTHROTTLED).await;
     let mut a = McpClient::spawn(&socket.path).await;
     let mut b = McpClient::spawn(&socket.path).await;
     let room = pair_up(&mut a, &mut b).await;

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
-use mcp_chat_tests::{BrokerProcess, McpClient, TestSocket};
+use mcp_chat_tests::{BrokerProcess, McpClient, TestSocket, UNTHROTTLED};
 use rmcp::model::CallToolResult;
 use serde_json::{Value, json};
 
@@ -148,18 +148,7 @@ async fn a_flood_reaches_the_model_a_bounded_piece_at_a_time() {
     const MAX_RESULT_BYTES: usize = 128 * 1024;
     let socket = TestSocket::new();
     // Unthrottled, so the flood arrives in one go.
-    let _broker = BrokerProcess::start(
-        &socket.path,
-        &[
-            "--message-rate",
-            "0",
-            "--byte-rate",
-            "0",
-            "--request-rate",
-            "0",
-        ],
-    )
-    .await;
+    let _broker = BrokerProcess::start(&socket.path, UNTHROTTLED).await;
     let mut a = McpClient::spawn(&socket.path).await;
     let mut b = McpClient::spawn(&socket.path).await;
     let room = matched(&mut a, &mut b).await;

@@ -19,6 +19,17 @@ pub use broker::{AutoStartedBroker, BrokerProcess};
 pub use mcp_client::McpClient;
 pub use proto_client::ProtoClient;
 
+/// Broker flags that lift every per-session rate limit, for tests about
+/// load or about what happens to a flood, not about the limits themselves.
+pub const UNTHROTTLED: &[&str] = &[
+    "--message-rate",
+    "0",
+    "--byte-rate",
+    "0",
+    "--request-rate",
+    "0",
+];
+
 /// Long enough for a loaded 2-core CI box; a test waits this long only when
 /// it is about to fail anyway.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
