@@ -824,7 +824,9 @@ async fn closing_the_http_session_tells_the_partner() {
 async fn an_expired_http_session_tells_the_partner() {
     let socket = TestSocket::new();
     let _broker = BrokerProcess::start(&socket.path, &[]).await;
-    let server = HttpServer::start(&socket.path, &["--session-timeout", "2"]).await;
+    // Long enough that a loaded machine opens both sessions and matches one
+    // before either could expire; the test then waits on the expiry itself.
+    let server = HttpServer::start(&socket.path, &["--session-timeout", "5"]).await;
     let mut stdio = McpClient::spawn(&socket.path).await;
 
     // A client listening on its event stream is present, however quiet.

@@ -45,6 +45,7 @@ from seed_flow import (
     check,
     check_handshake,
     exact_keys,
+    matched_room,
     expect_channel,
     flatten,
     passed,
@@ -104,8 +105,7 @@ async def http_flow(url: str, bin_path: str, socket: str) -> None:
             check(res == {"status": "waiting", "position": 1}, "H enter_queue", res)
             res = tool_payload(await call(s, "enter_queue", {}), "S enter_queue")
             res.pop("events", None)
-            check(res.get("status") == "matched", "S enter_queue", res)
-            room = res["room_id"]
+            room = await matched_room(res, inbox_h, "S enter_queue")
             uuid.UUID(room)
             passed(f"H (HTTP) waiting #1, S (stdio) matched with it in room {room}")
 
@@ -150,8 +150,8 @@ async def http_flow(url: str, bin_path: str, socket: str) -> None:
             res = await pulled.call(h, "enter_queue", {})
             check(res == {"status": "waiting", "position": 1}, "H enter_queue again", res)
             res = tool_payload(await call(s, "enter_queue", {}), "S enter_queue again")
-            check(res.get("status") == "matched", "S enter_queue again", res)
-            room2 = res["room_id"]
+            res.pop("events", None)
+            room2 = await matched_room(res, inbox_h, "S enter_queue again", known=(room,))
             await inbox_h.wait_for("chatroom.found", lambda p: p.room_id == room2, f"for room {room2}")
             await inbox_s.wait_for("chatroom.found", lambda p: p.room_id == room2, f"for room {room2}")
         # Leaving the `async with` closes the HTTP session: the SDK sends DELETE.
