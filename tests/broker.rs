@@ -442,13 +442,18 @@ async fn two_hundred_pairs_fifty_messages_each_nothing_lost() {
 }
 
 #[tokio::test]
-async fn a_client_that_stops_reading_is_ended_and_its_partner_told_exactly_what_it_missed() {
+async fn a_client_that_stops_reading_holds_its_partner_back_and_ends_with_an_exact_count() {
     let socket = TestSocket::new();
-    // Unthrottled: this test is about load, not the per-session rate limits.
-    let _broker = BrokerProcess::start(&socket.path, UNTHROTTLED).await;
+    // Unthrottled, so only b's backlog holds a back; quick heartbeats, so the
+    // broker soon finds b (which answers nothing) unresponsive, and a short
+    // grace, so it gives up on b soon after.
+    let mut args = UNTHROTTLED.to_vec();
+    args.extend(["--heartbeat-ms", "500", "--resume-grace-ms", "300"]);
+    let _broker = BrokerProcess::start(&socket.path, &args).await;
     let (mut a, mut b, room_id) = matched_pair(&socket.path).await;
-    // b never reads (or acknowledges) until the end. Send large messages
-    // until the broker gives up on b.
+    // b never reads (or acknowledges) until the end. a sends large messages
+    // until the broker has given up on b; when b's backlog is full, a is
+    // asked to wait (rate_limited) and sends again.
     let filler = "x".repeat(MAX_MESSAGE_BYTES);
     let mut sent = 0u64;
     let mut gone = None;
@@ -464,6 +469,11 @@ async fn a_client_that_stops_reading_is_ended_and_its_partner_told_exactly_what_
                 Some(Ok(BrokerMsg::Response { id: got, reply })) if got == id => {
                     match reply {
                         Reply::Sent => sent += 1,
+                        // b's backlog is full: a waits, nothing is lost.
+                        Reply::Error {
+                            code: ErrorCode::RateLimited,
+                            ..
+                        } => {}
                         other => assert_eq!(error_code(other), ErrorCode::PartnerGone),
                     }
                     break;

@@ -206,9 +206,20 @@ async fn pump(
             outgoing = inbox.recv() => {
                 // The hub releasing the outbox means: flush and close.
                 let Some(first) = outgoing else { return Ended::Dropped };
-                let written = tokio::select! {
-                    () = kick.cancelled() => return Ended::Dropped,
-                    written = write_batch(transport, first, &mut inbox, ledger) => written,
+                let mut write = std::pin::pin!(write_batch(transport, first, &mut inbox, ledger));
+                // Usually the socket takes the batch at once; only a write
+                // that has to wait gets a timer. A client that stops reading
+                // leaves it waiting: past the heartbeat's limit that is a
+                // client gone unresponsive, detached like a silent one.
+                let written = match futures::poll!(write.as_mut()) {
+                    std::task::Poll::Ready(written) => written,
+                    std::task::Poll::Pending => tokio::select! {
+                        () = kick.cancelled() => return Ended::Dropped,
+                        () = tokio::time::sleep(link.liveness.unresponsive_after()) => {
+                            return Ended::Unresponsive;
+                        }
+                        written = write => written,
+                    },
                 };
                 if let Err(e) = written {
                     return Ended::Failed(e);

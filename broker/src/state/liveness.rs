@@ -12,12 +12,13 @@
 //! to [`REPLAY_EVENTS`] / [`REPLAY_BYTES`]. Past that it lets go of the
 //! oldest events that were already written whole to the socket (counted,
 //! for the partner, as unconfirmed). It never lets go of an unwritten one:
-//! those are exactly what the outbox (and a blocked write) still holds, so
-//! the buffer's byte cap is also the cap on the outbox's event bytes, and
-//! the outbox's frame capacity is sized above [`REPLAY_EVENTS`] so that
-//! events alone never overflow it. When the buffer is full of unwritten
-//! events the client is neither reading nor acknowledging: the session is
-//! doomed and its partner told exactly what did not arrive.
+//! those are exactly what the outbox (and a blocked write) still holds.
+//! Instead, a partner who would push unwritten messages past the cap is
+//! told to wait (`rate_limited`): so the buffer's byte cap is also the cap on
+//! the outbox's event bytes, and the outbox's frame capacity is sized above
+//! [`REPLAY_EVENTS`] so that events never overflow it. A client that stops
+//! reading altogether is found by the heartbeat, detached, and ended after
+//! the grace, its partner told exactly what did not arrive.
 
 use std::collections::VecDeque;
 
@@ -31,10 +32,6 @@ pub(crate) const REPLAY_EVENTS: usize = 1024;
 /// Bytes of unacknowledged message text kept for replay, at most.
 pub(crate) const REPLAY_BYTES: usize = 1024 * 1024;
 
-/// The buffer is full of events not yet written to the client.
-#[derive(Debug)]
-pub(super) struct Overflow;
-
 /// The unacknowledged events of one session, for resuming without a gap and
 /// for counting what a partner's messages came to.
 #[derive(Debug, Default)]
@@ -45,9 +42,10 @@ pub(super) struct Replay {
 
 impl Replay {
     /// Keeps `event`, letting go of the oldest events written up to
-    /// `written` if it must (tallied as unconfirmed when they are messages
-    /// of `room`). Refuses, keeping nothing, when only unwritten events
-    /// are left to let go.
+    /// `written` while over the caps (tallied as unconfirmed when they are
+    /// messages of `room`). Unwritten events are never let go: past the caps
+    /// with only those left, the event is kept anyway (see
+    /// [`Self::has_room_for`], which keeps messages from getting here).
     pub(super) fn keep(
         &mut self,
         seq: u64,
@@ -55,29 +53,37 @@ impl Replay {
         written: u64,
         room: Option<RoomId>,
         tally: &mut Tally,
-    ) -> Result<(), Overflow> {
+    ) {
         let len = text_len(event);
         while self.events.len() >= REPLAY_EVENTS || self.bytes + len > REPLAY_BYTES {
-            match self.events.front() {
-                Some((oldest, _)) if *oldest <= written => {
-                    if let Some((_, old)) = self.events.pop_front() {
-                        self.bytes -= text_len(&old);
-                        if matches!(old, Event::MessageReceived { room_id, .. } if Some(room_id) == room)
-                        {
-                            tally.unconfirmed += 1;
-                        }
-                    }
+            if !self
+                .events
+                .front()
+                .is_some_and(|(oldest, _)| *oldest <= written)
+            {
+                break;
+            }
+            if let Some((_, old)) = self.events.pop_front() {
+                self.bytes -= text_len(&old);
+                if matches!(old, Event::MessageReceived { room_id, .. } if Some(room_id) == room) {
+                    tally.unconfirmed += 1;
                 }
-                Some(_) => return Err(Overflow),
-                // Empty, yet one event is over the byte cap: it cannot be
-                // (messages are capped far lower), but keep it rather than
-                // lose it.
-                None => break,
             }
         }
         self.bytes += len;
         self.events.push_back((seq, event.clone()));
-        Ok(())
+    }
+
+    /// Whether a message of `len` bytes fits beside the events not yet
+    /// written (those after `written`), which are never let go.
+    pub(super) fn has_room_for(&self, len: usize, written: u64) -> bool {
+        let unwritten = self
+            .events
+            .iter()
+            .rev()
+            .take_while(|(seq, _)| *seq > written);
+        let (count, bytes) = unwritten.fold((0, 0), |(n, b), (_, e)| (n + 1, b + text_len(e)));
+        count < REPLAY_EVENTS && bytes + len <= REPLAY_BYTES
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = (u64, &Event)> {
@@ -140,12 +146,7 @@ impl State {
         let Some(s) = self.sessions.get(&session) else {
             return Err(handle);
         };
-        let missed = if s.doomed {
-            None
-        } else {
-            s.replay.after(claim.last_seq, s.next_seq)
-        };
-        let Some(missed) = missed else {
+        let Some(missed) = s.replay.after(claim.last_seq, s.next_seq) else {
             tracing::warn!(session, "resume refused: missed events no longer kept");
             self.remove_session(session, DisconnectReason::Disconnected);
             return Err(handle);
@@ -195,7 +196,6 @@ impl State {
             if let Some(s) = self.sessions.get_mut(&session) {
                 s.connection_done = true;
             }
-            self.end_if_doomed(session);
         }
     }
 
@@ -272,7 +272,13 @@ impl State {
             };
             if s.detached_until == Some(at) {
                 tracing::warn!(session, "resume grace over; ending the session");
-                self.remove_session(session, DisconnectReason::Disconnected);
+                if s.connection_done {
+                    self.remove_session(session, DisconnectReason::Disconnected);
+                } else if let Some(s) = self.sessions.get_mut(&session) {
+                    // Its dropped connection has not yet said how far it
+                    // wrote: end the session with that notice.
+                    s.ending = true;
+                }
             } else if s.probe_deadline == Some(at) {
                 tracing::warn!(
                     session,

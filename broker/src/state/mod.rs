@@ -9,8 +9,10 @@
 //! task publishes how far it has written (`Written`). When a session ends in
 //! a room, its partner's `partner.disconnected` counts the partner's
 //! messages that never left the broker (`undelivered`) and those written to
-//! the socket but never acknowledged (`unconfirmed`). See `liveness` for how
-//! the buffer, the outbox and slow consumers fit together.
+//! the socket but never acknowledged (`unconfirmed`). A receiver whose
+//! buffer is full of messages not yet written holds its sender back
+//! (`rate_limited`) instead of losing anything. See `liveness` for how the
+//! buffer, the outbox and slow consumers fit together.
 //!
 //! - `matching`: the FIFO queue, and pinging quiet waiters before matching.
 //! - `rooms`: relaying messages (rate limited) and leaving.
@@ -104,19 +106,18 @@ struct Session {
     /// Whether the connection last attached has ended and so published its
     /// final `written`. False from a hub-side kick until its notice.
     connection_done: bool,
-    /// The replay buffer could not keep an event: no resume can be whole,
-    /// so the session ends as soon as its connection is done.
-    doomed: bool,
+    /// The resume grace ran out before the dropped connection's notice came
+    /// in: the session ends with it, so the partner's counts are exact.
+    ending: bool,
     /// Delivery counts for the current room, beyond what the replay holds.
     tally: Tally,
 }
 
 /// Messages of the current room that the replay buffer no longer holds:
-/// written but let go unacknowledged, or never kept at all.
+/// written whole to the socket, then let go unacknowledged.
 #[derive(Debug, Default, Clone, Copy)]
 struct Tally {
     unconfirmed: u64,
-    lost: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,7 +230,7 @@ impl State {
                 sending_bytes: TokenBucket::full(self.limits.bytes),
                 written: written.clone(),
                 connection_done: false,
-                doomed: false,
+                ending: false,
                 tally: Tally::default(),
             },
         );
@@ -298,7 +299,7 @@ impl State {
             return;
         };
         s.connection_done = true;
-        if s.handle.is_some() || s.doomed {
+        if s.handle.is_some() || s.ending {
             self.remove_session(session, DisconnectReason::Disconnected);
             self.detach_slow_consumers();
         }
@@ -392,50 +393,32 @@ impl State {
     }
 
     /// Queues an event with the session's next sequence number, and keeps it
-    /// for replay until the client acknowledges it. An event the buffer
-    /// cannot keep is not sent either: the session is doomed (no resume
-    /// could be whole), its partner's message counted as never delivered.
+    /// for replay until the client acknowledges it. Messages never overflow
+    /// the replay buffer: `send_message` holds the sender back first (see
+    /// [`State::has_room_for`]); the few other events always fit.
     fn emit(&mut self, session: SessionId, event: Event) {
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };
-        if s.doomed {
-            s.tally.lost += u64::from(matches!(event, Event::MessageReceived { .. }));
-            return;
-        }
         let seq = s.next_seq;
+        s.next_seq += 1;
         let room = match s.place {
             Place::InRoom(room_id) => Some(room_id),
             _ => None,
         };
-        if s.replay
-            .keep(seq, &event, s.written.get(), room, &mut s.tally)
-            .is_err()
-        {
-            tracing::warn!(
-                session,
-                "client neither reads nor acknowledges its events; ending its session"
-            );
-            s.doomed = true;
-            s.tally.lost += u64::from(matches!(event, Event::MessageReceived { .. }));
-            self.detach(session);
-            self.end_if_doomed(session);
-            return;
-        }
-        s.next_seq += 1;
+        s.replay
+            .keep(seq, &event, s.written.get(), room, &mut s.tally);
         self.deliver(session, BrokerMsg::Event { seq, event });
     }
 
-    /// A doomed session ends once its connection has published its final
-    /// `written`, so the partner's counts are exact.
-    fn end_if_doomed(&mut self, session: SessionId) {
-        if self
-            .sessions
+    /// Whether `session`'s replay buffer can take a message of `len` bytes
+    /// without dropping one its client has not been handed yet. When it
+    /// cannot, the client is not reading (or the broker cannot write to it
+    /// as fast as its partner sends): the sender is asked to wait.
+    pub(super) fn has_room_for(&self, session: SessionId, len: usize) -> bool {
+        self.sessions
             .get(&session)
-            .is_some_and(|s| s.doomed && s.connection_done)
-        {
-            self.remove_session(session, DisconnectReason::Disconnected);
-        }
+            .is_none_or(|s| s.replay.has_room_for(len, s.written.get()))
     }
 
     fn deliver(&mut self, session: SessionId, msg: BrokerMsg) {
@@ -482,7 +465,7 @@ impl Session {
     fn delivery(&self, room_id: RoomId) -> Delivery {
         let written = self.written.get();
         let mut counts = Delivery {
-            undelivered: self.tally.lost,
+            undelivered: 0,
             unconfirmed: self.tally.unconfirmed,
         };
         for (seq, event) in self.replay.iter() {

@@ -1,6 +1,6 @@
 //! Rooms: relaying messages and leaving.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mcp_chat_proto::message::check_message;
 use mcp_chat_proto::{DisconnectReason, ErrorCode, Event, Reply, RoomId};
@@ -20,27 +20,21 @@ impl State {
         if let Err((code, text)) = check_message(&message) {
             return Reply::error(code, text);
         }
+        // Every check comes before anything is spent, so a refused message
+        // costs nothing.
+        let now = tokio::time::Instant::now();
+        let bytes = message.len() as f64;
         if let Some(s) = self.sessions.get_mut(&session) {
-            let now = tokio::time::Instant::now();
-            // Both limits are checked before either is spent, so a refused
-            // message costs nothing.
-            let bytes = message.len() as f64;
             let waits = [
                 s.sending.wait_for(now, 1.0).err(),
                 s.sending_bytes.wait_for(now, bytes).err(),
             ];
             if let Some(wait) = waits.into_iter().flatten().max() {
-                let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-                return Reply::Error {
-                    code: ErrorCode::RateLimited,
-                    message: format!(
-                        "you are sending faster than this broker allows (messages per second, and bytes of text per second); wait {retry_after_ms} ms and send again"
-                    ),
-                    retry_after_ms: Some(retry_after_ms),
-                };
+                return rate_limited(
+                    wait,
+                    "you are sending faster than this broker allows (messages per second, and bytes of text per second)",
+                );
             }
-            s.sending.spend(1.0);
-            s.sending_bytes.spend(bytes);
         }
         let Some(partner) = self.partner_of(session, room_id) else {
             return Reply::error(
@@ -50,6 +44,19 @@ impl State {
                 ),
             );
         };
+        if !self.has_room_for(partner, message.len()) {
+            // Nothing is lost and nothing is claimed sent: the sender waits
+            // for the partner's client to catch up (or for the heartbeat to
+            // find it gone, which ends the room with exact counts).
+            return rate_limited(
+                PARTNER_BACKLOG_RETRY,
+                "your partner's client has not yet taken in your earlier messages",
+            );
+        }
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.sending.spend(1.0);
+            s.sending_bytes.spend(bytes);
+        }
         let sent_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -128,6 +135,18 @@ impl State {
             .iter()
             .copied()
             .find(|&m| m != session)
+    }
+}
+
+/// How long a sender is asked to wait when its partner's backlog is full.
+const PARTNER_BACKLOG_RETRY: Duration = Duration::from_millis(100);
+
+fn rate_limited(wait: Duration, why: &str) -> Reply {
+    let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+    Reply::Error {
+        code: ErrorCode::RateLimited,
+        message: format!("{why}; wait {retry_after_ms} ms and send again"),
+        retry_after_ms: Some(retry_after_ms),
     }
 }
 

@@ -326,41 +326,48 @@ async fn the_partner_is_told_what_was_written_and_what_never_left() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_client_that_neither_reads_nor_acknowledges_is_ended_with_an_exact_count() {
+async fn a_receiver_that_takes_nothing_in_holds_its_sender_back_then_ends_with_an_exact_count() {
     let mut state = new_state(100);
     let (a, mut b, room_id) = pair(&mut state);
     state.unresponsive(a.id, a.connection);
-    // a's replay holds chatroom.found and then messages until it is full.
-    let mut sent = 0;
-    loop {
+    // a's buffer holds chatroom.found, then messages until it is full of
+    // events never written to a: then b is asked to wait, and nothing is
+    // lost or claimed sent.
+    let mut sent = 0u64;
+    let refusal = loop {
         if sent % 40 == 39 {
             tokio::time::advance(std::time::Duration::from_secs(2)).await;
         }
-        let (reply, seen) = ask(&mut state, &mut b, send(room_id, &format!("{sent}")));
-        assert_eq!(reply, Reply::Sent, "message {sent}");
-        sent += 1;
-        if let [event] = seen.as_slice() {
-            assert_eq!(
-                event.1,
-                Event::PartnerDisconnected {
-                    room_id,
-                    reason: DisconnectReason::Disconnected,
-                    undelivered: sent,
-                    unconfirmed: 0,
-                }
-            );
-            break;
+        match ask(&mut state, &mut b, send(room_id, &format!("{sent}"))).0 {
+            Reply::Sent => sent += 1,
+            other => break other,
         }
-        assert!(seen.is_empty());
-        assert!(sent < 2000, "never ended");
-    }
-    assert_eq!(sent, super::REPLAY_EVENTS as u64);
-    let (h, _rx, _kick) = handle(4);
-    let claim = mcp_chat_proto::Resume {
-        token: a.token,
-        last_seq: 1,
+        assert!(sent < 2000, "never held back");
     };
-    assert!(!state.register(h, Some(claim)).unwrap().resumed);
+    assert!(
+        matches!(
+            refusal,
+            Reply::Error {
+                code: ErrorCode::RateLimited,
+                retry_after_ms: Some(100),
+                ..
+            }
+        ),
+        "{refusal:?}"
+    );
+    assert_eq!(sent, super::REPLAY_EVENTS as u64 - 1);
+    // The grace runs out: b is told exactly what never reached a.
+    tokio::time::advance(Liveness::default().resume_grace).await;
+    state.expire(tokio::time::Instant::now());
+    assert_eq!(
+        events(&mut b),
+        vec![Event::PartnerDisconnected {
+            room_id,
+            reason: DisconnectReason::Disconnected,
+            undelivered: sent,
+            unconfirmed: 0,
+        }]
+    );
 }
 
 #[tokio::test(start_paused = true)]
