@@ -56,10 +56,10 @@ impl Replay {
     ) {
         let len = text_len(event);
         while self.events.len() >= REPLAY_EVENTS || self.bytes + len > REPLAY_BYTES {
-            if !self
+            if self
                 .events
                 .front()
-                .is_some_and(|(oldest, _)| *oldest <= written)
+                .is_none_or(|(oldest, _)| *oldest > written)
             {
                 break;
             }
