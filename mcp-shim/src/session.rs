@@ -10,8 +10,11 @@
 //!   (never stale) while the session is reconnecting or the broker is slow;
 //! - `wait_for_events` reads the pull buffer and never touches the broker;
 //! - calls that need the broker (`enter_queue`, `send_message`,
-//!   `leave_chat`) wait their turn for the connection: while a reconnect is
-//!   in progress they get its outcome, at most [`RECONNECT_FOR`] later.
+//!   `leave_chat`) are served in order by the session task; one made while
+//!   a reconnect is in progress goes out on the mended connection, or fails
+//!   `broker_unreachable` when the reconnect is given up (after trying for
+//!   [`RECONNECT_FOR`]). It cannot succeed sooner: there
+//!   is no broker to take it.
 //!
 //! When the connection breaks, the session task reconnects at once,
 //! starting a broker if none answers, and claims the old session with its
