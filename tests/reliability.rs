@@ -516,3 +516,33 @@ async fn a_client_that_stops_reading_does_not_stall_its_session() {
         }
     );
 }
+
+/// While the shim is re-making its broker connection (here for as long as
+/// it keeps trying: the broker is gone and the one it starts exits at once),
+/// `chat_status` answers from the session's phase instead of waiting for the
+/// reconnect's outcome; the loss is reported when the shim gives up.
+#[cfg(unix)]
+#[tokio::test]
+async fn chat_status_answers_while_the_shim_is_reconnecting() {
+    let socket = TestSocket::new();
+    let mut broker = BrokerProcess::start(&socket.path, &[]).await;
+    let failing = std::path::Path::new("/bin/false");
+    let mut a = McpClient::spawn_with_broker(&socket.path, failing).await;
+    let mut b = McpClient::spawn_with_broker(&socket.path, failing).await;
+    let room = pair_up(&mut a, &mut b).await;
+
+    broker.child.start_kill().unwrap();
+    broker.wait_exit().await;
+    let mut status = a.ok("chat_status", json!({})).await;
+    status.as_object_mut().unwrap().remove("events");
+    // The room is only reported lost once the reconnect is given up, so an
+    // answer that still says `in_room` came before that; no broker, no figures.
+    assert_eq!(status, json!({"state": "in_room", "room_id": room}));
+    let gone = a.expect_notification("partner.disconnected").await;
+    assert_eq!(gone, json!({"room_id": room, "reason": "broker_lost"}));
+    // Given up: the next call tries again, and says why it cannot.
+    assert_eq!(
+        a.fails("chat_status", json!({})).await["error"],
+        "broker_unreachable"
+    );
+}
