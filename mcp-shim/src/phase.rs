@@ -11,7 +11,7 @@
 //!   reading and acknowledging, or the broker gives the session up). Events
 //!   the forwarder had no room for are still in the pull buffer.
 
-use mcp_chat_proto::{DisconnectReason, Event, Reply, RoomId};
+use mcp_chat_proto::{DisconnectReason, Event, Reply, Request, RoomId};
 use tokio::sync::{mpsc, watch};
 
 use crate::events::{ChatEvent, EventBuffer, EventKind, Recorded};
@@ -149,10 +149,10 @@ pub enum PhaseChange {
 }
 
 impl PhaseChange {
-    pub fn of(request: &mcp_chat_proto::Request) -> Self {
+    pub fn of(request: &Request) -> Self {
         match request {
-            mcp_chat_proto::Request::EnterQueue => Self::Enter,
-            mcp_chat_proto::Request::LeaveChat { room_id } => Self::Leave(*room_id),
+            Request::EnterQueue => Self::Enter,
+            Request::LeaveChat { room_id } => Self::Leave(*room_id),
             _ => Self::None,
         }
     }
