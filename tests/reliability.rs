@@ -353,3 +353,193 @@ async fn a_frozen_receiver_costs_the_sender_an_exact_undelivered_count() {
         "unconfirmed ones were on the receiver's side"
     );
 }
+
+/// Whether `pid` is stopped (state `T` in `/proc/<pid>/stat`).
+#[cfg(target_os = "linux")]
+fn is_stopped(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The state follows the command name, which is in parentheses.
+    let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+    after_name.split_whitespace().next() == Some("T")
+}
+
+/// A frozen broker keeps its connection open, so only the session's own
+/// phase can answer: `chat_status` does, while the broker is still stopped,
+/// leaving out the figures it could not get.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn chat_status_answers_while_the_broker_is_frozen() {
+    let socket = TestSocket::new();
+    let broker = BrokerProcess::start(&socket.path, &[]).await;
+    let a = McpClient::spawn(&socket.path).await;
+    assert_eq!(a.ok("enter_queue", json!({})).await["status"], "waiting");
+
+    broker.signal("STOP");
+    let status = a.ok("chat_status", json!({})).await;
+    assert!(
+        is_stopped(broker.child.id().unwrap()),
+        "answered only after the broker ran again"
+    );
+    assert_eq!(status, json!({"state": "waiting", "position": 1}));
+    // And again at once, whatever the first call left queued.
+    assert_eq!(a.ok("chat_status", json!({})).await["state"], "waiting");
+    assert!(is_stopped(broker.child.id().unwrap()));
+
+    broker.signal("CONT");
+    let status = a.ok("chat_status", json!({})).await;
+    assert_eq!(status["state"], "waiting", "{status}");
+}
+
+/// An MCP client that stops reading its stdout stops receiving
+/// notifications, but its shim keeps reading and acknowledging what the
+/// broker sends: more than the broker's replay buffer could hold arrives
+/// while the client is not reading, the sender is never told a message went
+/// undelivered, and the client then pulls every one, in order.
+#[tokio::test]
+async fn a_client_that_stops_reading_does_not_stall_its_session() {
+    use mcp_chat_proto::{DisconnectReason, Event, Reply};
+    use mcp_chat_tests::{ProtoClient, bin_path};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    // Well past the broker's replay buffer (1,024 events), and small, so a
+    // shim that reads its socket keeps up even on a loaded machine: the
+    // broker gives a session up only when 1,024 events wait unwritten.
+    const MESSAGES: usize = 3000;
+    let text = |i: usize| format!("{i:05} {}", "x".repeat(100));
+
+    let socket = TestSocket::new();
+    let unlimited = [
+        "--message-rate",
+        "0",
+        "--request-rate",
+        "0",
+        "--byte-rate",
+        "0",
+    ];
+    let _broker = BrokerProcess::start(&socket.path, &unlimited).await;
+    let mut reader = tokio::process::Command::new(bin_path("mcp-chat"))
+        .env("MCP_CHAT_SOCKET", &socket.path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = reader.stdin.take().unwrap();
+    let mut lines = BufReader::new(reader.stdout.take().unwrap()).lines();
+    let mut send = async |msg: Value| {
+        let mut line = msg.to_string();
+        line.push('\n');
+        stdin.write_all(line.as_bytes()).await.unwrap();
+    };
+    // Reads stdout until the response to `id`, skipping notifications.
+    async fn response(
+        lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+        id: u64,
+    ) -> Value {
+        loop {
+            let line = within("a stdout line", lines.next_line())
+                .await
+                .unwrap()
+                .expect("stdout open");
+            let msg: Value = serde_json::from_str(&line).unwrap();
+            if msg["id"].as_u64() == Some(id) {
+                return msg["result"].clone();
+            }
+        }
+    }
+    send(json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}})).await;
+    response(&mut lines, 1).await;
+    send(json!({"jsonrpc":"2.0","method":"notifications/initialized"})).await;
+    send(json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"enter_queue","arguments":{}}})).await;
+    let entered = response(&mut lines, 2).await;
+    assert_eq!(
+        entered["structuredContent"]["status"], "waiting",
+        "{entered}"
+    );
+
+    let mut sender = ProtoClient::connect(&socket.path).await;
+    // Matched at once, or (when the broker pings the reader first) a
+    // moment later: chatroom.found says which room either way.
+    let reply = sender.enter().await;
+    let Event::ChatroomFound { room_id } = sender.next_event().await else {
+        panic!("the sender was not matched with the reader: {reply:?}");
+    };
+    // From here on nobody reads the reader's stdout.
+    for i in 0..MESSAGES {
+        assert_eq!(
+            sender.say(room_id, &text(i)).await,
+            Reply::Sent,
+            "message {i}"
+        );
+    }
+
+    let mut pulled = Vec::new();
+    let mut id = 10;
+    while pulled.len() < MESSAGES {
+        id += 1;
+        send(json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"wait_for_events","arguments":{"timeout_s":10}}})).await;
+        let result = response(&mut lines, id).await;
+        let events = result["structuredContent"]["events"].as_array().unwrap();
+        assert!(!events.is_empty(), "no events left after {}", pulled.len());
+        assert!(
+            result["structuredContent"].get("events_dropped").is_none(),
+            "{result}"
+        );
+        for event in events {
+            match event["type"].as_str().unwrap() {
+                "message.received" => pulled.push(event["message"].as_str().unwrap().to_owned()),
+                "chatroom.found" => {}
+                other => panic!("unexpected {other}: {event}"),
+            }
+        }
+    }
+    assert!(
+        pulled.iter().enumerate().all(|(i, m)| *m == text(i)),
+        "every message, in order"
+    );
+
+    // The reader leaves: the sender's next event about the room is that,
+    // with nothing undelivered, nothing unconfirmed.
+    id += 1;
+    send(json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"leave_chat","arguments":{"room_id":room_id.to_string()}}})).await;
+    response(&mut lines, id).await;
+    assert_eq!(
+        sender.next_event().await,
+        Event::PartnerDisconnected {
+            room_id,
+            reason: DisconnectReason::Left,
+            undelivered: 0,
+            unconfirmed: 0,
+        }
+    );
+}
+
+/// While the shim is re-making its broker connection (here for as long as
+/// it keeps trying: the broker is gone and the one it starts exits at once),
+/// `chat_status` answers from the session's phase instead of waiting for the
+/// reconnect's outcome; the loss is reported when the shim gives up.
+#[cfg(unix)]
+#[tokio::test]
+async fn chat_status_answers_while_the_shim_is_reconnecting() {
+    let socket = TestSocket::new();
+    let mut broker = BrokerProcess::start(&socket.path, &[]).await;
+    let failing = std::path::Path::new("/bin/false");
+    let mut a = McpClient::spawn_with_broker(&socket.path, failing).await;
+    let mut b = McpClient::spawn_with_broker(&socket.path, failing).await;
+    let room = pair_up(&mut a, &mut b).await;
+
+    broker.child.start_kill().unwrap();
+    broker.wait_exit().await;
+    let mut status = a.ok("chat_status", json!({})).await;
+    status.as_object_mut().unwrap().remove("events");
+    // The room is only reported lost once the reconnect is given up, so an
+    // answer that still says `in_room` came before that; no broker, no figures.
+    assert_eq!(status, json!({"state": "in_room", "room_id": room}));
+    let gone = a.expect_notification("partner.disconnected").await;
+    assert_eq!(gone, json!({"room_id": room, "reason": "broker_lost"}));
+    // Given up: the next call tries again, and says why it cannot.
+    assert_eq!(
+        a.fails("chat_status", json!({})).await["error"],
+        "broker_unreachable"
+    );
+}

@@ -325,24 +325,27 @@ async fn every_error_path() {
     assert_eq!(failure["error"], "partner_gone");
     assert!(failure["message"].as_str().unwrap().contains("enter_queue"));
 
-    // Malformed arguments are the caller's protocol error: JSON-RPC -32602.
-    for (tool, args) in [
-        ("enter_queue", json!({"wait_s": 51})),
-        ("enter_queue", json!({"wait_s": "soon"})),
-        ("send_message", json!({"room_id": "lobby", "message": "hi"})),
-        ("send_message", json!({"room_id": room})),
-        ("leave_chat", json!({})),
-        ("wait_for_events", json!({"timeout_s": -1})),
+    // Malformed arguments are tool errors the model reads and corrects
+    // (spec 2025-11-25): the same {error, message} shape as the rest.
+    for (tool, args, says) in [
+        ("enter_queue", json!({"wait_s": 51}), "50-second limit"),
+        ("enter_queue", json!({"wait_s": "soon"}), "soon"),
+        (
+            "send_message",
+            json!({"room_id": "lobby", "message": "hi"}),
+            "not a UUID",
+        ),
+        ("send_message", json!({"room_id": room}), "message"),
+        ("leave_chat", json!({}), "room_id"),
+        ("wait_for_events", json!({"timeout_s": -1}), "-1"),
     ] {
-        let mut params = rmcp::model::CallToolRequestParams::new(tool);
-        params = params.with_arguments(args.as_object().unwrap().clone());
-        match a.service.call_tool(params).await {
-            Err(rmcp::ServiceError::McpError(e)) => {
-                assert_eq!(e.code.0, -32602, "{tool} {args}: {e:?}");
-                assert!(e.message.starts_with("invalid arguments"), "{}", e.message);
-            }
-            other => panic!("{tool} {args}: expected invalid params, got {other:?}"),
-        }
+        let failure = a.fails(tool, args.clone()).await;
+        assert_eq!(failure["error"], "invalid_arguments", "{tool} {args}");
+        let message = failure["message"].as_str().unwrap();
+        assert!(
+            message.contains(tool) && message.contains(says),
+            "{tool} {args}: {message}"
+        );
     }
     // After all that, both sessions still work.
     a.ok("enter_queue", json!({})).await;

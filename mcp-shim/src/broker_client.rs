@@ -1,6 +1,7 @@
 //! One connection to the broker: the handshake, then a task that owns the
-//! socket, matches replies to requests by id, and feeds events into the
-//! session's [`EventLog`] in order.
+//! socket, matches replies to requests by id, and feeds events and
+//! reply-derived phase changes into the session's [`SessionFeed`] in the
+//! order frames arrive.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,13 +16,13 @@ use interprocess::local_socket::{GenericFilePath, ToFsName};
 use mcp_chat_proto::socket_path::{check_private_dir, current_uid};
 use mcp_chat_proto::{
     BrokerMsg, ClientCodec, ClientMsg, CodecError, ErrorCode, PROTOCOL_VERSION, Reply, Request,
-    Resume, RoomId, SocketDirError,
+    Resume, SocketDirError,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use crate::events::EventLog;
+use crate::phase::{PhaseChange, SessionFeed};
 
 /// How long the broker may take to answer `Hello`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -240,13 +241,14 @@ pub struct BrokerConnection {
 }
 
 impl BrokerConnection {
-    /// Starts the connection task; events go to `events` in order.
+    /// Starts the connection task; events and phase changes go to `feed`
+    /// in order.
     /// `last_seq` is the last event `seq` already received in this session
     /// (0 for a new one): a resumed session continues from it.
     pub fn start(
         transport: Transport,
         welcome: Welcome,
-        events: Arc<EventLog>,
+        feed: Arc<SessionFeed>,
         last_seq: u64,
     ) -> Self {
         let (requests, rx) = mpsc::channel(REQUEST_CAPACITY);
@@ -255,7 +257,7 @@ impl BrokerConnection {
         tokio::spawn(run(
             transport,
             rx,
-            events,
+            feed,
             Arc::clone(&last_seq),
             closed.clone(),
         ));
@@ -278,12 +280,19 @@ impl BrokerConnection {
     }
 
     pub async fn request(&self, request: Request) -> Result<Reply, RequestError> {
+        let answer = self.submit(request).await?;
+        answer.await.map_err(|_| RequestError::ConnectionLost)
+    }
+
+    /// Queues `request` for the wire, in call order, and returns where its
+    /// reply will arrive (closed without one if the connection is lost).
+    pub async fn submit(&self, request: Request) -> Result<oneshot::Receiver<Reply>, RequestError> {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Outgoing { request, reply })
             .await
             .map_err(|_| RequestError::ConnectionLost)?;
-        answer.await.map_err(|_| RequestError::ConnectionLost)
+        Ok(answer)
     }
 
     pub fn is_closed(&self) -> bool {
@@ -318,36 +327,6 @@ impl ConnectionWatch {
     }
 }
 
-/// What a reply says about where the session stands, applied by the
-/// connection task in the order frames arrive. Events say the rest.
-#[derive(Debug, Clone, Copy)]
-enum PlaceChange {
-    /// `enter_queue`: a `waiting` reply puts the session in the queue (a
-    /// `matched` one was announced by `chatroom.found`, read just before).
-    Enter,
-    /// `leave_chat`: a `left` reply takes the session out of that room.
-    Leave(RoomId),
-    None,
-}
-
-impl PlaceChange {
-    fn of(request: &Request) -> Self {
-        match request {
-            Request::EnterQueue => Self::Enter,
-            Request::LeaveChat { room_id } => Self::Leave(*room_id),
-            _ => Self::None,
-        }
-    }
-
-    fn apply(self, reply: &Reply, events: &EventLog) {
-        match (self, reply) {
-            (Self::Enter, Reply::Waiting { position }) => events.note_waiting(*position),
-            (Self::Leave(room_id), Reply::Left) => events.note_left(room_id),
-            _ => {}
-        }
-    }
-}
-
 /// Why a connection task ended early.
 enum Lost {
     Write(CodecError),
@@ -360,7 +339,7 @@ const DRAIN_WITHIN: Duration = Duration::from_secs(1);
 /// Ingests the events still readable on a connection the broker has closed.
 async fn drain(
     transport: &mut Transport,
-    events: &EventLog,
+    feed: &SessionFeed,
     mut last_seq: u64,
     received_seq: &AtomicU64,
 ) {
@@ -374,7 +353,7 @@ async fn drain(
                 );
             }
             last_seq = seq;
-            events.ingest(event).await;
+            feed.ingest(event);
             received_seq.store(seq, Ordering::Release);
         }
     }
@@ -383,11 +362,11 @@ async fn drain(
 async fn run(
     mut transport: Transport,
     mut requests: mpsc::Receiver<Outgoing>,
-    events: Arc<EventLog>,
+    feed: Arc<SessionFeed>,
     received_seq: Arc<AtomicU64>,
     closed: CancellationToken,
 ) {
-    let mut waiting: HashMap<u64, (oneshot::Sender<Reply>, PlaceChange)> = HashMap::new();
+    let mut waiting: HashMap<u64, (oneshot::Sender<Reply>, PhaseChange)> = HashMap::new();
     let mut next_id: u64 = 1;
     let mut last_seq = received_seq.load(Ordering::Acquire);
     let mut acked = last_seq;
@@ -406,7 +385,7 @@ async fn run(
                 let Some(Outgoing { request, reply }) = outgoing else { break None };
                 let id = next_id;
                 next_id += 1;
-                let change = PlaceChange::of(&request);
+                let change = PhaseChange::of(&request);
                 waiting.insert(id, (reply, change));
                 if let Err(e) = transport.send(ClientMsg::Request { id, request }).await {
                     break Some(Lost::Write(e));
@@ -418,7 +397,7 @@ async fn run(
                         // In wire order, before any event read after it:
                         // a later chatroom.found or partner.disconnected
                         // then overrides what the reply said, as it must.
-                        change.apply(&reply, &events);
+                        feed.apply_reply(change, &reply);
                         let _ = waiter.send(reply);
                     }
                 }
@@ -428,7 +407,9 @@ async fn run(
                     }
                     let was_acked = acked == last_seq;
                     last_seq = seq;
-                    events.ingest(event).await;
+                    // Never waits: a client that stops reading its stdout
+                    // must not stop this task from reading and acknowledging.
+                    feed.ingest(event);
                     received_seq.store(seq, Ordering::Release);
                     // Safely logged: the broker need not keep it for a resume.
                     if seq % ACK_EVERY == 0 {
@@ -464,7 +445,7 @@ async fn run(
             tracing::warn!(error = %e, "broker connection lost: write failed");
             // The broker closed its end; what it wrote before is still in our
             // socket, and it counted it as written: take it in.
-            drain(&mut transport, &events, last_seq, &received_seq).await;
+            drain(&mut transport, &feed, last_seq, &received_seq).await;
         }
         Some(Lost::Read(reason)) => tracing::warn!(%reason, "broker connection lost"),
         None => tracing::debug!("session over; closing the broker connection"),

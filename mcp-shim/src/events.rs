@@ -1,12 +1,13 @@
-//! One session's event stream, shared by its two views:
+//! One session's events as models and clients see them, and the pull
+//! buffer that carries every one of them:
 //!
 //! - **pull**: events wait in a buffer until a tool result takes them (the
 //!   `wait_for_events` tool, or the `events` field of any other result). A
 //!   pulled event is never returned again, and none is skipped unless more
 //!   than [`MAX_PENDING`] wait unpulled: then the oldest are let go and the
 //!   next pull says how many (`events_dropped`), never silently.
-//! - **push**: every event is also handed to the MCP notification forwarder
-//!   after it is buffered. Pushing never consumes.
+//! - **push** (notifications) is best-effort and lives with the session
+//!   (see [`crate::phase`]): it never holds up the buffer.
 //!
 //! The shim numbers events itself, contiguously from 1, in the order the
 //! broker sent them: across a broker restart the broker's own `seq` starts
@@ -19,7 +20,7 @@ use std::time::Duration;
 use mcp_chat_proto::{DisconnectReason, Event, RoomId};
 use rmcp::schemars::{self, JsonSchema};
 use serde::Serialize;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::untrusted::{hardened_len, quote_for_model};
 
@@ -33,6 +34,7 @@ const MAX_PENDING_BYTES: usize = 8 * 1024 * 1024;
 /// An event as models and clients see it. `kind` is the seed's notification
 /// method name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(transform = crate::tools::standard_formats)]
 pub struct ChatEvent {
     /// Contiguous from 1 within this MCP session.
     pub seq: u64,
@@ -86,17 +88,6 @@ impl EventKind {
     }
 }
 
-/// Where this session stands, as far as its events and replies tell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Place {
-    Idle,
-    Waiting {
-        position: usize,
-    },
-    /// Matched, and the partner has not left.
-    InRoom(RoomId),
-}
-
 /// An event waiting to be pulled, with what it costs a tool result: the
 /// length of its JSON as a model reads it (see [`crate::untrusted`]).
 #[derive(Debug)]
@@ -112,81 +103,38 @@ struct Inner {
     pending_bytes: usize,
     /// Events let go unpulled since the last pull.
     dropped: u64,
-    place: Place,
 }
 
+/// The pull buffer. Writing never waits: the broker connection records
+/// into it while it reads, and a slow reader only costs the oldest events.
 #[derive(Debug)]
-pub struct EventLog {
+pub struct EventBuffer {
     inner: Mutex<Inner>,
     /// Woken when an event is buffered.
     arrived: Notify,
-    push: Option<mpsc::Sender<ChatEvent>>,
 }
 
-impl EventLog {
-    /// `push` receives a copy of every event, in order, after it is buffered.
-    pub fn new(push: Option<mpsc::Sender<ChatEvent>>) -> Self {
+impl Default for EventBuffer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventBuffer {
+    pub fn new() -> Self {
         Self {
             inner: Mutex::new(Inner {
                 next_seq: 1,
                 pending: VecDeque::new(),
                 pending_bytes: 0,
                 dropped: 0,
-                place: Place::Idle,
             }),
             arrived: Notify::new(),
-            push,
         }
     }
 
-    /// Takes in one event from the broker.
-    pub async fn ingest(&self, event: Event) {
-        let event = match event {
-            Event::ChatroomFound { room_id } => Recorded::new(room_id, EventKind::ChatroomFound),
-            Event::MessageReceived {
-                room_id, message, ..
-            } => Recorded {
-                message: Some(message),
-                ..Recorded::new(room_id, EventKind::MessageReceived)
-            },
-            Event::PartnerDisconnected {
-                room_id,
-                reason,
-                undelivered,
-                unconfirmed,
-            } => Recorded {
-                reason: Some(reason),
-                undelivered: Some(undelivered),
-                unconfirmed: Some(unconfirmed),
-                ..Recorded::new(room_id, EventKind::PartnerDisconnected)
-            },
-            // The broker follows `Shutdown` by closing the connection; the
-            // session's reconnect reports what that cost.
-            Event::Shutdown | Event::Unknown => return,
-        };
-        self.record(event).await;
-    }
-
-    /// The session's broker state is gone (the broker restarted, or cannot
-    /// be reached): a room it held is reported lost with `reason`. Returns
-    /// where the session stood.
-    pub async fn session_lost(&self, reason: DisconnectReason) -> Place {
-        let before = std::mem::replace(&mut self.lock().place, Place::Idle);
-        // Anyone waiting on the place (enter_queue with wait_s) must hear
-        // of it, event or not.
-        self.arrived.notify_waiters();
-        if let Place::InRoom(room_id) = before {
-            // What was lost with the broker is unknown: no counts.
-            self.record(Recorded {
-                reason: Some(reason),
-                ..Recorded::new(room_id, EventKind::PartnerDisconnected)
-            })
-            .await;
-        }
-        before
-    }
-
-    async fn record(&self, recorded: Recorded) {
+    /// Numbers and buffers one event; returns it as clients see it.
+    pub fn record(&self, recorded: Recorded) -> ChatEvent {
         let Recorded {
             room_id,
             kind,
@@ -207,13 +155,6 @@ impl EventLog {
                 unconfirmed,
             };
             inner.next_seq += 1;
-            match kind {
-                EventKind::ChatroomFound => inner.place = Place::InRoom(room_id),
-                EventKind::PartnerDisconnected if inner.place == Place::InRoom(room_id) => {
-                    inner.place = Place::Idle;
-                }
-                _ => {}
-            }
             let cost = model_cost(&event);
             inner.pending_bytes += cost;
             inner.pending.push_back(Pending {
@@ -230,10 +171,7 @@ impl EventLog {
             event
         };
         self.arrived.notify_waiters();
-        if let Some(push) = &self.push {
-            // The forwarder only stops when the MCP client is gone.
-            let _ = push.send(event).await;
-        }
+        event
     }
 
     fn take_one(&self) -> Option<ChatEvent> {
@@ -333,40 +271,6 @@ impl EventLog {
         }
     }
 
-    /// Resolves once the session is no longer waiting in the queue: matched,
-    /// or out of the queue some other way (its broker was lost).
-    pub async fn left_queue(&self) {
-        loop {
-            let changed = self.arrived.notified();
-            if !matches!(self.place(), Place::Waiting { .. }) {
-                return;
-            }
-            changed.await;
-        }
-    }
-
-    pub fn place(&self) -> Place {
-        self.lock().place
-    }
-
-    /// A `waiting` reply to `enter_queue`, applied in wire order (see
-    /// `broker_client`): a `chatroom.found` read after it overrides it.
-    pub fn note_waiting(&self, position: usize) {
-        self.lock().place = Place::Waiting { position };
-        self.arrived.notify_waiters();
-    }
-
-    /// A `left` reply to `leave_chat`, applied in wire order: the session is
-    /// out of `room_id`, unless it has moved on already.
-    pub fn note_left(&self, room_id: RoomId) {
-        let mut inner = self.lock();
-        if inner.place == Place::InRoom(room_id) {
-            inner.place = Place::Idle;
-        }
-        drop(inner);
-        self.arrived.notify_waiters();
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding this lock cannot leave the buffer half
         // written (every update is a single push or drain), so keep going.
@@ -374,10 +278,11 @@ impl EventLog {
     }
 }
 
-/// The fields of an event before the log numbers it.
-struct Recorded {
-    room_id: RoomId,
-    kind: EventKind,
+/// The fields of an event before the buffer numbers it.
+#[derive(Debug)]
+pub struct Recorded {
+    pub room_id: RoomId,
+    pub kind: EventKind,
     message: Option<String>,
     reason: Option<DisconnectReason>,
     undelivered: Option<u64>,
@@ -385,6 +290,42 @@ struct Recorded {
 }
 
 impl Recorded {
+    /// What a broker event says to clients; `None` for events that are for
+    /// the session itself (`Shutdown`: the broker closes the connection
+    /// next, and the session's reconnect reports what that cost).
+    pub fn from_broker(event: Event) -> Option<Self> {
+        Some(match event {
+            Event::ChatroomFound { room_id } => Self::new(room_id, EventKind::ChatroomFound),
+            Event::MessageReceived {
+                room_id, message, ..
+            } => Self {
+                message: Some(message),
+                ..Self::new(room_id, EventKind::MessageReceived)
+            },
+            Event::PartnerDisconnected {
+                room_id,
+                reason,
+                undelivered,
+                unconfirmed,
+            } => Self {
+                reason: Some(reason),
+                undelivered: Some(undelivered),
+                unconfirmed: Some(unconfirmed),
+                ..Self::new(room_id, EventKind::PartnerDisconnected)
+            },
+            Event::Shutdown | Event::Unknown => return None,
+        })
+    }
+
+    /// The partner's room is gone with the broker session that held it; what
+    /// was lost with it is unknown, so no counts.
+    pub fn room_lost(room_id: RoomId, reason: DisconnectReason) -> Self {
+        Self {
+            reason: Some(reason),
+            ..Self::new(room_id, EventKind::PartnerDisconnected)
+        }
+    }
+
     fn new(room_id: RoomId, kind: EventKind) -> Self {
         Self {
             room_id,
@@ -454,77 +395,59 @@ mod tests {
         RoomId::new_random()
     }
 
+    fn ingest(log: &EventBuffer, event: Event) {
+        log.record(Recorded::from_broker(event).unwrap());
+    }
+
     #[tokio::test]
     async fn pull_takes_each_event_once_in_order() {
-        let log = EventLog::new(None);
+        let log = EventBuffer::new();
         let r = room();
-        log.ingest(Event::ChatroomFound { room_id: r }).await;
-        log.ingest(Event::MessageReceived {
-            room_id: r,
-            message: "hi".into(),
-            sent_at: 0,
-        })
-        .await;
+        ingest(&log, Event::ChatroomFound { room_id: r });
+        ingest(
+            &log,
+            Event::MessageReceived {
+                room_id: r,
+                message: "hi".into(),
+                sent_at: 0,
+            },
+        );
         let first = log.take_pending();
         assert_eq!(first.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
         assert!(log.take_pending().is_empty());
-        log.ingest(Event::PartnerDisconnected {
-            room_id: r,
-            reason: DisconnectReason::Left,
-            undelivered: 0,
-            unconfirmed: 0,
-        })
-        .await;
+        ingest(
+            &log,
+            Event::PartnerDisconnected {
+                room_id: r,
+                reason: DisconnectReason::Left,
+                undelivered: 0,
+                unconfirmed: 0,
+            },
+        );
         let next = log.wait_pending(Duration::from_secs(5)).await;
         assert_eq!(next[0].seq, 3);
         assert_eq!(next[0].reason.as_deref(), Some("left"));
-        assert_eq!(log.place(), Place::Idle);
     }
 
     #[tokio::test(start_paused = true)]
     async fn wait_returns_empty_at_timeout() {
-        let log = EventLog::new(None);
+        let log = EventBuffer::new();
         assert!(log.wait_pending(Duration::from_secs(25)).await.is_empty());
     }
 
-    #[tokio::test]
-    async fn push_sees_every_event_after_it_is_buffered() {
-        let (tx, mut rx) = mpsc::channel(8);
-        let log = EventLog::new(Some(tx));
-        let r = room();
-        log.ingest(Event::ChatroomFound { room_id: r }).await;
-        let pushed = rx.recv().await.unwrap();
-        assert_eq!(log.take_pending(), vec![pushed]);
-    }
-
-    #[tokio::test]
-    async fn losing_the_broker_in_a_room_reports_it() {
-        let log = EventLog::new(None);
-        log.session_lost(DisconnectReason::BrokerLost).await;
-        assert!(log.take_pending().is_empty(), "nothing to report when idle");
-        let r = room();
-        log.ingest(Event::ChatroomFound { room_id: r }).await;
-        assert_eq!(
-            log.session_lost(DisconnectReason::BrokerLost).await,
-            Place::InRoom(r)
-        );
-        let events = log.take_pending();
-        assert_eq!(events[1].kind, EventKind::PartnerDisconnected);
-        assert_eq!(events[1].reason.as_deref(), Some("broker_lost"));
-        assert_eq!(events[1].room_id, r.to_string());
-    }
-
-    #[tokio::test]
-    async fn a_listener_that_never_pulls_is_not_stalled() {
-        let log = EventLog::new(None);
+    #[test]
+    fn a_listener_that_never_pulls_is_not_stalled() {
+        let log = EventBuffer::new();
         let r = room();
         for i in 0..MAX_PENDING + 10 {
-            log.ingest(Event::MessageReceived {
-                room_id: r,
-                message: format!("{i}"),
-                sent_at: 0,
-            })
-            .await;
+            ingest(
+                &log,
+                Event::MessageReceived {
+                    room_id: r,
+                    message: format!("{i}"),
+                    sent_at: 0,
+                },
+            );
         }
         let pulled = log.take_pending();
         assert_eq!(pulled.len(), MAX_PENDING);
@@ -534,30 +457,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn replies_and_events_apply_in_wire_order() {
-        let log = EventLog::new(None);
-        let r = room();
-        log.note_waiting(1);
-        log.ingest(Event::ChatroomFound { room_id: r }).await;
-        assert_eq!(log.place(), Place::InRoom(r));
-        log.note_left(RoomId::new_random());
-        assert_eq!(log.place(), Place::InRoom(r), "another room's leave");
-        log.note_left(r);
-        assert_eq!(log.place(), Place::Idle);
-    }
-
-    #[tokio::test]
     async fn waiting_for_one_event_leaves_the_others_pending() {
-        let log = EventLog::new(None);
+        let log = EventBuffer::new();
         let r = room();
-        log.ingest(Event::ChatroomFound { room_id: r }).await;
+        ingest(&log, Event::ChatroomFound { room_id: r });
         for message in ["a", "b"] {
-            log.ingest(Event::MessageReceived {
-                room_id: r,
-                message: message.into(),
-                sent_at: 0,
-            })
-            .await;
+            ingest(
+                &log,
+                Event::MessageReceived {
+                    room_id: r,
+                    message: message.into(),
+                    sent_at: 0,
+                },
+            );
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         let got = log
@@ -570,17 +482,19 @@ mod tests {
         assert_eq!(rest[0].message.as_deref(), Some("b"));
     }
 
-    #[tokio::test]
-    async fn results_take_events_up_to_their_budget_and_at_least_one() {
-        let log = EventLog::new(None);
+    #[test]
+    fn results_take_events_up_to_their_budget_and_at_least_one() {
+        let log = EventBuffer::new();
         let r = room();
         for i in 0..10 {
-            log.ingest(Event::MessageReceived {
-                room_id: r,
-                message: format!("{i}{}", "<".repeat(1000)),
-                sent_at: 0,
-            })
-            .await;
+            ingest(
+                &log,
+                Event::MessageReceived {
+                    room_id: r,
+                    message: format!("{i}{}", "<".repeat(1000)),
+                    sent_at: 0,
+                },
+            );
         }
         // Each costs over 6,000 bytes as a model reads it (`<` is escaped).
         let first = log.take_batch(13_000);

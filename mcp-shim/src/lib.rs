@@ -3,9 +3,12 @@
 //!
 //! - [`server`]: the rmcp handler: tools, instructions, notification push.
 //! - [`tools`]: tool arguments and results, with the schemas models read.
-//! - [`events`]: the session's event stream: the pull buffer and what is
+//! - [`events`]: events as clients see them, the pull buffer, and what is
 //!   pushed as notifications and Claude Code channel events.
-//! - [`session`]: the broker connection, re-made on demand after a loss.
+//! - [`phase`]: what a session knows (its phase, through a watch; its
+//!   events; the best-effort push), written in wire order.
+//! - [`session`]: the session actor: owns the broker connection and its
+//!   reconnects; everyone else calls its typed methods.
 //! - [`broker_client`]: one broker connection: handshake, requests, events.
 //! - [`autostart`]: finding the broker, and starting one when none runs.
 //! - [`cli`]: the human subcommands (`join`, `status`, `doctor`, `register`).
@@ -24,6 +27,7 @@ pub mod broker_client;
 pub mod cli;
 pub mod events;
 pub mod http;
+pub mod phase;
 pub mod server;
 pub mod session;
 pub mod tools;

@@ -1,12 +1,16 @@
 //! The MCP server: the contract tools, the instructions, and the forwarder
-//! that pushes each broker event to the client as a notification.
+//! that pushes each broker event to the client as a notification. Tools call
+//! the session's typed methods (see [`crate::session`]) and turn the answers
+//! into results; argument errors and domain errors alike are tool errors
+//! (`isError: true`) with one `{error, message}` shape, so a model reads
+//! them and corrects its call.
 
 use std::borrow::Cow;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use mcp_chat_proto::RoomId;
 use mcp_chat_proto::message::check_message;
-use mcp_chat_proto::{Reply, Request};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::handler::server::wrapper::Parameters;
@@ -19,17 +23,20 @@ use rmcp::service::{NotificationContext, RequestContext};
 use rmcp::{ErrorData, Json, Peer, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use tokio::sync::mpsc;
 
-use crate::events::{ChatEvent, EventLog, Place, channel_content, notification_params};
-use crate::session::{ChatSession, SessionError};
+use crate::events::{ChatEvent, channel_content, notification_params};
+use crate::phase::Phase;
+use crate::session::{CallError, ChatSession, Entered};
 use crate::tools::{
     ChatStatusResult, EVENTS_PER_RESULT_BYTES, EnterQueueParams, EnterQueueResult, EventsResult,
     LeaveChatParams, QueueStatus, SendMessageParams, SessionState, StatusOnly, ToolFailure,
-    WaitForEventsParams, WithEvents,
+    WaitForEventsParams, WithEvents, check_arguments,
 };
 use crate::untrusted::harden_json;
 
-/// Events queued for the notification forwarder before ingest waits.
-const PUSH_CAPACITY: usize = 256;
+/// Events offered to the notification forwarder and not yet written to the
+/// client. Past this the client is not reading, and further events wait in
+/// the pull buffer only (see [`crate::phase`]).
+const PUSH_CAPACITY: usize = 1024;
 /// How often a waiting `enter_queue` reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -51,7 +58,7 @@ pub struct ChatServer {
     session: Arc<ChatSession>,
     /// The client's peer, once known, for the notification forwarder.
     peer: Arc<OnceLock<Peer<RoleServer>>>,
-    pushed: Arc<tokio::sync::Mutex<Option<mpsc::Receiver<ChatEvent>>>>,
+    pushed: Arc<Mutex<Option<mpsc::Receiver<ChatEvent>>>>,
 }
 
 impl std::fmt::Debug for ChatServer {
@@ -62,14 +69,14 @@ impl std::fmt::Debug for ChatServer {
 
 #[tool_router]
 impl ChatServer {
+    /// Starts the session task; call from within a tokio runtime.
     pub fn new(socket: std::path::PathBuf) -> Self {
         let (push, pushed) = mpsc::channel(PUSH_CAPACITY);
-        let events = Arc::new(EventLog::new(Some(push)));
         Self {
             tool_router: Self::tool_router(),
-            session: Arc::new(ChatSession::new(socket, "mcp-chat", events)),
+            session: Arc::new(ChatSession::new(socket, "mcp-chat", Some(push))),
             peer: Arc::new(OnceLock::new()),
-            pushed: Arc::new(tokio::sync::Mutex::new(Some(pushed))),
+            pushed: Arc::new(Mutex::new(Some(pushed))),
         }
     }
 
@@ -77,36 +84,62 @@ impl ChatServer {
     /// when paired with a stranger, else `{"status":"waiting","position"}`;
     /// a later match arrives as a `chatroom.found` event. Calling it again
     /// while waiting just reports your position.
-    #[tool]
+    #[tool(
+        title = "Find a chat partner",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = true
+        )
+    )]
     async fn enter_queue(
         &self,
         Parameters(params): Parameters<EnterQueueParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<WithEvents<EnterQueueResult>>, String> {
-        // The connection applies the reply to the session's place in wire
-        // order; a chatroom.found read after a `waiting` reply wins.
-        let position = match self.call(Request::EnterQueue).await? {
-            Reply::Matched { room_id } => return Ok(self.with_events(matched(room_id))),
-            Reply::Waiting { position } => position,
-            other => return Err(self.failure_from(other)),
+        let entered = self.session.enter_queue(Duration::from_secs(params.wait_s));
+        tokio::pin!(entered);
+        let token = ctx.meta.get_progress_token().filter(|_| params.wait_s > 0);
+        // The first tick is immediate, so the client hears at once that the
+        // call is waiting rather than stuck.
+        let mut ticks = tokio::time::interval(PROGRESS_EVERY);
+        let started = tokio::time::Instant::now();
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut entered => break outcome,
+                _ = ticks.tick(), if token.is_some() => {
+                    if let Some(token) = &token {
+                        let elapsed = started.elapsed().as_secs_f64().floor();
+                        let progress = ProgressNotificationParam::new(token.clone(), elapsed)
+                            .with_total(params.wait_s as f64)
+                            .with_message("waiting for a chat partner");
+                        let _ = ctx.peer.notify_progress(progress).await;
+                    }
+                }
+            }
         };
-        if let Place::InRoom(room_id) = self.session.events().place() {
-            return Ok(self.with_events(matched(room_id)));
+        match outcome {
+            Ok(Entered::Matched { room }) => Ok(self.with_events(matched(room))),
+            Ok(Entered::Queued { position }) => Ok(self.with_events(EnterQueueResult {
+                status: QueueStatus::Waiting,
+                position: Some(position),
+                room_id: None,
+            })),
+            Err(e) => Err(self.failure_of(e)),
         }
-        if params.wait_s > 0
-            && let Some(room_id) = self.wait_for_match(params.wait_s, &ctx).await?
-        {
-            return Ok(self.with_events(matched(room_id)));
-        }
-        Ok(self.with_events(EnterQueueResult {
-            status: QueueStatus::Waiting,
-            position: Some(position),
-            room_id: None,
-        }))
     }
 
     /// Send a message to your partner in a room. Returns `{"status":"sent"}`.
-    #[tool]
+    #[tool(
+        title = "Send a message to your partner",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = true
+        )
+    )]
     async fn send_message(
         &self,
         Parameters(params): Parameters<SendMessageParams>,
@@ -116,49 +149,54 @@ impl ChatServer {
         if let Err((code, message)) = check_message(&params.message) {
             return Err(self.failure(code.as_str(), message));
         }
-        match self
-            .call(Request::SendMessage {
-                room_id: params.room_id,
-                message: params.message,
-            })
-            .await?
-        {
-            Reply::Sent => Ok(self.with_events(StatusOnly { status: "sent" })),
-            other => Err(self.failure_from(other)),
-        }
+        self.session
+            .send(params.room_id, params.message)
+            .await
+            .map_err(|e| self.failure_of(e))?;
+        Ok(self.with_events(StatusOnly { status: "sent" }))
     }
 
     /// Leave a chat room; your partner is told you left. Returns
     /// `{"status":"left"}`. Call enter_queue afterwards to meet someone new.
-    #[tool]
+    #[tool(
+        title = "Leave the chat",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = true
+        )
+    )]
     async fn leave_chat(
         &self,
         Parameters(params): Parameters<LeaveChatParams>,
     ) -> Result<Json<WithEvents<StatusOnly>>, String> {
-        match self
-            .call(Request::LeaveChat {
-                room_id: params.room_id,
-            })
-            .await?
-        {
-            Reply::Left => Ok(self.with_events(StatusOnly { status: "left" })),
-            other => Err(self.failure_from(other)),
-        }
+        self.session
+            .leave(params.room_id)
+            .await
+            .map_err(|e| self.failure_of(e))?;
+        Ok(self.with_events(StatusOnly { status: "left" }))
     }
 
     /// Wait for chat events (long poll): returns at once when events are
     /// pending, else as soon as one arrives, else an empty list after
     /// `timeout_s`. Each event is returned once. Use it in a loop while
     /// chatting if your client does not show notifications.
-    #[tool]
+    #[tool(
+        title = "Wait for chat events",
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            open_world_hint = false
+        )
+    )]
     async fn wait_for_events(
         &self,
         Parameters(params): Parameters<WaitForEventsParams>,
     ) -> Json<EventsResult> {
         let pulled = self
             .session
-            .events()
-            .wait_batch(
+            .wait_events(
                 Duration::from_secs(params.timeout_s),
                 EVENTS_PER_RESULT_BYTES,
             )
@@ -172,24 +210,32 @@ impl ChatServer {
 
     /// Where you stand (`idle`, `waiting`, `in_room`) and how busy the
     /// roulette is: sessions online, waiting, and rooms in use.
-    #[tool]
+    #[tool(
+        title = "Chat status",
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            open_world_hint = false
+        )
+    )]
     async fn chat_status(&self) -> Result<Json<WithEvents<ChatStatusResult>>, String> {
-        let info = match self.call(Request::Status).await? {
-            Reply::Status(info) => info,
-            other => return Err(self.failure_from(other)),
-        };
-        let (state, room_id, position) = match self.session.events().place() {
-            Place::Idle => (SessionState::Idle, None, None),
-            Place::Waiting { position } => (SessionState::Waiting, None, Some(position)),
-            Place::InRoom(room) => (SessionState::InRoom, Some(room.to_string()), None),
+        let status = self
+            .session
+            .status()
+            .await
+            .map_err(|e| self.failure_of(e))?;
+        let (state, room_id, position) = match status.phase {
+            Phase::Idle => (SessionState::Idle, None, None),
+            Phase::Waiting { position } => (SessionState::Waiting, None, Some(position)),
+            Phase::InRoom { room } => (SessionState::InRoom, Some(room.to_string()), None),
         };
         Ok(self.with_events(ChatStatusResult {
             state,
             room_id,
             position,
-            online: info.sessions,
-            waiting: info.waiting,
-            rooms: info.rooms,
+            online: status.broker.as_ref().map(|b| b.sessions),
+            waiting: status.broker.as_ref().map(|b| b.waiting),
+            rooms: status.broker.as_ref().map(|b| b.rooms),
         }))
     }
 }
@@ -198,7 +244,7 @@ fn more(pending: usize) -> Option<usize> {
     (pending > 0).then_some(pending)
 }
 
-fn matched(room_id: mcp_chat_proto::RoomId) -> EnterQueueResult {
+fn matched(room_id: RoomId) -> EnterQueueResult {
     EnterQueueResult {
         status: QueueStatus::Matched,
         position: None,
@@ -207,61 +253,8 @@ fn matched(room_id: mcp_chat_proto::RoomId) -> EnterQueueResult {
 }
 
 impl ChatServer {
-    async fn call(&self, request: Request) -> Result<Reply, String> {
-        self.session
-            .request(request)
-            .await
-            .map_err(|e: SessionError| {
-                let code = e.code();
-                self.failure(
-                    code,
-                    format!("{e}. Try the call again; if it keeps failing, run `mcp-chat doctor`."),
-                )
-            })
-    }
-
-    /// Waits for `chatroom.found` while queued, reporting progress when the
-    /// client asked for it. `None` when time ran out.
-    async fn wait_for_match(
-        &self,
-        wait_s: u64,
-        ctx: &RequestContext<RoleServer>,
-    ) -> Result<Option<mcp_chat_proto::RoomId>, String> {
-        let events = self.session.events();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_s);
-        let token = ctx.meta.get_progress_token();
-        // The first tick is immediate, so the client hears at once that the
-        // call is waiting rather than stuck.
-        let mut ticks = tokio::time::interval(PROGRESS_EVERY);
-        let started = tokio::time::Instant::now();
-        loop {
-            tokio::select! {
-                () = events.left_queue() => {
-                    return match events.place() {
-                        Place::InRoom(room_id) => Ok(Some(room_id)),
-                        // Left the queue some other way (the broker went away).
-                        _ => Err(self.failure(
-                            "broker_lost",
-                            "the connection to the broker was lost while waiting; call enter_queue again".into(),
-                        )),
-                    };
-                }
-                () = tokio::time::sleep_until(deadline) => return Ok(None),
-                _ = ticks.tick() => {
-                    if let Some(token) = &token {
-                        let elapsed = started.elapsed().as_secs_f64().floor();
-                        let progress = ProgressNotificationParam::new(token.clone(), elapsed)
-                            .with_total(wait_s as f64)
-                            .with_message("waiting for a chat partner");
-                        let _ = ctx.peer.notify_progress(progress).await;
-                    }
-                }
-            }
-        }
-    }
-
     fn with_events<T>(&self, result: T) -> Json<WithEvents<T>> {
-        let pulled = self.session.events().take_batch(EVENTS_PER_RESULT_BYTES);
+        let pulled = self.session.take_events(EVENTS_PER_RESULT_BYTES);
         Json(WithEvents {
             result,
             events: pulled.events,
@@ -271,7 +264,7 @@ impl ChatServer {
     }
 
     fn events_dropped(&self) -> Option<u64> {
-        Some(self.session.events().take_dropped()).filter(|&n| n > 0)
+        Some(self.session.take_dropped()).filter(|&n| n > 0)
     }
 
     fn failure(&self, code: &str, message: String) -> String {
@@ -279,7 +272,7 @@ impl ChatServer {
     }
 
     fn failure_with(&self, code: &str, message: String, retry_after_ms: Option<u64>) -> String {
-        let pulled = self.session.events().take_batch(EVENTS_PER_RESULT_BYTES);
+        let pulled = self.session.take_events(EVENTS_PER_RESULT_BYTES);
         let failure = ToolFailure {
             error: code.to_owned(),
             message,
@@ -291,16 +284,25 @@ impl ChatServer {
         serde_json::to_string(&failure).unwrap_or_else(|e| format!("{code}: {e}"))
     }
 
-    fn failure_from(&self, reply: Reply) -> String {
-        match reply {
-            Reply::Error {
+    fn failure_of(&self, error: CallError) -> String {
+        match error {
+            CallError::Session(e) => self.failure(
+                e.code(),
+                format!("{e}. Try the call again; if it keeps failing, run `mcp-chat doctor`."),
+            ),
+            CallError::Broker {
                 code,
                 message,
                 retry_after_ms,
             } => self.failure_with(code.as_str(), message, retry_after_ms),
-            other => self.failure(
+            CallError::LostWhileWaiting => self.failure(
+                "broker_lost",
+                "the connection to the broker was lost while waiting; call enter_queue again"
+                    .into(),
+            ),
+            CallError::Unexpected(reply) => self.failure(
                 "unexpected_reply",
-                format!("the broker answered {other:?}; run `mcp-chat doctor` to check versions"),
+                format!("the broker answered {reply}; run `mcp-chat doctor` to check versions"),
             ),
         }
     }
@@ -311,20 +313,21 @@ impl ChatServer {
         if self.peer.set(peer.clone()).is_err() {
             return;
         }
+        let taken = self.pushed.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(mut events) = taken else {
+            return;
+        };
         let peer = peer.clone();
-        let pushed = Arc::clone(&self.pushed);
         tokio::spawn(async move {
-            let Some(mut events) = pushed.lock().await.take() else {
-                return;
-            };
+            // In order; while the client is not reading, this waits on its
+            // stdout and the session offers further events to nobody (they
+            // stay in the pull buffer), never to this wait.
             while let Some(event) = events.recv().await {
                 if let Err(e) = push(&peer, &event).await {
                     tracing::debug!(error = %e, "client gone; no more notifications");
                     break;
                 }
             }
-            // Keep draining so ingest never blocks on a client that left.
-            while events.recv().await.is_some() {}
         });
     }
 }
@@ -356,11 +359,6 @@ fn harden_text_content(result: &mut CallToolResult) {
         }
     }
 }
-
-/// rmcp reports unparseable tool arguments as a tool error; for this server
-/// they are the caller's protocol mistake, so they become JSON-RPC
-/// invalid-params errors. Domain failures stay tool errors.
-const ARGUMENT_ERROR_PREFIX: &str = "failed to deserialize parameters:";
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for ChatServer {
@@ -394,28 +392,91 @@ impl ServerHandler for ChatServer {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         self.start_push(&context.peer);
-        let response = self
-            .tool_router
-            .call(ToolCallContext::new(self, request, context))
-            .await?;
-        let mut response = response;
+        // Checked with our own types before rmcp sees them, so a bad
+        // argument is a tool error the model reads (spec 2025-11-25,
+        // SEP-1303) in the same shape as every other failure.
+        let mut response = match check_arguments(&request.name, request.arguments.as_ref()) {
+            Err(message) => CallToolResult::error(vec![ContentBlock::text(
+                self.failure("invalid_arguments", message),
+            )])
+            .into(),
+            Ok(()) => {
+                self.tool_router
+                    .call(ToolCallContext::new(self, request, context))
+                    .await?
+            }
+        };
         if let CallToolResponse::Complete(result) = &mut response {
             harden_text_content(result);
         }
-        if let CallToolResponse::Complete(result) = &response
-            && result.is_error == Some(true)
-            && let Some(text) = result
-                .content
-                .first()
-                .and_then(|c| c.as_text())
-                .map(|t| t.text.as_str())
-            && let Some(detail) = text.strip_prefix(ARGUMENT_ERROR_PREFIX)
-        {
-            return Err(ErrorData::invalid_params(
-                format!("invalid arguments:{detail}"),
-                None,
-            ));
-        }
         Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    /// Every `format` in `schema`, wherever it sits.
+    fn formats(schema: &Value, found: &mut Vec<String>) {
+        match schema {
+            Value::Object(map) => {
+                if let Some(Value::String(format)) = map.get("format") {
+                    found.push(format.clone());
+                }
+                map.values().for_each(|v| formats(v, found));
+            }
+            Value::Array(items) => items.iter().for_each(|v| formats(v, found)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn schemas_use_only_standard_formats() {
+        let tools = ChatServer::tool_router().list_all();
+        assert_eq!(tools.len(), 5);
+        for tool in tools {
+            let mut found = Vec::new();
+            formats(&Value::Object((*tool.input_schema).clone()), &mut found);
+            if let Some(output) = &tool.output_schema {
+                formats(&Value::Object((**output).clone()), &mut found);
+            }
+            assert!(
+                !found
+                    .iter()
+                    .any(|f| f.starts_with("uint") || f.starts_with("int")),
+                "{}: {found:?}",
+                tool.name
+            );
+        }
+    }
+
+    #[test]
+    fn every_tool_has_a_title_and_annotations() {
+        for tool in ChatServer::tool_router().list_all() {
+            let name = tool.name.to_string();
+            assert!(tool.title.is_some(), "{name}");
+            let hints = tool.annotations.clone().expect("annotations");
+            assert_eq!(hints.destructive_hint, Some(false), "{name}");
+            let reads_only = matches!(name.as_str(), "chat_status" | "wait_for_events");
+            assert_eq!(hints.read_only_hint, Some(reads_only), "{name}");
+            // The other tools reach a stranger.
+            assert_eq!(hints.open_world_hint, Some(!reads_only), "{name}");
+        }
+    }
+
+    #[test]
+    fn every_tool_with_arguments_is_checked_before_rmcp() {
+        for tool in ChatServer::tool_router().list_all() {
+            let takes_arguments = tool
+                .input_schema
+                .get("properties")
+                .and_then(Value::as_object)
+                .is_some_and(|p| !p.is_empty());
+            let bad = serde_json::json!({"wait_s": "soon", "timeout_s": -1, "room_id": 7});
+            let checked = check_arguments(&tool.name, bad.as_object());
+            assert_eq!(checked.is_err(), takes_arguments, "{}", tool.name);
+        }
     }
 }

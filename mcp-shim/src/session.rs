@@ -1,7 +1,22 @@
-//! A chat session as the MCP server sees it: the session's event log, and a
-//! broker connection that is made on demand and mended when it breaks.
+//! A chat session as one actor. One task owns the broker connection and its
+//! reconnects; the session's phase and events live in its [`SessionFeed`],
+//! written only by that connection (in wire order) and by this task when a
+//! connection is lost. Everyone else (the tools, `join`, `doctor`, the HTTP
+//! server) holds a [`ChatSession`] and calls typed methods: request in,
+//! typed answer out, events published. Nobody else builds a broker request
+//! or patches the phase, and no lock is held across a reconnect:
+//! - `chat_status` reads the phase at once; the broker's figures come with
+//!   it when the broker answers within [`FIGURES_WITHIN`], and are left out
+//!   (never stale) while the session is reconnecting or the broker is slow;
+//! - `wait_for_events` reads the pull buffer and never touches the broker;
+//! - calls that need the broker (`enter_queue`, `send_message`,
+//!   `leave_chat`) are served in order by the session task; one made while
+//!   a reconnect is in progress goes out on the mended connection, or fails
+//!   `broker_unreachable` when the reconnect is given up (after trying for
+//!   [`RECONNECT_FOR`]). It cannot succeed sooner: there
+//!   is no broker to take it.
 //!
-//! When the connection breaks, a background task reconnects at once,
+//! When the connection breaks, the session task reconnects at once,
 //! starting a broker if none answers, and claims the old session with its
 //! resume token:
 //! - resumed (the broker still had it): nothing was lost, nothing to say;
@@ -13,20 +28,30 @@
 //!   reason `disconnected`;
 //! - no broker for [`RECONNECT_FOR`], or none can be started: the room is
 //!   reported `broker_lost`, and the next tool call tries again.
+//!
+//! A session that was waiting in the queue when its broker session was lost
+//! still wants a partner, so it takes a place in the new broker's queue.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use mcp_chat_proto::{DisconnectReason, Reply, Request, Resume};
-use tokio::sync::Mutex;
+use mcp_chat_proto::{DisconnectReason, ErrorCode, Reply, Request, Resume, RoomId, StatusInfo};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::autostart::{StartError, connect_or_start};
 use crate::broker_client::{BrokerConnection, ConnectError, ConnectionWatch, RequestError};
-use crate::events::{EventLog, Place};
+use crate::events::{ChatEvent, EventBuffer, Pulled};
+use crate::phase::{Phase, SessionFeed};
 
 /// How long the background reconnect keeps trying.
 const RECONNECT_FOR: Duration = Duration::from_secs(10);
+/// How long `status` waits for the broker's figures before answering with
+/// the phase alone: a frozen broker keeps its connection open, so only a
+/// bound tells "slow" from "answering".
+pub const FIGURES_WITHIN: Duration = Duration::from_secs(3);
+/// Calls queued for the session task before callers wait.
+const COMMAND_CAPACITY: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -49,66 +74,296 @@ impl SessionError {
     }
 }
 
-#[derive(Debug)]
-pub struct ChatSession {
-    inner: Arc<Inner>,
+/// Why a typed call did not get the answer it wanted.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The broker said no (`unknown_room`, `rate_limited`, ...).
+    #[error("{code}: {message}")]
+    Broker {
+        code: ErrorCode,
+        message: String,
+        retry_after_ms: Option<u64>,
+    },
+    /// The session left the queue without a match: its broker was lost.
+    #[error("the connection to the broker was lost while waiting")]
+    LostWhileWaiting,
+    #[error("the broker answered {0}")]
+    Unexpected(String),
 }
 
+/// What `enter_queue` came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entered {
+    /// In the queue; a later match arrives as `chatroom.found`.
+    Queued {
+        position: usize,
+    },
+    Matched {
+        room: RoomId,
+    },
+}
+
+/// Where the session stands, and the broker's figures when it answered.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub phase: Phase,
+    /// `None` while reconnecting, or when the broker did not answer within
+    /// [`FIGURES_WITHIN`].
+    pub broker: Option<StatusInfo>,
+}
+
+/// The state of the session's broker connection, as the session task
+/// publishes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// None yet, or the last one was given up on: the next call connects.
+    Unconnected,
+    Up,
+    /// The connection broke and the session task is mending it.
+    Reconnecting,
+}
+
+/// A request for the session task: it answers at once with where the
+/// broker's reply will arrive, so it never waits on the broker itself.
+struct Command {
+    request: Request,
+    reply: oneshot::Sender<Result<oneshot::Receiver<Reply>, SessionError>>,
+}
+
+/// A handle on one session. Dropping it ends the session task, which
+/// closes the broker connection (the broker then ends the session).
 #[derive(Debug)]
-struct Inner {
-    socket: PathBuf,
-    client_name: String,
-    connection: Mutex<Option<BrokerConnection>>,
-    events: Arc<EventLog>,
+pub struct ChatSession {
+    commands: mpsc::Sender<Command>,
+    feed: Arc<SessionFeed>,
+    link: watch::Receiver<Link>,
 }
 
 impl ChatSession {
-    pub fn new(socket: PathBuf, client_name: impl Into<String>, events: Arc<EventLog>) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                socket,
-                client_name: client_name.into(),
-                connection: Mutex::new(None),
-                events,
-            }),
-        }
-    }
-
-    pub fn events(&self) -> &Arc<EventLog> {
-        &self.inner.events
-    }
-
-    pub fn socket(&self) -> &Path {
-        &self.inner.socket
-    }
-
-    /// Sends one request, connecting (and starting a broker) first if there
-    /// is no live connection.
-    pub async fn request(&self, request: Request) -> Result<Reply, SessionError> {
-        let connection = self.connection().await?;
-        Ok(connection.request(request).await?)
-    }
-
-    /// The live connection, made if needed. Waits while a reconnect is in
-    /// progress, so a call never races the session it is about to use; if
-    /// the last connection broke and nobody has mended it yet, this call
-    /// mends it, with the same report the background task would make.
-    pub async fn connection(&self) -> Result<BrokerConnection, SessionError> {
-        let mut slot = self.inner.connection.lock().await;
-        if let Some(live) = slot.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(live.clone());
-        }
-        let live = match slot.take() {
-            Some(broken) => self.inner.recover(&broken.watch()).await?,
-            None => self.inner.connect(None).await?,
+    /// Starts the session task (on the current tokio runtime). It connects
+    /// on the first call that needs the broker. `push`, when given, is
+    /// offered every event (see [`crate::phase`]).
+    pub fn new(
+        socket: PathBuf,
+        client_name: impl Into<String>,
+        push: Option<mpsc::Sender<ChatEvent>>,
+    ) -> Self {
+        let feed = Arc::new(SessionFeed::new(push));
+        let (link_tx, link) = watch::channel(Link::Unconnected);
+        let (commands, rx) = mpsc::channel(COMMAND_CAPACITY);
+        let task = SessionTask {
+            socket,
+            client_name: client_name.into(),
+            feed: Arc::clone(&feed),
+            link: link_tx,
+            connection: None,
         };
-        *slot = Some(live.clone());
-        tokio::spawn(mend(Arc::downgrade(&self.inner), live.watch()));
-        Ok(live)
+        tokio::spawn(task.run(rx));
+        Self {
+            commands,
+            feed,
+            link,
+        }
+    }
+
+    /// Where the session stands now.
+    pub fn phase(&self) -> Phase {
+        self.feed.phase()
+    }
+
+    /// The pull buffer, for callers that read events their own way
+    /// (`join` shows them all, `doctor` waits for one).
+    pub fn events(&self) -> &EventBuffer {
+        self.feed.events()
+    }
+
+    /// Takes the oldest pending events that fit `budget` bytes.
+    pub fn take_events(&self, budget: usize) -> Pulled {
+        self.feed.events().take_batch(budget)
+    }
+
+    /// As [`Self::take_events`], waiting up to `timeout` for the first one.
+    pub async fn wait_events(&self, timeout: Duration, budget: usize) -> Pulled {
+        self.feed.events().wait_batch(timeout, budget).await
+    }
+
+    /// Events let go unpulled since the last call.
+    pub fn take_dropped(&self) -> u64 {
+        self.feed.events().take_dropped()
+    }
+
+    /// Enters the queue, waiting up to `wait` for a partner. A match read
+    /// right behind a `waiting` reply counts as a match.
+    pub async fn enter_queue(&self, wait: Duration) -> Result<Entered, CallError> {
+        let mut phase = self.feed.watch_phase();
+        let position = match self.call(Request::EnterQueue).await? {
+            Reply::Matched { room_id } => return Ok(Entered::Matched { room: room_id }),
+            Reply::Waiting { position } => position,
+            other => return Err(CallError::Unexpected(format!("{other:?}"))),
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // The connection applied the reply before handing it over, so
+            // the phase is at least as new as the reply.
+            match *phase.borrow_and_update() {
+                Phase::InRoom { room } => return Ok(Entered::Matched { room }),
+                Phase::Idle if !wait.is_zero() => return Err(CallError::LostWhileWaiting),
+                Phase::Idle | Phase::Waiting { .. } => {}
+            }
+            match tokio::time::timeout_at(deadline, phase.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(CallError::LostWhileWaiting),
+                Err(_) => return Ok(Entered::Queued { position }),
+            }
+        }
+    }
+
+    /// Sends one message to the partner in `room`.
+    pub async fn send(&self, room: RoomId, message: String) -> Result<(), CallError> {
+        match self
+            .call(Request::SendMessage {
+                room_id: room,
+                message,
+            })
+            .await?
+        {
+            Reply::Sent => Ok(()),
+            other => Err(CallError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Leaves `room`; the partner is told.
+    pub async fn leave(&self, room: RoomId) -> Result<(), CallError> {
+        match self.call(Request::LeaveChat { room_id: room }).await? {
+            Reply::Left => Ok(()),
+            other => Err(CallError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// The phase, with the broker's figures when it answers in time (see
+    /// the module docs). A session that has no connection yet connects
+    /// first, as any call would.
+    pub async fn status(&self) -> Result<Status, CallError> {
+        let link = *self.link.borrow();
+        let figures = match link {
+            Link::Reconnecting => None,
+            Link::Up => tokio::time::timeout(FIGURES_WITHIN, self.call(Request::Status))
+                .await
+                .ok()
+                .and_then(Result::ok),
+            Link::Unconnected => Some(self.call(Request::Status).await?),
+        };
+        let broker = match figures {
+            Some(Reply::Status(info)) => Some(info),
+            Some(other) => return Err(CallError::Unexpected(format!("{other:?}"))),
+            None => None,
+        };
+        Ok(Status {
+            phase: self.phase(),
+            broker,
+        })
+    }
+
+    /// One request through the session task; a broker `error` reply is a
+    /// [`CallError::Broker`].
+    async fn call(&self, request: Request) -> Result<Reply, CallError> {
+        let lost = || SessionError::Lost(RequestError::ConnectionLost);
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command { request, reply })
+            .await
+            .map_err(|_| lost())?;
+        let pending = answer.await.map_err(|_| lost())??;
+        match pending.await.map_err(|_| lost())? {
+            Reply::Error {
+                code,
+                message,
+                retry_after_ms,
+            } => Err(CallError::Broker {
+                code,
+                message,
+                retry_after_ms,
+            }),
+            reply => Ok(reply),
+        }
     }
 }
 
-impl Inner {
+/// The session task: owns the connection, serves calls in order, mends
+/// the connection when it breaks.
+struct SessionTask {
+    socket: PathBuf,
+    client_name: String,
+    feed: Arc<SessionFeed>,
+    link: watch::Sender<Link>,
+    connection: Option<BrokerConnection>,
+}
+
+enum Next {
+    Call(Command),
+    Broke,
+    Ended,
+}
+
+impl SessionTask {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        loop {
+            let watch = self.connection.as_ref().map(BrokerConnection::watch);
+            let broke = async {
+                match &watch {
+                    Some(watch) => watch.closed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let next = tokio::select! {
+                command = commands.recv() => command.map_or(Next::Ended, Next::Call),
+                () = broke => Next::Broke,
+            };
+            match next {
+                Next::Call(command) => {
+                    let answer = match self.live().await {
+                        Ok(connection) => {
+                            connection.submit(command.request).await.map_err(Into::into)
+                        }
+                        Err(e) => Err(e),
+                    };
+                    // The caller may have given up (a cancelled tool call).
+                    let _ = command.reply.send(answer);
+                }
+                Next::Broke => {
+                    if let Some(broken) = self.connection.take() {
+                        // Given up on and reported if this fails; the next
+                        // call connects afresh.
+                        if let Ok(fresh) = self.recover(&broken.watch()).await {
+                            self.connection = Some(fresh);
+                            self.link.send_replace(Link::Up);
+                        }
+                    }
+                }
+                // Every handle dropped: the session is over, and dropping
+                // the connection ends it at the broker.
+                Next::Ended => return,
+            }
+        }
+    }
+
+    /// The live connection, made if needed. A connection that broke before
+    /// this task noticed is mended first, with the same report.
+    async fn live(&mut self) -> Result<BrokerConnection, SessionError> {
+        if let Some(live) = self.connection.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(live.clone());
+        }
+        let fresh = match self.connection.take() {
+            Some(broken) => self.recover(&broken.watch()).await?,
+            None => self.connect(None).await?,
+        };
+        self.connection = Some(fresh.clone());
+        self.link.send_replace(Link::Up);
+        Ok(fresh)
+    }
+
     async fn connect(&self, resume: Option<Resume>) -> Result<BrokerConnection, StartError> {
         let last_seq = resume.as_ref().map_or(0, |r| r.last_seq);
         let (transport, welcome) =
@@ -119,19 +374,20 @@ impl Inner {
         Ok(BrokerConnection::start(
             transport,
             welcome,
-            Arc::clone(&self.events),
+            Arc::clone(&self.feed),
             last_seq,
         ))
     }
 
     /// Replaces a broken connection, claiming its session, and reports what
-    /// the break cost (see the module docs). Called with the slot locked, so
-    /// the report is in the event log before any tool call proceeds.
+    /// the break cost (see the module docs) before any call proceeds.
     async fn recover(&self, broken: &ConnectionWatch) -> Result<BrokerConnection, StartError> {
-        let fresh = match reconnect(self, broken.resume_claim()).await {
+        self.link.send_replace(Link::Reconnecting);
+        let fresh = match self.reconnect(broken.resume_claim()).await {
             Ok(fresh) => fresh,
             Err(e) => {
-                self.events.session_lost(DisconnectReason::BrokerLost).await;
+                self.feed.session_lost(DisconnectReason::BrokerLost);
+                self.link.send_replace(Link::Unconnected);
                 return Err(e);
             }
         };
@@ -141,72 +397,56 @@ impl Inner {
             } else {
                 DisconnectReason::BrokerRestart
             };
-            let before = self.events.session_lost(reason).await;
-            if matches!(before, Place::Waiting { .. }) {
+            if matches!(self.feed.session_lost(reason), Phase::Waiting { .. }) {
                 requeue(&fresh).await;
             }
         }
         Ok(fresh)
     }
-}
 
-/// Waits for `connection` to break; if the session still lives and nobody
-/// has mended it yet, mends it. Holds the session weakly: a session that
-/// ends closes its connection, and this ends with it.
-async fn mend(session: Weak<Inner>, mut connection: ConnectionWatch) {
-    loop {
-        connection.closed().await;
-        let Some(inner) = session.upgrade() else {
-            return;
-        };
-        let mut slot = inner.connection.lock().await;
-        if !slot.as_ref().is_some_and(BrokerConnection::is_closed) {
-            // Mended already, or given up on and reported.
-            return;
-        }
-        *slot = None;
-        match inner.recover(&connection).await {
-            Ok(fresh) => {
-                connection = fresh.watch();
-                *slot = Some(fresh);
+    /// Connects with `claim`, retrying while a broker may yet appear.
+    async fn reconnect(&self, claim: Resume) -> Result<BrokerConnection, StartError> {
+        let deadline = tokio::time::Instant::now() + RECONNECT_FOR;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match self.connect(Some(claim.clone())).await {
+                Ok(connection) => return Ok(connection),
+                // No broker binary to start: waiting will not produce one.
+                Err(e @ StartError::Spawn { .. }) => {
+                    tracing::warn!(error = %e, "cannot start a broker; giving up until the next call");
+                    return Err(e);
+                }
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    tracing::warn!(error = %e, "broker unreachable; giving up until the next call");
+                    return Err(e);
+                }
+                Err(e) => tracing::debug!(error = %e, "reconnecting to the broker"),
             }
-            Err(_) => return,
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
         }
     }
 }
 
-/// Connects with `claim`, retrying while a broker may yet appear.
-async fn reconnect(inner: &Inner, claim: Resume) -> Result<BrokerConnection, StartError> {
-    let deadline = tokio::time::Instant::now() + RECONNECT_FOR;
-    let mut pause = Duration::from_millis(20);
-    loop {
-        match inner.connect(Some(claim.clone())).await {
-            Ok(connection) => return Ok(connection),
-            // No broker binary to start: waiting will not produce one.
-            Err(e @ StartError::Spawn { .. }) => {
-                tracing::warn!(error = %e, "cannot start a broker; giving up until the next call");
-                return Err(e);
-            }
-            Err(e) if tokio::time::Instant::now() >= deadline => {
-                tracing::warn!(error = %e, "broker unreachable; giving up until the next call");
-                return Err(e);
-            }
-            Err(e) => tracing::debug!(error = %e, "reconnecting to the broker"),
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(1));
-    }
-}
-
-/// The session was waiting when the broker went away; it still wants a
-/// partner, so it takes a place in the new broker's queue.
+/// The session was waiting when its broker session was lost; it still
+/// wants a partner, so it takes a place in the new queue. The connection
+/// applies the reply to the phase, in wire order; this task does not wait
+/// for it, so calls queued behind the reconnect go out right after.
 async fn requeue(connection: &BrokerConnection) {
-    // The connection applies the reply to the place, in wire order.
-    match connection.request(Request::EnterQueue).await {
-        Ok(Reply::Waiting { .. } | Reply::Matched { .. }) => {}
-        other => tracing::warn!(
-            ?other,
-            "could not re-enter the queue after a broker restart"
-        ),
+    match connection.submit(Request::EnterQueue).await {
+        Ok(answer) => {
+            tokio::spawn(async move {
+                match answer.await {
+                    Ok(Reply::Waiting { .. } | Reply::Matched { .. }) => {}
+                    other => tracing::warn!(
+                        ?other,
+                        "could not re-enter the queue after losing the broker session"
+                    ),
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not re-enter the queue after losing the broker session")
+        }
     }
 }

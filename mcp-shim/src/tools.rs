@@ -3,7 +3,9 @@
 //! model deciding how to call the tool.
 
 use mcp_chat_proto::RoomId;
-use rmcp::schemars::{self, JsonSchema};
+use rmcp::model::JsonObject;
+use rmcp::schemars::{self, JsonSchema, Schema};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::events::ChatEvent;
@@ -20,6 +22,7 @@ pub const DEFAULT_EVENT_WAIT_S: u64 = 25;
 pub const EVENTS_PER_RESULT_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(transform = standard_formats)]
 pub struct EnterQueueParams {
     /// Seconds to wait for a partner before answering `waiting` (0 to 50).
     /// 0, the default, answers at once.
@@ -29,6 +32,7 @@ pub struct EnterQueueParams {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(transform = standard_formats)]
 pub struct SendMessageParams {
     /// The room_id from `enter_queue` or the `chatroom.found` event.
     #[serde(deserialize_with = "room_id")]
@@ -39,6 +43,7 @@ pub struct SendMessageParams {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(transform = standard_formats)]
 pub struct LeaveChatParams {
     /// The room to leave.
     #[serde(deserialize_with = "room_id")]
@@ -47,6 +52,7 @@ pub struct LeaveChatParams {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(transform = standard_formats)]
 pub struct WaitForEventsParams {
     /// Seconds to wait when no event is pending (0 to 50, default 25).
     /// Returns as soon as one arrives.
@@ -75,8 +81,52 @@ fn room_id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<RoomId, D::Erro
         .map_err(|_| serde::de::Error::custom(format!("room_id {text:?} is not a UUID")))
 }
 
+/// Checks a tool call's arguments with the tool's own types before rmcp
+/// parses them, so a mistake comes back as a tool error the model reads
+/// (see `ChatServer::call_tool`). Tools without arguments, and names that
+/// are no tool, pass: rmcp answers those.
+pub fn check_arguments(tool: &str, arguments: Option<&JsonObject>) -> Result<(), String> {
+    let Some(check) = argument_check(tool) else {
+        return Ok(());
+    };
+    let value = serde_json::Value::Object(arguments.cloned().unwrap_or_default());
+    check(value).map_err(|e| {
+        format!("invalid arguments for {tool}: {e}. Call it again as its input schema says.")
+    })
+}
+
+type ArgumentCheck = fn(serde_json::Value) -> Result<(), serde_json::Error>;
+
+fn argument_check(tool: &str) -> Option<ArgumentCheck> {
+    fn parses<T: DeserializeOwned>(value: serde_json::Value) -> Result<(), serde_json::Error> {
+        serde_json::from_value::<T>(value).map(drop)
+    }
+    Some(match tool {
+        "enter_queue" => parses::<EnterQueueParams>,
+        "send_message" => parses::<SendMessageParams>,
+        "leave_chat" => parses::<LeaveChatParams>,
+        "wait_for_events" => parses::<WaitForEventsParams>,
+        _ => return None,
+    })
+}
+
+/// Drops `format` annotations JSON Schema does not define (schemars writes
+/// `uint64`, `uint` for Rust integer types): validators such as the
+/// TypeScript SDK's warn on every `tools/list` about them. The ranges stay.
+pub fn standard_formats(schema: &mut Schema) {
+    if schema
+        .get("format")
+        .and_then(serde_json::Value::as_str)
+        .is_some_and(|format| format.starts_with("uint") || format.starts_with("int"))
+    {
+        schema.remove("format");
+    }
+    schemars::transform::transform_subschemas(&mut standard_formats, schema);
+}
+
 /// A tool's own result plus any events that were waiting.
 #[derive(Debug, Serialize, JsonSchema)]
+#[schemars(transform = standard_formats)]
 pub struct WithEvents<T> {
     #[serde(flatten)]
     pub result: T,
@@ -101,6 +151,7 @@ pub enum QueueStatus {
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
+#[schemars(transform = standard_formats)]
 pub struct EnterQueueResult {
     /// `matched`: you are in a room with a partner. `waiting`: nobody yet.
     pub status: QueueStatus,
@@ -113,12 +164,14 @@ pub struct EnterQueueResult {
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
+#[schemars(transform = standard_formats)]
 pub struct StatusOnly {
     /// `sent` or `left`.
     pub status: &'static str,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
+#[schemars(transform = standard_formats)]
 pub struct EventsResult {
     /// Events oldest first; empty when the wait timed out.
     pub events: Vec<ChatEvent>,
@@ -140,6 +193,7 @@ pub enum SessionState {
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
+#[schemars(transform = standard_formats)]
 pub struct ChatStatusResult {
     /// Where you stand: `idle`, `waiting` or `in_room`.
     pub state: SessionState,
@@ -147,12 +201,17 @@ pub struct ChatStatusResult {
     pub room_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub position: Option<usize>,
-    /// Sessions connected to the broker, you included.
-    pub online: usize,
+    /// Sessions connected to the broker, you included. This and the next
+    /// two are left out while the connection to the broker is being
+    /// re-made, or when the broker does not answer within 3 seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub online: Option<usize>,
     /// Sessions waiting for a partner.
-    pub waiting: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<usize>,
     /// Rooms with two people chatting.
-    pub rooms: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rooms: Option<usize>,
 }
 
 /// A failed call as the model reads it: a code to branch on and a sentence

@@ -2,16 +2,16 @@
 //! chat, each printed as ok or FAIL with the fix. Exits non-zero on a FAIL.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use mcp_chat_proto::socket_path::{broker_lock_path, prepare_socket_dir};
-use mcp_chat_proto::{PROTOCOL_VERSION, Reply, Request, SocketDirError};
+use mcp_chat_proto::{PROTOCOL_VERSION, RoomId, SocketDirError};
 
 use super::register::registered_clients;
 use crate::autostart::{StartError, connect_or_start, find_broker};
-use crate::broker_client::{BrokerConnection, ConnectError};
-use crate::events::{EventKind, EventLog};
+use crate::broker_client::ConnectError;
+use crate::events::EventKind;
+use crate::session::{CallError, ChatSession, Entered};
 
 /// How long the round trip may take before it counts as failed.
 const ROUND_TRIP_DEADLINE: Duration = Duration::from_secs(10);
@@ -206,59 +206,58 @@ enum RoundTrip {
 
 async fn round_trip(socket: &Path) -> Result<RoundTrip, String> {
     let started = std::time::Instant::now();
-    let (a, a_events) = connect(socket).await?;
-    let (b, b_events) = connect(socket).await?;
-    if let Reply::Status(info) = request(&a, Request::Status).await?
-        && info.waiting > 0
-    {
-        return Ok(RoundTrip::Skipped(info.waiting));
+    let a = ChatSession::new(socket.to_owned(), "mcp-chat doctor", None);
+    let b = ChatSession::new(socket.to_owned(), "mcp-chat doctor", None);
+    let waiting = a
+        .status()
+        .await
+        .map_err(failed)?
+        .broker
+        .map_or(0, |info| info.waiting);
+    if waiting > 0 {
+        return Ok(RoundTrip::Skipped(waiting));
     }
-    if let Reply::Matched { room_id } = request(&a, Request::EnterQueue).await? {
+    if let Entered::Matched { room } = a.enter_queue(Duration::ZERO).await.map_err(failed)? {
         // Someone entered after the check above: do not chat with them.
-        let _ = request(&a, Request::LeaveChat { room_id }).await;
+        let _ = a.leave(room).await;
         return Err("a real user entered the queue during the check; run doctor again".into());
     }
     // Each wait is for the one event it needs, whatever else arrives first
     // (b's own chatroom.found, say, is still pending when the probe is sent).
     let deadline = tokio::time::Instant::now() + ROUND_TRIP_DEADLINE;
-    let room = match request(&b, Request::EnterQueue).await? {
-        Reply::Matched { room_id } => room_id.to_string(),
+    let room = match b.enter_queue(Duration::ZERO).await.map_err(failed)? {
+        Entered::Matched { room } => room.to_string(),
         // On a busy machine the broker may ping a before matching it (it
         // never matches a waiter it has not heard from lately): the match
         // comes a moment later, announced by chatroom.found.
-        Reply::Waiting { .. } => b_events
+        Entered::Queued { .. } => b
+            .events()
             .wait_for(deadline, |e| e.kind == EventKind::ChatroomFound)
             .await
             .map(|e| e.room_id)
             .map_err(|seen| format!("the test sessions were not matched (got {seen:?})"))?,
-        other => return Err(format!("second test session was not matched: {other:?}")),
     };
-    let room_id: mcp_chat_proto::RoomId = room
+    let room_id: RoomId = room
         .parse()
         .map_err(|_| format!("the broker named an invalid room {room:?}"))?;
-    let found = a_events
+    let found = a
+        .events()
         .wait_for(deadline, |e| e.kind == EventKind::ChatroomFound)
         .await;
     if !found.is_ok_and(|e| e.room_id == room) {
         // Someone else entered between our two sessions; do not chat with them.
-        let _ = request(&b, Request::LeaveChat { room_id }).await;
+        let _ = b.leave(room_id).await;
         return Err("the test sessions were matched with someone else; run doctor again".into());
     }
     let probe = "mcp-chat doctor round trip";
-    request(
-        &a,
-        Request::SendMessage {
-            room_id,
-            message: probe.into(),
-        },
-    )
-    .await?;
-    let got = b_events
+    a.send(room_id, probe.into()).await.map_err(failed)?;
+    let got = b
+        .events()
         .wait_for(deadline, |e| {
             e.kind == EventKind::MessageReceived && e.message.as_deref() == Some(probe)
         })
         .await;
-    let _ = request(&a, Request::LeaveChat { room_id }).await;
+    let _ = a.leave(room_id).await;
     match got {
         Ok(_) => Ok(RoundTrip::Done(started.elapsed())),
         Err(seen) => Err(format!(
@@ -267,23 +266,8 @@ async fn round_trip(socket: &Path) -> Result<RoundTrip, String> {
     }
 }
 
-async fn connect(socket: &Path) -> Result<(BrokerConnection, Arc<EventLog>), String> {
-    let events = Arc::new(EventLog::new(None));
-    let (transport, welcome) = connect_or_start(socket, "mcp-chat doctor", None)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((
-        BrokerConnection::start(transport, welcome, Arc::clone(&events), 0),
-        events,
-    ))
-}
-
-async fn request(connection: &BrokerConnection, request: Request) -> Result<Reply, String> {
-    match connection.request(request).await {
-        Ok(Reply::Error { code, message, .. }) => Err(format!("{code}: {message}")),
-        Ok(reply) => Ok(reply),
-        Err(e) => Err(e.to_string()),
-    }
+fn failed(error: CallError) -> String {
+    error.to_string()
 }
 
 fn check_registrations(report: &mut Report) {

@@ -2,14 +2,14 @@
 //! terminal or a script (stdin may be a pipe).
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use mcp_chat_proto::{Reply, Request, RoomId};
+use mcp_chat_proto::RoomId;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::events::{ChatEvent, EventKind, EventLog, Place};
-use crate::session::ChatSession;
+use crate::events::{ChatEvent, EventKind};
+use crate::phase::Phase;
+use crate::session::{CallError, ChatSession, Entered};
 use crate::untrusted::reveal;
 
 /// How often the waiting line is refreshed with the queue figures.
@@ -18,8 +18,7 @@ const REFRESH_EVERY: Duration = Duration::from_secs(10);
 const HELP: &str = "type a message and press Enter to send it; /next for a new partner, /leave to leave the chat, /quit to exit";
 
 pub async fn run(socket: &Path) -> anyhow::Result<()> {
-    let events = Arc::new(EventLog::new(None));
-    let session = ChatSession::new(socket.to_owned(), "mcp-chat join", Arc::clone(&events));
+    let session = ChatSession::new(socket.to_owned(), "mcp-chat join", None);
     say(&format!("mcp-chat {}: {HELP}", crate::VERSION));
     enter_queue(&session).await?;
 
@@ -37,13 +36,13 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
                     break;
                 }
             }
-            arrived = events.wait_pending(Duration::from_secs(3600)) => {
+            arrived = session.events().wait_pending(Duration::from_secs(3600)) => {
                 for event in arrived {
                     show_event(&event);
                 }
             }
             _ = refresh.tick() => {
-                if matches!(events.place(), Place::Waiting { .. }) {
+                if matches!(session.phase(), Phase::Waiting { .. }) {
                     let line = waiting_line(&session).await;
                     if line != last_waiting_line {
                         say(&line);
@@ -65,25 +64,25 @@ async fn handle_line(session: &ChatSession, line: &str) -> anyhow::Result<bool> 
         "" => {}
         "/quit" | "/exit" => return Ok(false),
         "/next" => {
-            if matches!(session.events().place(), Place::Waiting { .. }) {
+            if matches!(session.phase(), Phase::Waiting { .. }) {
                 say("already waiting for a partner");
             } else {
                 leave_room(session).await;
                 enter_queue(session).await?;
             }
         }
-        "/leave" => match session.events().place() {
-            Place::InRoom(_) => {
+        "/leave" => match session.phase() {
+            Phase::InRoom { .. } => {
                 leave_room(session).await;
                 say("you left the chat; /next to meet someone new, /quit to exit");
             }
-            Place::Waiting { .. } => say("you are waiting in the queue; /quit to stop"),
-            Place::Idle => say("you are not in a chat; /next to find a partner"),
+            Phase::Waiting { .. } => say("you are waiting in the queue; /quit to stop"),
+            Phase::Idle => say("you are not in a chat; /next to find a partner"),
         },
         "/help" => say(HELP),
         _ if line.starts_with('/') => say(&format!("unknown command {line:?}; {HELP}")),
-        _ => match session.events().place() {
-            Place::InRoom(room_id) => send(session, room_id, line).await,
+        _ => match session.phase() {
+            Phase::InRoom { room } => send(session, room, line).await,
             _ => say(
                 "you are not in a chat yet; your message was not sent (/next to find a partner)",
             ),
@@ -93,56 +92,49 @@ async fn handle_line(session: &ChatSession, line: &str) -> anyhow::Result<bool> 
 }
 
 async fn enter_queue(session: &ChatSession) -> anyhow::Result<()> {
-    match session.request(Request::EnterQueue).await? {
+    match session.enter_queue(Duration::ZERO).await {
         // The chatroom.found event that came with the match announces it.
-        Reply::Matched { .. } => {}
-        Reply::Waiting { .. } => {
-            // Unless a match was read right behind the reply.
-            if matches!(session.events().place(), Place::Waiting { .. }) {
-                say(&waiting_line(session).await);
-            }
+        Ok(Entered::Matched { .. }) => {}
+        Ok(Entered::Queued { .. }) => say(&waiting_line(session).await),
+        Err(CallError::Broker { code, message, .. }) => {
+            say(&format!("! {code}: {}", reveal(&message)));
         }
-        Reply::Error { code, message, .. } => say(&format!("! {code}: {}", reveal(&message))),
-        other => say(&format!("! unexpected answer {other:?}")),
+        Err(CallError::Session(e)) => return Err(e.into()),
+        Err(e) => say(&format!("! {}", reveal(&e.to_string()))),
     }
     Ok(())
 }
 
 async fn waiting_line(session: &ChatSession) -> String {
-    let position = match session.events().place() {
-        Place::Waiting { position } => position,
+    let status = session.status().await.ok();
+    let phase = status.as_ref().map_or(session.phase(), |s| s.phase);
+    let position = match phase {
+        Phase::Waiting { position } => position,
         _ => 1,
     };
-    match session.request(Request::Status).await {
-        Ok(Reply::Status(info)) => format!(
+    match status.and_then(|s| s.broker) {
+        Some(info) => format!(
             "waiting for a partner (position {position}, {} online)",
             info.sessions
         ),
-        _ => format!("waiting for a partner (position {position})"),
+        None => format!("waiting for a partner (position {position})"),
     }
 }
 
-async fn send(session: &ChatSession, room_id: RoomId, text: &str) {
-    match session
-        .request(Request::SendMessage {
-            room_id,
-            message: text.to_owned(),
-        })
-        .await
-    {
-        Ok(Reply::Sent) => {}
-        Ok(Reply::Error { code, message, .. }) => {
+async fn send(session: &ChatSession, room: RoomId, text: &str) {
+    match session.send(room, text.to_owned()).await {
+        Ok(()) => {}
+        Err(CallError::Broker { code, message, .. }) => {
             say(&format!("! not sent ({code}): {}", reveal(&message)));
         }
-        Ok(other) => say(&format!("! unexpected answer {other:?}")),
         Err(e) => say(&format!("! not sent: {}", reveal(&e.to_string()))),
     }
 }
 
 /// Leaves the current room, if any, so the partner is told at once.
 async fn leave_room(session: &ChatSession) {
-    if let Place::InRoom(room_id) = session.events().place() {
-        let _ = session.request(Request::LeaveChat { room_id }).await;
+    if let Phase::InRoom { room } = session.phase() {
+        let _ = session.leave(room).await;
     }
 }
 

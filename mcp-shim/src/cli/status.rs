@@ -7,7 +7,7 @@ use mcp_chat_proto::{Reply, Request, StatusInfo};
 use serde::Serialize;
 
 use crate::broker_client::{BrokerConnection, ConnectError, handshake};
-use crate::events::EventLog;
+use crate::phase::SessionFeed;
 
 #[derive(Debug, Serialize)]
 struct StatusReport<'a> {
@@ -24,8 +24,8 @@ struct StatusReport<'a> {
 /// Asks the broker on `socket` for its figures.
 pub async fn query(socket: &Path) -> Result<StatusInfo, QueryError> {
     let (transport, welcome) = handshake(socket, "mcp-chat status", None).await?;
-    let events = std::sync::Arc::new(EventLog::new(None));
-    let connection = BrokerConnection::start(transport, welcome, events, 0);
+    let feed = std::sync::Arc::new(SessionFeed::new(None));
+    let connection = BrokerConnection::start(transport, welcome, feed, 0);
     match connection.request(Request::Status).await {
         Ok(Reply::Status(info)) => Ok(info),
         Ok(other) => Err(QueryError::Unexpected(format!("{other:?}"))),

@@ -140,6 +140,33 @@ async function flow(url, bin, socket) {
     check((h.getInstructions() ?? "").includes("untrusted"), "H: instructions", h.getInstructions());
     passed("H connected over Streamable HTTP: session id, serverInfo 'mcp-chat', instructions, claude/channel");
 
+    // The SDK compiles each tool's output schema when it lists tools, and
+    // warns through console.warn about formats JSON Schema does not define.
+    const warnings = [];
+    const warn = console.warn;
+    console.warn = (...args) => {
+      warnings.push(args.map(String).join(" "));
+      warn(...args);
+    };
+    let tools;
+    try {
+      ({ tools } = await h.listTools());
+      await call(h, "chat_status", {}, "H chat_status");
+    } finally {
+      console.warn = warn;
+    }
+    check(tools.length === 5, "H tools/list: five tools", tools.map((t) => t.name));
+    for (const tool of tools) {
+      check(typeof tool.title === "string" && tool.title.length > 0, `${tool.name}: title`, tool);
+      const hints = tool.annotations ?? {};
+      const readOnly = tool.name === "chat_status" || tool.name === "wait_for_events";
+      check(hints.readOnlyHint === readOnly, `${tool.name}: readOnlyHint`, hints);
+      check(hints.destructiveHint === false, `${tool.name}: destructiveHint`, hints);
+      check(hints.openWorldHint === !readOnly, `${tool.name}: openWorldHint`, hints);
+    }
+    check(!warnings.some((w) => w.includes("unknown format")), "H tools/list: no unknown schema formats", warnings);
+    passed("H tools/list: titles and annotations on every tool, schemas without unknown formats");
+
     let res = await call(h, "enter_queue", {}, "H enter_queue");
     check(JSON.stringify(res) === JSON.stringify({ status: "waiting", position: 1 }), "H enter_queue", res);
     res = await call(s, "enter_queue", {}, "S enter_queue");
