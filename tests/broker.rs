@@ -374,7 +374,6 @@ async fn idle_broker_exits_by_itself() {
     let mut broker = BrokerProcess::start(&socket.path, &["--idle-exit", "3"]).await;
     let client = ProtoClient::connect(&socket.path).await;
     drop(client);
-    broker.wait_for_log("idle timeout").await;
     assert!(broker.wait_exit().await.success());
     assert!(!socket.path.exists());
 }

@@ -15,6 +15,7 @@
 //! - [`fd_limit`]: raising the descriptor limit and sizing the session cap
 //!   to it.
 //! - [`log_file`]: the auto-started broker's private, size-capped log file.
+//! - [`log_path`]: where that file is, the one place this rule lives.
 
 pub mod config;
 mod connection;
@@ -23,6 +24,7 @@ mod hub;
 mod ledger;
 pub mod listener;
 pub mod log_file;
+pub mod log_path;
 pub mod server;
 mod state;
 

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use interprocess::local_socket::traits::tokio::Listener as _;
-use mcp_chat_proto::ErrorCode;
+use mcp_chat_proto::{ErrorCode, Refusal};
 use tokio::sync::Semaphore;
 use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
@@ -82,6 +82,7 @@ pub async fn run(
         config.limits(),
         config.idle_exit,
         idle.clone(),
+        config.log_path.as_deref(),
     );
     let connections = TaskTracker::new();
     let instance: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
@@ -131,7 +132,7 @@ pub async fn run(
                             tracing::warn!(max_sessions = config.max_sessions, "broker full; refusing new connections");
                         }
                         let permit = refusal.take();
-                        let reason = (ErrorCode::BrokerFull, full.clone());
+                        let reason = Refusal::new(ErrorCode::BrokerFull, full.clone());
                         connections.spawn(async move {
                             connection::turn_away(stream, reason).await;
                             drop(permit);

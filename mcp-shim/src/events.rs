@@ -16,11 +16,12 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use mcp_chat_proto::{DisconnectReason, Event, RoomId};
+use mcp_chat_proto::{Event, RoomId};
 use rmcp::schemars::{self, JsonSchema};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 
+use crate::end_reason::EndReason;
 use crate::untrusted::{hardened_len, quote_for_model};
 
 /// Events kept for pulling. A client that only listens to notifications
@@ -155,7 +156,7 @@ impl EventLog {
                 undelivered,
                 unconfirmed,
             } => Recorded {
-                reason: Some(reason),
+                reason: Some(reason.into()),
                 undelivered: Some(undelivered),
                 unconfirmed: Some(unconfirmed),
                 ..Recorded::new(room_id, EventKind::PartnerDisconnected)
@@ -170,7 +171,7 @@ impl EventLog {
     /// The session's broker state is gone (the broker restarted, or cannot
     /// be reached): a room it held is reported lost with `reason`. Returns
     /// where the session stood.
-    pub async fn session_lost(&self, reason: DisconnectReason) -> Place {
+    pub async fn session_lost(&self, reason: EndReason) -> Place {
         let before = std::mem::replace(&mut self.lock().place, Place::Idle);
         // Anyone waiting on the place (enter_queue with wait_s) must hear
         // of it, event or not.
@@ -379,7 +380,7 @@ struct Recorded {
     room_id: RoomId,
     kind: EventKind,
     message: Option<String>,
-    reason: Option<DisconnectReason>,
+    reason: Option<EndReason>,
     undelivered: Option<u64>,
     unconfirmed: Option<u64>,
 }
@@ -449,6 +450,7 @@ pub fn notification_params(event: &ChatEvent) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mcp_chat_proto::DisconnectReason;
 
     fn room() -> RoomId {
         RoomId::new_random()
@@ -500,12 +502,12 @@ mod tests {
     #[tokio::test]
     async fn losing_the_broker_in_a_room_reports_it() {
         let log = EventLog::new(None);
-        log.session_lost(DisconnectReason::BrokerLost).await;
+        log.session_lost(EndReason::BrokerLost).await;
         assert!(log.take_pending().is_empty(), "nothing to report when idle");
         let r = room();
         log.ingest(Event::ChatroomFound { room_id: r }).await;
         assert_eq!(
-            log.session_lost(DisconnectReason::BrokerLost).await,
+            log.session_lost(EndReason::BrokerLost).await,
             Place::InRoom(r)
         );
         let events = log.take_pending();

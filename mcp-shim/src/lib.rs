@@ -8,6 +8,7 @@
 //! - [`session`]: the broker connection, re-made on demand after a loss.
 //! - [`broker_client`]: one broker connection: handshake, requests, events.
 //! - [`autostart`]: finding the broker, and starting one when none runs.
+//! - [`end_reason`]: why a room ended, including what only a shim can see.
 //! - [`cli`]: the human subcommands (`join`, `status`, `doctor`, `register`).
 //! - [`untrusted`]: a partner's text made safe for a model or a person to
 //!   read: no forged frames, no hidden characters.
@@ -22,6 +23,7 @@
 pub mod autostart;
 pub mod broker_client;
 pub mod cli;
+pub mod end_reason;
 pub mod events;
 pub mod http;
 pub mod server;

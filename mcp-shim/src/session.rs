@@ -14,7 +14,7 @@
 //! - no broker for [`RECONNECT_FOR`], or none can be started: the room is
 //!   reported `broker_lost`, and the next tool call tries again.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use tokio::sync::Mutex;
 
 use crate::autostart::{StartError, connect_or_start};
 use crate::broker_client::{BrokerConnection, ConnectError, ConnectionWatch, RequestError};
+use crate::end_reason::EndReason;
 use crate::events::{EventLog, Place};
 
 /// How long the background reconnect keeps trying.
@@ -78,10 +79,6 @@ impl ChatSession {
         &self.inner.events
     }
 
-    pub fn socket(&self) -> &Path {
-        &self.inner.socket
-    }
-
     /// Sends one request, connecting (and starting a broker) first if there
     /// is no live connection.
     pub async fn request(&self, request: Request) -> Result<Reply, SessionError> {
@@ -131,15 +128,15 @@ impl Inner {
         let fresh = match reconnect(self, broken.resume_claim()).await {
             Ok(fresh) => fresh,
             Err(e) => {
-                self.events.session_lost(DisconnectReason::BrokerLost).await;
+                self.events.session_lost(EndReason::BrokerLost).await;
                 return Err(e);
             }
         };
         if !fresh.welcome.resumed {
             let reason = if fresh.welcome.instance == broken.welcome.instance {
-                DisconnectReason::Disconnected
+                EndReason::Broker(DisconnectReason::Disconnected)
             } else {
-                DisconnectReason::BrokerRestart
+                EndReason::BrokerRestart
             };
             let before = self.events.session_lost(reason).await;
             if matches!(before, Place::Waiting { .. }) {

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use mcp_chat_proto::{
-    BrokerMsg, DisconnectReason, ErrorCode, Event, Reply, Request, RoomId, StatusInfo,
+    BrokerMsg, DisconnectReason, ErrorCode, Event, Refusal, Reply, Request, RoomId, StatusInfo,
 };
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -153,6 +153,8 @@ pub(crate) struct State {
     limits: Limits,
     shutting_down: bool,
     slow_consumers: Vec<SessionId>,
+    /// Reported in `Status` (see `Config::log_path`).
+    log_path: Option<String>,
 }
 
 impl State {
@@ -171,7 +173,14 @@ impl State {
             limits,
             shutting_down: false,
             slow_consumers: Vec::new(),
+            log_path: None,
         }
+    }
+
+    /// The log file to report in `Status`.
+    pub(crate) fn with_log_path(mut self, path: Option<&std::path::Path>) -> Self {
+        self.log_path = path.map(|p| p.display().to_string());
+        self
     }
 
     pub(crate) fn session_count(&self) -> usize {
@@ -184,9 +193,9 @@ impl State {
         &mut self,
         handle: SessionHandle,
         resume: Option<mcp_chat_proto::Resume>,
-    ) -> Result<Admitted, (ErrorCode, String)> {
+    ) -> Result<Admitted, Refusal> {
         if self.shutting_down {
-            return Err((
+            return Err(Refusal::new(
                 ErrorCode::ShuttingDown,
                 "the broker is shutting down".into(),
             ));
@@ -199,7 +208,7 @@ impl State {
             None => handle,
         };
         if self.sessions.len() >= self.max_sessions {
-            return Err((
+            return Err(Refusal::new(
                 ErrorCode::BrokerFull,
                 format!(
                     "the broker is full ({} sessions); try again later",
@@ -342,6 +351,13 @@ impl State {
             sessions: self.sessions.len(),
             waiting: self.queue.len(),
             rooms: self.full_rooms,
+            // A scan, but status is rare and bounded by the request limit.
+            detached: self
+                .sessions
+                .values()
+                .filter(|s| s.handle.is_none())
+                .count(),
+            log_path: self.log_path.clone(),
         }
     }
 

@@ -390,7 +390,7 @@ fn full_broker_refuses() {
     let _a = join(&mut state, 4);
     let (h, _rx, _kick) = handle(4);
     let err = state.register(h, None).unwrap_err();
-    assert_eq!(err.0, ErrorCode::BrokerFull);
+    assert_eq!(err.code, ErrorCode::BrokerFull);
 }
 
 #[test]
