@@ -223,9 +223,22 @@ async fn the_log_is_rotated_past_its_cap() {
     let _broker = AutoStartedBroker::find(&socket.path).expect("a broker wrote its lock");
 
     let log = log_beside(&socket.path);
-    // The broker reports the file it writes; doctor shows it from there.
+    // The broker reports the file it writes, and doctor shows it.
     let status = ProtoClient::connect(&socket.path).await.status().await;
     assert_eq!(status.log_path, Some(log.display().to_string()));
+    let home = tempfile::tempdir().unwrap();
+    let doctor = Command::new(bin_path("mcp-chat"))
+        .arg("doctor")
+        .env("MCP_CHAT_SOCKET", &socket.path)
+        .env("MCP_CHAT_BROKER", bin_path("mcp-chat-broker"))
+        .env("HOME", home.path())
+        .output();
+    let doctor = within("mcp-chat doctor", doctor).await.unwrap();
+    let stdout = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        stdout.contains(&format!("ok    broker log: {}", log.display())),
+        "{stdout}"
+    );
     let mut rotated = log.clone().into_os_string();
     rotated.push(".1");
     let rotated = PathBuf::from(rotated);

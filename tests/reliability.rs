@@ -214,26 +214,17 @@ async fn another_users_process_is_refused() {
     std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
 
-    let mut broker = tokio::process::Command::new("setpriv")
+    let mut command = tokio::process::Command::new("setpriv");
+    command
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(mcp_chat_tests::bin_path("mcp-chat-broker"))
         .args(["--foreground", "--socket"])
         .arg(&socket.path)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
+        .arg(mcp_chat_testkit::broker::PRINT_READY);
+    // Returns once the broker has printed its ready line.
+    let _broker = mcp_chat_testkit::BrokerChild::start(command, &socket.path)
+        .await
         .unwrap();
-    let stderr = broker.stderr.take().unwrap();
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
-    within("the broker to listen", async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("broker listening") {
-                return;
-            }
-        }
-        panic!("broker exited");
-    })
-    .await;
 
     use futures::{SinkExt, StreamExt};
     let stream = mcp_chat_tests::proto_client::connect_raw(&socket.path)

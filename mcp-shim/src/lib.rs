@@ -15,6 +15,13 @@
 //! - [`http`]: `mcp-chat serve --http`: the same server over Streamable HTTP,
 //!   one [`ChatServer`] per HTTP session.
 //!
+//! Vocabulary (as in `mcp-chat-proto`): the broker keeps a *broker session*
+//! per connected shim (its `session_id`); [`session::ChatSession`] is this
+//! shim's side of it, a *chat session*, which survives lost connections by
+//! resuming; an *MCP session* is one MCP client talking to this shim (the
+//! stdio process, or one `Mcp-Session-Id` in [`http`]), with one chat
+//! session each.
+//!
 //! Nothing in this crate writes to stdout outside `cli/`: in MCP mode stdout
 //! is the protocol channel.
 

@@ -102,6 +102,7 @@ pub enum BrokerMsg {
     Welcome {
         protocol: u32,
         broker_version: String,
+        /// The broker session's id: the same after a resume.
         session_id: u64,
         /// Secret that lets this client resume the session after losing the
         /// connection, within the broker's grace period.

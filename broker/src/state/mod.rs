@@ -82,7 +82,7 @@ pub(crate) struct Admitted {
 }
 
 #[derive(Debug)]
-struct Session {
+struct BrokerSession {
     /// `None` while the client is away and may still resume.
     handle: Option<SessionHandle>,
     connection: ConnectionId,
@@ -135,7 +135,7 @@ struct Room {
 
 #[derive(Debug)]
 pub(crate) struct State {
-    sessions: HashMap<SessionId, Session>,
+    sessions: HashMap<SessionId, BrokerSession>,
     by_token: HashMap<String, SessionId>,
     queue: Queue,
     rooms: HashMap<RoomId, Room>,
@@ -223,7 +223,7 @@ impl State {
         let written = Written::default();
         self.sessions.insert(
             session,
-            Session {
+            BrokerSession {
                 handle: Some(handle),
                 connection,
                 next_seq: 1,
@@ -491,7 +491,7 @@ pub(crate) struct Delivery {
     pub(crate) unconfirmed: u64,
 }
 
-impl Session {
+impl BrokerSession {
     /// What became of the messages this session was sent in `room_id` and
     /// never acknowledged: written whole to its socket (`unconfirmed`), or
     /// not (`undelivered`).
