@@ -16,6 +16,7 @@ use mcp_chat_proto::{
 };
 use tokio_util::codec::Framed;
 
+pub use crate::client::hello;
 use crate::within_or_panic as within;
 
 pub struct ProtoClient {
@@ -26,19 +27,11 @@ pub struct ProtoClient {
     pub session_id: u64,
 }
 
+/// A bare connection to the broker, before any `Hello`: for tests that
+/// speak the protocol wrongly on purpose.
 pub async fn connect_raw(socket: &Path) -> std::io::Result<Stream> {
     let name = socket.to_fs_name::<GenericFilePath>()?;
     Stream::connect(name).await
-}
-
-pub fn hello(protocol: u32) -> ClientMsg {
-    ClientMsg::Hello {
-        protocol,
-        client_name: crate::client::CLIENT_NAME.into(),
-        client_version: "0".into(),
-        pid: std::process::id(),
-        resume: None,
-    }
 }
 
 impl ProtoClient {
