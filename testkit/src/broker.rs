@@ -52,6 +52,7 @@ pub struct BrokerChild {
     stdout: Option<ChildStdout>,
     pid: u32,
     socket: PathBuf,
+    ready: Option<ReadyLine>,
 }
 
 impl BrokerChild {
@@ -108,6 +109,7 @@ impl BrokerChild {
             stdout,
             pid,
             socket: socket.to_owned(),
+            ready: None,
         })
     }
 
@@ -126,7 +128,14 @@ impl BrokerChild {
             let status = within("waiting for the broker to exit", self.child.wait()).await?;
             bail!("the broker exited ({status:?}) before it was ready; its log is above");
         };
-        ReadyLine::parse(&line)
+        let ready = ReadyLine::parse(&line)?;
+        self.ready = Some(ready.clone());
+        Ok(ready)
+    }
+
+    /// What the broker said when it became ready, once it has.
+    pub fn ready(&self) -> Option<&ReadyLine> {
+        self.ready.as_ref()
     }
 
     pub fn socket(&self) -> &Path {
@@ -213,4 +222,30 @@ pub fn temp_dir(prefix: &str) -> anyhow::Result<tempfile::TempDir> {
         .prefix(prefix)
         .tempdir()
         .context("creating a temporary directory")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ready_line_is_read_and_anything_else_is_refused() {
+        let ready = ReadyLine::parse(r#"{"ready":true,"socket":"/d/b.sock","pid":7,"new":1}"#)
+            .expect("a ready line");
+        assert_eq!(
+            ready,
+            ReadyLine {
+                socket: "/d/b.sock".into(),
+                pid: 7
+            }
+        );
+        for bad in [
+            "broker listening",
+            r#"{"ready":false,"socket":"/d/b.sock","pid":7}"#,
+            r#"{"ready":true,"pid":7}"#,
+            r#"{"ready":true,"socket":"/d/b.sock","pid":-1}"#,
+        ] {
+            assert!(ReadyLine::parse(bad).is_err(), "{bad}");
+        }
+    }
 }
