@@ -150,10 +150,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let listener = BoundListener::bind(&socket)?;
-        if args.print_ready {
-            print_ready(&listener)?;
-        }
-        mcp_chat_broker::run(listener, shutdown_signal(), config).await?;
+        let print = args.print_ready;
+        mcp_chat_broker::run(listener, shutdown_signal(), config, |listener| {
+            if print {
+                print_ready(listener);
+            }
+        })
+        .await?;
         anyhow::Ok(())
     })
 }
@@ -195,9 +198,10 @@ fn init_logging(args: &Args, socket: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `--print-ready` line. Bound means connectable: connections queue in
-/// the kernel's backlog until the accept loop takes them.
-fn print_ready(listener: &BoundListener) -> anyhow::Result<()> {
+/// The `--print-ready` line, printed once the hub runs and the socket is
+/// bound (connections queue in the kernel's backlog until accepted). If
+/// stdout is gone, whoever asked for the line is too: the broker serves on.
+fn print_ready(listener: &BoundListener) {
     use std::io::Write;
     let line = serde_json::json!({
         "ready": true,
@@ -205,9 +209,9 @@ fn print_ready(listener: &BoundListener) -> anyhow::Result<()> {
         "pid": std::process::id(),
     });
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{line}")
-        .and_then(|()| stdout.flush())
-        .context("printing the ready line")
+    if let Err(e) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        tracing::warn!(error = %e, "could not print the ready line");
+    }
 }
 
 fn liveness(args: &Args) -> Liveness {

@@ -68,11 +68,13 @@ enum Stop {
 
 /// Serves `listener` until `shutdown` completes or the broker has been idle
 /// for `config.idle_exit`. Fails if the hub, which owns all chat state, ends
-/// on its own.
+/// on its own. `ready` is called once the hub runs and before the first
+/// accept: from then on a client is served (`--print-ready` prints there).
 pub async fn run(
     listener: BoundListener,
     shutdown: impl Future<Output = ()>,
     config: Config,
+    ready: impl FnOnce(&BoundListener),
 ) -> Result<(), ServeError> {
     let idle = CancellationToken::new();
     let hard_stop = CancellationToken::new();
@@ -98,6 +100,7 @@ pub async fn run(
     // Logged once per spell of being full, not once per refused client.
     let mut full_logged = false;
     tracing::info!(path = %listener.path().display(), pid = std::process::id(), version = crate::VERSION, max_sessions = config.max_sessions, "broker listening");
+    ready(&listener);
 
     tokio::pin!(shutdown);
     let stop = loop {
