@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use mcp_chat_tests::{AutoStartedBroker, TestSocket, bin_path, within};
+use mcp_chat_tests::{AutoStartedBroker, ProtoClient, TestSocket, bin_path, within};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -38,6 +38,12 @@ async fn join_until_waiting(mut command: Command) -> Child {
     })
     .await;
     child
+}
+
+/// Where a broker on a socket named through `MCP_CHAT_SOCKET` logs: beside
+/// it, `<stem>.log` (the rule lives in the broker; tests see binaries only).
+fn log_beside(socket: &Path) -> PathBuf {
+    socket.with_file_name("broker.log")
 }
 
 fn mode(path: &Path) -> u32 {
@@ -164,6 +170,8 @@ async fn an_auto_started_broker_logs_privately_in_the_state_directory() {
     let log_dir = state.join("mcp-chat");
     let log = log_dir.join("broker.log");
     assert!(log.exists(), "the broker logs to {}", log.display());
+    let status = ProtoClient::connect(&socket).await.status().await;
+    assert_eq!(status.log_path, Some(log.display().to_string()));
     assert_eq!(mode(&log_dir), 0o700);
     assert_eq!(mode(&log), 0o600);
 
@@ -176,7 +184,7 @@ async fn a_log_left_readable_beside_the_socket_is_made_private() {
     let socket = TestSocket::new();
     mcp_chat_proto::socket_path::prepare_socket_dir(&socket.path).unwrap();
     // As an older broker left it, under the usual umask.
-    let log = mcp_chat_proto::socket_path::broker_log_path(&socket.path);
+    let log = log_beside(&socket.path);
     std::fs::write(&log, "an older broker's line\n").unwrap();
     std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).unwrap();
 
@@ -214,7 +222,23 @@ async fn the_log_is_rotated_past_its_cap() {
     let mut join = join_until_waiting(command).await;
     let _broker = AutoStartedBroker::find(&socket.path).expect("a broker wrote its lock");
 
-    let log = mcp_chat_proto::socket_path::broker_log_path(&socket.path);
+    let log = log_beside(&socket.path);
+    // The broker reports the file it writes, and doctor shows it.
+    let status = ProtoClient::connect(&socket.path).await.status().await;
+    assert_eq!(status.log_path, Some(log.display().to_string()));
+    let home = tempfile::tempdir().unwrap();
+    let doctor = Command::new(bin_path("mcp-chat"))
+        .arg("doctor")
+        .env("MCP_CHAT_SOCKET", &socket.path)
+        .env("MCP_CHAT_BROKER", bin_path("mcp-chat-broker"))
+        .env("HOME", home.path())
+        .output();
+    let doctor = within("mcp-chat doctor", doctor).await.unwrap();
+    let stdout = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        stdout.contains(&format!("ok    broker log: {}", log.display())),
+        "{stdout}"
+    );
     let mut rotated = log.clone().into_os_string();
     rotated.push(".1");
     let rotated = PathBuf::from(rotated);

@@ -21,8 +21,8 @@ use futures::{SinkExt, StreamExt};
 use mcp_chat_proto::{
     BrokerMsg, ClientCodec, ErrorCode, Event, MAX_FRAME_BYTES, PROTOCOL_VERSION, Reply, RoomId,
 };
+use mcp_chat_testkit::sys::{Memory, mib};
 use mcp_chat_tests::proto_client::{hello, matched_pair};
-use mcp_chat_tests::rss::{Memory, mib};
 use mcp_chat_tests::{BrokerProcess, ProtoClient, TestSocket, within};
 use proptest::prelude::*;
 use proptest::sample::Index;

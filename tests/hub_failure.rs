@@ -17,7 +17,7 @@ use serde_json::json;
 
 /// Makes the broker's hub panic and returns how the broker exited.
 async fn kill_the_hub(broker: &mut BrokerProcess) -> ExitStatus {
-    broker.signal("USR1");
+    broker.signal(rustix::process::Signal::USR1);
     let status = broker.wait_exit().await;
     assert_ne!(
         status.signal(),

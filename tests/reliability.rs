@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
+use mcp_chat_tests::proto_client::wait_for_status;
 use mcp_chat_tests::{BrokerProcess, McpClient, TestSocket, UNTHROTTLED, within};
 use serde_json::{Value, json};
 
@@ -35,6 +36,16 @@ async fn pair_up(a: &mut McpClient, b: &mut McpClient) -> String {
     room.as_str().unwrap().to_owned()
 }
 
+/// Waits until the broker holds exactly `n` sessions for a resume: 1 once it
+/// has dropped a frozen client's connection, 0 again once the client has
+/// resumed (asked by status round trips, never read from the log).
+async fn held_for_resume(socket: &std::path::Path, n: usize) {
+    wait_for_status(socket, &format!("{n} session(s) held for a resume"), |s| {
+        s.detached == n
+    })
+    .await;
+}
+
 fn types(pulled: &Value) -> Vec<String> {
     pulled["events"]
         .as_array()
@@ -47,22 +58,20 @@ fn types(pulled: &Value) -> Vec<String> {
 #[tokio::test]
 async fn a_frozen_shim_resumes_its_room_with_nothing_lost() {
     let socket = TestSocket::new();
-    let mut broker = BrokerProcess::start(&socket.path, QUICK_HEARTBEAT).await;
+    let _broker = BrokerProcess::start(&socket.path, QUICK_HEARTBEAT).await;
     let mut a = McpClient::spawn(&socket.path).await;
     let mut b = McpClient::spawn(&socket.path).await;
     let room = pair_up(&mut a, &mut b).await;
 
     signal(&a, "STOP");
-    broker
-        .wait_for_log("holding its session for a resume")
-        .await;
+    held_for_resume(&socket.path, 1).await;
     b.ok(
         "send_message",
         json!({"room_id": room, "message": "while you were away"}),
     )
     .await;
     signal(&a, "CONT");
-    broker.wait_for_log("session resumed").await;
+    held_for_resume(&socket.path, 0).await;
     let got = a.expect_notification("message.received").await;
     assert_eq!(
         got,
@@ -109,15 +118,17 @@ async fn past_the_resume_grace_the_partner_is_told() {
 #[tokio::test]
 async fn a_frozen_waiter_is_never_matched_and_keeps_its_place() {
     let socket = TestSocket::new();
-    let mut broker = BrokerProcess::start(&socket.path, QUICK_HEARTBEAT).await;
+    let _broker = BrokerProcess::start(&socket.path, QUICK_HEARTBEAT).await;
     let mut frozen = McpClient::spawn(&socket.path).await;
     assert_eq!(
         frozen.ok("enter_queue", json!({})).await["status"],
         "waiting"
     );
     signal(&frozen, "STOP");
-    // Once the broker has had to ping it, the waiter is no longer fresh.
-    broker.wait_for_log("heartbeat ping").await;
+    // Once the broker has given up on its connection and holds its session
+    // for a resume, the waiter is certainly no longer fresh. (That a waiter
+    // merely quiet is pinged before a match is the broker's unit tests'.)
+    held_for_resume(&socket.path, 1).await;
 
     let mut b = McpClient::spawn(&socket.path).await;
     let mut c = McpClient::spawn(&socket.path).await;
@@ -130,7 +141,7 @@ async fn a_frozen_waiter_is_never_matched_and_keeps_its_place() {
     );
 
     signal(&frozen, "CONT");
-    broker.wait_for_log("session resumed").await;
+    held_for_resume(&socket.path, 0).await;
     // Still in the queue after the resume: the next newcomer meets it.
     let mut d = McpClient::spawn(&socket.path).await;
     d.ok("enter_queue", json!({})).await;
@@ -203,26 +214,17 @@ async fn another_users_process_is_refused() {
     std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
 
-    let mut broker = tokio::process::Command::new("setpriv")
+    let mut command = tokio::process::Command::new("setpriv");
+    command
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(mcp_chat_tests::bin_path("mcp-chat-broker"))
         .args(["--foreground", "--socket"])
         .arg(&socket.path)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
+        .arg(mcp_chat_testkit::broker::PRINT_READY);
+    // Returns once the broker has printed its ready line.
+    let _broker = mcp_chat_testkit::BrokerChild::start(command, &socket.path)
+        .await
         .unwrap();
-    let stderr = broker.stderr.take().unwrap();
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
-    within("the broker to listen", async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("broker listening") {
-                return;
-            }
-        }
-        panic!("broker exited");
-    })
-    .await;
 
     use futures::{SinkExt, StreamExt};
     let stream = mcp_chat_tests::proto_client::connect_raw(&socket.path)
@@ -374,7 +376,7 @@ async fn chat_status_answers_while_the_broker_is_frozen() {
     let a = McpClient::spawn(&socket.path).await;
     assert_eq!(a.ok("enter_queue", json!({})).await["status"], "waiting");
 
-    broker.signal("STOP");
+    broker.signal(rustix::process::Signal::STOP);
     let status = a.ok("chat_status", json!({})).await;
     assert!(
         is_stopped(broker.child.id().unwrap()),
@@ -385,7 +387,7 @@ async fn chat_status_answers_while_the_broker_is_frozen() {
     assert_eq!(a.ok("chat_status", json!({})).await["state"], "waiting");
     assert!(is_stopped(broker.child.id().unwrap()));
 
-    broker.signal("CONT");
+    broker.signal(rustix::process::Signal::CONT);
     let status = a.ok("chat_status", json!({})).await;
     assert_eq!(status["state"], "waiting", "{status}");
 }

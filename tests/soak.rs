@@ -22,8 +22,9 @@
 //! room, nobody waiting, only the status probe connected) and its memory
 //! back to its idle size. The load runs twice; see [`RSS_TOLERANCE_FLOOR`].
 //!
-//! Clients pace themselves just under the broker's rate limit (20
-//! messages/s, bursts of 40), so 100 messages take at least 3 s.
+//! Clients pace themselves just under the rate limit the test sets (20
+//! messages/s, bursts of 40, the broker's default), so 100 messages take at
+//! least 3 s.
 
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used)] // a panic is how a test reports failure
@@ -34,11 +35,11 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use interprocess::local_socket::tokio::Stream;
-use mcp_chat_proto::limits::{MESSAGE_BURST, MESSAGES_PER_SECOND};
 use mcp_chat_proto::{
     BrokerMsg, ClientCodec, ClientMsg, DisconnectReason, ErrorCode, Event, Reply, Request, RoomId,
 };
-use mcp_chat_tests::rss::{Memory, mib};
+use mcp_chat_testkit::TokenBucket;
+use mcp_chat_testkit::sys::{Memory, mib};
 use mcp_chat_tests::{BrokerProcess, EVENT_TIMEOUT, ProtoClient, TestSocket, within};
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
@@ -116,50 +117,16 @@ fn leave_plan(rng: &mut XorShift, messages: usize) -> VecDeque<usize> {
     at.into()
 }
 
-/// A local token bucket a little under the broker's, so that sends are
-/// rarely refused; when one is, the broker's `retry_after_ms` resets it.
-struct Pace {
-    tokens: f64,
-    at: Instant,
-}
+/// The broker's send limit for this test, set explicitly (the broker's
+/// default, which this crate cannot read: it sees the broker as a binary).
+const MESSAGES_PER_SECOND: f64 = 20.0;
+const MESSAGE_BURST: f64 = 40.0;
 
-impl Pace {
-    const RATE: f64 = MESSAGES_PER_SECOND * 0.9;
-
-    fn new() -> Self {
-        Self {
-            tokens: MESSAGE_BURST,
-            at: Instant::now(),
-        }
-    }
-
-    fn refill(&mut self, now: Instant) {
-        let earned = now.duration_since(self.at).as_secs_f64() * Self::RATE;
-        self.tokens = (self.tokens + earned).min(MESSAGE_BURST);
-        self.at = now;
-    }
-
-    fn take(&mut self) -> bool {
-        self.refill(Instant::now());
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// When the next token is there.
-    fn ready_at(&self) -> Instant {
-        self.at + Duration::from_secs_f64(((1.0 - self.tokens) / Self::RATE).max(0.0))
-    }
-
-    fn refused(&mut self, retry_after: Duration) {
-        self.refill(Instant::now());
-        self.tokens = self
-            .tokens
-            .min(1.0 - retry_after.as_secs_f64() * Self::RATE);
-    }
+/// A client's pace: the kit's token bucket a little under the broker's
+/// limit, so that sends are rarely refused; when one is, the broker's
+/// `retry_after_ms` pushes it back.
+fn pace() -> TokenBucket {
+    TokenBucket::full(MESSAGES_PER_SECOND * 0.9, MESSAGE_BURST)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,7 +170,7 @@ struct Client {
     next_request: u64,
     last_seq: u64,
     leave_at: VecDeque<usize>,
-    pace: Pace,
+    pace: TokenBucket,
     phase: Phase,
     pending: HashMap<u64, Pending>,
     data_in_flight: usize,
@@ -227,7 +194,7 @@ impl Client {
             next_request: 1,
             last_seq: 0,
             leave_at,
-            pace: Pace::new(),
+            pace: pace(),
             phase: Phase::Idle,
             pending: HashMap::new(),
             data_in_flight: 0,
@@ -494,7 +461,13 @@ async fn status(socket: &Path) -> mcp_chat_proto::StatusInfo {
 async fn pairs_chat_leave_and_reenter_and_nothing_is_lost() {
     let params = Params::from_env();
     let socket = TestSocket::new();
-    let broker = BrokerProcess::start(&socket.path, &[]).await;
+    let rate = MESSAGES_PER_SECOND.to_string();
+    let burst = MESSAGE_BURST.to_string();
+    let broker = BrokerProcess::start(
+        &socket.path,
+        &["--message-rate", &rate, "--message-burst", &burst],
+    )
+    .await;
     let pid = broker.child.id().unwrap();
     assert_eq!(status(&socket.path).await.sessions, 1);
     let cold = Memory::of(pid).unwrap();

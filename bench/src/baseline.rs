@@ -20,7 +20,8 @@ use anyhow::{Context, bail};
 
 use crate::report::{MICROS, Report, Row, micros};
 use crate::stats::{Summary, per_event, rate};
-use crate::{PAYLOAD_BYTES, Plan, WAIT, payload, payload_seq, sys};
+use crate::{PAYLOAD_BYTES, Plan, WAIT, payload, payload_seq};
+use mcp_chat_testkit::sys;
 
 const SECTION: &str = "baseline";
 /// Socket-side buffers: large enough that a full window is one syscall.

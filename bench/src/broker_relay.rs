@@ -16,10 +16,11 @@ use tokio::task::JoinSet;
 
 use crate::baseline::Baseline;
 use crate::broker::BrokerChild;
-use crate::client::{self, Client, Reader, Writer};
 use crate::report::{MICROS, Report, Row, Target, micros};
 use crate::stats::{Summary, per_event, rate};
-use crate::{CREDIT_BATCH, Plan, WAIT, payload, payload_seq, sys, within};
+use crate::{CREDIT_BATCH, Plan, WAIT, payload, payload_seq, within};
+use mcp_chat_testkit::client::{self, Client, Reader, Writer};
+use mcp_chat_testkit::sys;
 
 const SECTION: &str = "broker relay";
 

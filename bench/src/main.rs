@@ -11,9 +11,10 @@
 //!   kept-alive connection) against the same over stdio.
 //! - [`scale`]: many concurrent sessions: broker memory and match rate.
 //!
-//! Support: [`broker`] runs the broker child, [`client`] is a raw protocol
-//! client, [`shim`] drives `mcp-chat` over stdio, [`sys`] reads `/proc` and
-//! sets limits, [`stats`] computes percentiles, [`report`] prints.
+//! Support: [`broker`] runs the broker child, [`shim`] drives `mcp-chat`
+//! over stdio, [`stats`] computes percentiles, [`report`] prints. The raw
+//! protocol client, the broker process and the `/proc` readers are the
+//! shared dev-only `mcp-chat-testkit`, which the end-to-end tests use too.
 //!
 //! Targets are reported as met or missed and never fail the run; a broken
 //! function (a message that never arrives, a timeout) always does.
@@ -24,7 +25,6 @@
 mod baseline;
 mod broker;
 mod broker_relay;
-mod client;
 mod end_to_end;
 mod http;
 mod report;
@@ -32,7 +32,6 @@ mod scale;
 mod shim;
 mod startup;
 mod stats;
-mod sys;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -17,7 +17,7 @@ pub struct Report {
     /// figures are not comparable with a quiet run.
     pub others_cpu_share: Option<f64>,
     #[serde(skip)]
-    cpu_at_start: Option<crate::sys::CpuSnapshot>,
+    cpu_at_start: Option<mcp_chat_testkit::sys::CpuSnapshot>,
     pub rows: Vec<Row>,
     /// Anything a reader needs to trust the numbers: limits the OS refused,
     /// counts that were reduced, what a figure includes.
@@ -143,7 +143,7 @@ impl Report {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             others_cpu_share: None,
-            cpu_at_start: crate::sys::CpuSnapshot::take(),
+            cpu_at_start: mcp_chat_testkit::sys::CpuSnapshot::take(),
             rows: Vec::new(),
             notes: Vec::new(),
         }
@@ -153,7 +153,7 @@ impl Report {
     pub fn finish(&mut self) {
         self.others_cpu_share = self
             .cpu_at_start
-            .zip(crate::sys::CpuSnapshot::take())
+            .zip(mcp_chat_testkit::sys::CpuSnapshot::take())
             .and_then(|(start, end)| end.others_since(&start));
         if let Some(share) = self.others_cpu_share
             && share > 0.05

@@ -12,11 +12,12 @@ use mcp_chat_proto::{Reply, Request, RoomId};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::Plan;
 use crate::broker::BrokerChild;
-use crate::client::Client;
 use crate::report::{BYTES, MB, Report, Row, Target, mb};
 use crate::stats::rate;
-use crate::{Plan, sys};
+use mcp_chat_testkit::Client;
+use mcp_chat_testkit::sys;
 
 const SECTION: &str = "scale";
 /// The session count the memory target is written for.

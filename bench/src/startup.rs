@@ -10,11 +10,12 @@ use anyhow::{Context, bail};
 use mcp_chat_proto::socket_path::broker_lock_path;
 use serde_json::json;
 
+use crate::Plan;
 use crate::broker::{BrokerChild, EXIT_GRACE, temp_dir};
 use crate::report::{MB, MILLIS, Report, Row, Target, mb, millis};
 use crate::shim::ShimCommand;
 use crate::stats::Summary;
-use crate::{Plan, sys};
+use mcp_chat_testkit::sys;
 
 const SECTION: &str = "start-up";
 

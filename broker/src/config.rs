@@ -1,5 +1,6 @@
 //! Knobs of a running broker.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -30,6 +31,9 @@ pub struct Config {
     /// hub task, so one session cannot take it over with status calls.
     /// Generous beside `send_limit`. `None` lifts it.
     pub request_limit: Option<SendLimit>,
+    /// The file this broker logs to, reported in `Status` so that `mcp-chat
+    /// doctor` can point at it; `None` when it logs to stderr.
+    pub log_path: Option<PathBuf>,
 }
 
 /// Every per-session rate limit; `None` lifts one.
@@ -40,6 +44,12 @@ pub struct Limits {
     pub messages: Option<SendLimit>,
     pub bytes: Option<SendLimit>,
 }
+
+/// Messages a session may send per second, sustained. Generous for any
+/// conversation, human or model; a flood is refused with a retry hint.
+pub const MESSAGES_PER_SECOND: f64 = 20.0;
+/// Messages a session may send in a burst before the rate applies.
+pub const MESSAGE_BURST: f64 = 40.0;
 
 /// Requests of any kind one session may make per second, sustained.
 pub const REQUESTS_PER_SECOND: f64 = 50.0;
@@ -85,8 +95,8 @@ pub struct SendLimit {
 impl Default for SendLimit {
     fn default() -> Self {
         Self {
-            per_second: mcp_chat_proto::limits::MESSAGES_PER_SECOND,
-            burst: mcp_chat_proto::limits::MESSAGE_BURST,
+            per_second: MESSAGES_PER_SECOND,
+            burst: MESSAGE_BURST,
         }
     }
 }
@@ -153,6 +163,7 @@ impl Default for Config {
             send_limit: Some(SendLimit::default()),
             byte_limit: Some(SendLimit::bytes()),
             request_limit: Some(SendLimit::requests()),
+            log_path: None,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use interprocess::local_socket::tokio::Stream;
-use mcp_chat_proto::{BrokerMsg, ClientMsg, CodecError, ErrorCode, PROTOCOL_VERSION};
+use mcp_chat_proto::{BrokerMsg, ClientMsg, CodecError, ErrorCode, PROTOCOL_VERSION, Refusal};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
@@ -44,7 +44,7 @@ pub(crate) async fn serve(
     hard_stop: CancellationToken,
 ) {
     if let Err(refusal) = check_peer(&stream) {
-        tracing::warn!(reason = %refusal.1, "refusing connection");
+        tracing::warn!(reason = %refusal.message, "refusing connection");
         turn_away(stream, refusal).await;
         return;
     }
@@ -60,7 +60,7 @@ pub(crate) async fn serve(
     let (client_name, resume) = match check_hello(hello) {
         Ok(hello) => hello,
         Err(refusal) => {
-            tracing::warn!(code = %refusal.0, reason = %refusal.1, "handshake refused");
+            tracing::warn!(code = %refusal.code, reason = %refusal.message, "handshake refused");
             refuse(&mut transport, refusal).await;
             return;
         }
@@ -74,7 +74,7 @@ pub(crate) async fn serve(
     let admitted = match hub.register(handle, resume).await {
         Ok(admitted) => admitted,
         Err(refusal) => {
-            tracing::warn!(code = %refusal.0, "session refused");
+            tracing::warn!(code = %refusal.code, "session refused");
             refuse(&mut transport, refusal).await;
             return;
         }
@@ -144,7 +144,7 @@ async fn report(transport: &mut Transport, ended: Ended) {
         Ended::Failed(e) => tracing::warn!(error = %e, "connection failed"),
         Ended::BadFrame(e) => {
             tracing::warn!(error = %e, "closing connection after a bad frame");
-            refuse(transport, (ErrorCode::BadFrame, e.to_string())).await;
+            refuse(transport, Refusal::new(ErrorCode::BadFrame, e.to_string())).await;
         }
     }
 }
@@ -298,14 +298,17 @@ type Hello = (String, Option<mcp_chat_proto::Resume>);
 
 fn check_hello(
     hello: Result<Option<Result<ClientMsg, CodecError>>, tokio::time::error::Elapsed>,
-) -> Result<Hello, (ErrorCode, String)> {
+) -> Result<Hello, Refusal> {
     match hello {
-        Err(_) => Err((
+        Err(_) => Err(Refusal::new(
             ErrorCode::BadHandshake,
             "no hello within the handshake timeout".into(),
         )),
-        Ok(None) => Err((ErrorCode::BadHandshake, "closed before hello".into())),
-        Ok(Some(Err(e))) => Err((
+        Ok(None) => Err(Refusal::new(
+            ErrorCode::BadHandshake,
+            "closed before hello".into(),
+        )),
+        Ok(Some(Err(e))) => Err(Refusal::new(
             ErrorCode::BadHandshake,
             format!("first frame unreadable: {e}"),
         )),
@@ -321,7 +324,7 @@ fn check_hello(
                 Ok((client_name, resume))
             } else {
                 let client_version = loggable(&client_version);
-                Err((
+                Err(Refusal::new(
                     ErrorCode::ProtocolMismatch,
                     format!(
                         "{client_name} {client_version} speaks protocol {protocol}, but broker {} speaks protocol {PROTOCOL_VERSION}; install matching versions of mcp-chat and mcp-chat-broker, then stop the old broker",
@@ -330,7 +333,7 @@ fn check_hello(
                 ))
             }
         }
-        Ok(Some(Ok(_))) => Err((
+        Ok(Some(Ok(_))) => Err(Refusal::new(
             ErrorCode::BadHandshake,
             "the first frame must be hello".into(),
         )),
@@ -361,16 +364,16 @@ fn loggable(text: &str) -> String {
 }
 
 #[cfg(unix)]
-fn check_peer(stream: &Stream) -> Result<(), (ErrorCode, String)> {
+fn check_peer(stream: &Stream) -> Result<(), Refusal> {
     use interprocess::local_socket::traits::StreamCommon;
     let ours = mcp_chat_proto::socket_path::current_uid();
     match stream.peer_creds().map(|c| c.euid()) {
         Ok(Some(uid)) if uid == ours => Ok(()),
-        Ok(Some(uid)) => Err((
+        Ok(Some(uid)) => Err(Refusal::new(
             ErrorCode::WrongUser,
             format!("this broker serves uid {ours} only; peer is uid {uid}"),
         )),
-        Ok(None) | Err(_) => Err((
+        Ok(None) | Err(_) => Err(Refusal::new(
             ErrorCode::WrongUser,
             "could not determine the peer's uid".into(),
         )),
@@ -378,18 +381,18 @@ fn check_peer(stream: &Stream) -> Result<(), (ErrorCode, String)> {
 }
 
 #[cfg(not(unix))]
-fn check_peer(_stream: &Stream) -> Result<(), (ErrorCode, String)> {
+fn check_peer(_stream: &Stream) -> Result<(), Refusal> {
     // Named pipes are created per user; the pipe's default ACL is the fence.
     Ok(())
 }
 
 /// Tells a connection the broker will not serve why, then closes it.
-pub(crate) async fn turn_away(stream: Stream, refusal: (ErrorCode, String)) {
+pub(crate) async fn turn_away(stream: Stream, refusal: Refusal) {
     refuse(&mut Framed::new(stream, CountingCodec::default()), refusal).await;
 }
 
 /// Best effort: tell the peer why before closing. It may already be gone.
-async fn refuse(transport: &mut Transport, (code, message): (ErrorCode, String)) {
+async fn refuse(transport: &mut Transport, Refusal { code, message }: Refusal) {
     let refusal = BrokerMsg::Refused { code, message };
     let _ = tokio::time::timeout(Duration::from_secs(1), transport.send(refusal)).await;
 }
@@ -427,7 +430,7 @@ mod tests {
             pid: 1,
             resume: None,
         };
-        let Err((code, message)) = check_hello(Ok(Some(Ok(hello)))) else {
+        let Err(Refusal { code, message }) = check_hello(Ok(Some(Ok(hello)))) else {
             panic!("a protocol mismatch is refused");
         };
         assert_eq!(code, ErrorCode::ProtocolMismatch);

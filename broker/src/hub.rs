@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use mcp_chat_proto::{ErrorCode, Request, Resume};
+use mcp_chat_proto::{ErrorCode, Refusal, Request, Resume};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +19,7 @@ pub(crate) enum Command {
     Register {
         handle: SessionHandle,
         resume: Option<Resume>,
-        reply: oneshot::Sender<Result<Admitted, (ErrorCode, String)>>,
+        reply: oneshot::Sender<Result<Admitted, Refusal>>,
     },
     Request {
         session: SessionId,
@@ -65,9 +65,10 @@ impl Hub {
         limits: Limits,
         idle_exit: Option<Duration>,
         idle: CancellationToken,
+        log_path: Option<&std::path::Path>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (commands, rx) = mpsc::channel(COMMAND_CAPACITY);
-        let state = State::new(max_sessions, liveness, limits);
+        let state = State::new(max_sessions, liveness, limits).with_log_path(log_path);
         // Armed here, before the caller announces it is listening, so a test
         // cannot signal before the hook is in place.
         let fault = fault::Trigger::arm();
@@ -79,10 +80,10 @@ impl Hub {
         &self,
         handle: SessionHandle,
         resume: Option<Resume>,
-    ) -> Result<Admitted, (ErrorCode, String)> {
+    ) -> Result<Admitted, Refusal> {
         let (reply, answer) = oneshot::channel();
         let gone = || {
-            (
+            Refusal::new(
                 ErrorCode::ShuttingDown,
                 "the broker is shutting down".to_owned(),
             )
@@ -250,6 +251,7 @@ mod tests {
             Limits::default(),
             Some(Duration::from_secs(60)),
             idle.clone(),
+            None,
         );
         let (h, _rx) = handle();
         let admitted = hub.register(h, None).await.unwrap();
@@ -277,6 +279,7 @@ mod tests {
             Limits::default(),
             None,
             idle.clone(),
+            None,
         );
         tokio::time::sleep(Duration::from_secs(86_400)).await;
         assert!(!idle.is_cancelled());

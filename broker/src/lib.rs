@@ -1,5 +1,11 @@
 //! The mcp-chat broker: one long-lived process per user that holds the
-//! waiting queue and the rooms, and relays messages between sessions.
+//! waiting queue and the rooms, and relays messages between broker sessions.
+//!
+//! Vocabulary (as in `mcp-chat-proto`): a *broker session* is this
+//! process's record of one client (`state::BrokerSession`, keyed by
+//! `SessionId`, resumable); a *connection* is one socket carrying it
+//! (`ConnectionId`, one task each). Shims call their side a *chat session*,
+//! and MCP clients have *MCP sessions* with the shim; neither exists here.
 //!
 //! - [`listener`]: claiming the socket: the single-instance lock, stale socket
 //!   removal, binding with private permissions, and unlinking on the way out.
@@ -15,6 +21,7 @@
 //! - [`fd_limit`]: raising the descriptor limit and sizing the session cap
 //!   to it.
 //! - [`log_file`]: the auto-started broker's private, size-capped log file.
+//! - [`log_path`]: where that file is, the one place this rule lives.
 
 pub mod config;
 mod connection;
@@ -23,6 +30,7 @@ mod hub;
 mod ledger;
 pub mod listener;
 pub mod log_file;
+pub mod log_path;
 pub mod server;
 mod state;
 

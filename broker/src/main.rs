@@ -9,8 +9,9 @@ use anyhow::Context;
 use clap::Parser;
 use mcp_chat_broker::config::{Liveness, SendLimit};
 use mcp_chat_broker::log_file::{self, LogFile, prepare_state_dir};
+use mcp_chat_broker::log_path;
 use mcp_chat_broker::{BoundListener, Config};
-use mcp_chat_proto::socket_path::{SocketEnv, broker_log_path, prepare_socket_dir};
+use mcp_chat_proto::socket_path::{SocketEnv, prepare_socket_dir};
 use tracing_subscriber::EnvFilter;
 
 /// The mcp-chat broker: holds the waiting queue and the chat rooms for every
@@ -72,6 +73,11 @@ struct Args {
           default_value_t = log_file::DEFAULT_MAX_BYTES,
           value_parser = clap::value_parser!(u64).range(1..))]
     log_max_bytes: u64,
+    /// Once listening, print one JSON line on stdout,
+    /// `{"ready":true,"socket":"…","pid":N}`, for supervisors and tests that
+    /// must know when to connect without reading the log.
+    #[arg(long)]
+    print_ready: bool,
     /// Log more: -v for per-session events, -vv for everything.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -133,6 +139,8 @@ fn run(args: Args) -> anyhow::Result<()> {
                 .byte_burst
                 .max(mcp_chat_proto::MAX_MESSAGE_BYTES as f64),
         }),
+        // Reported in `Status`, so `mcp-chat doctor` can show it.
+        log_path: (!args.foreground).then(|| log_path::log_path(&socket)),
         ..Config::default()
     };
 
@@ -142,7 +150,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let listener = BoundListener::bind(&socket)?;
-        mcp_chat_broker::run(listener, shutdown_signal(), config).await?;
+        let print = args.print_ready;
+        mcp_chat_broker::run(listener, shutdown_signal(), config, |listener| {
+            if print {
+                print_ready(listener);
+            }
+        })
+        .await?;
         anyhow::Ok(())
     })
 }
@@ -159,7 +173,7 @@ fn init_logging(args: &Args, socket: &Path) -> anyhow::Result<()> {
     if args.foreground {
         builder.with_writer(std::io::stderr).init();
     } else {
-        let path = match state_log_path(socket) {
+        let path = match log_path::state_dir_log(socket) {
             Some(path) => {
                 if let Some(dir) = path.parent() {
                     prepare_state_dir(dir)?;
@@ -171,7 +185,7 @@ fn init_logging(args: &Args, socket: &Path) -> anyhow::Result<()> {
                 // created 0700 and checked, never chmod-ed (it may be one the
                 // user named with MCP_CHAT_SOCKET).
                 prepare_socket_dir(socket)?;
-                broker_log_path(socket)
+                log_path::beside_socket(socket)
             }
         };
         let file = LogFile::open(&path, args.log_max_bytes)
@@ -184,15 +198,20 @@ fn init_logging(args: &Args, socket: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The log in the user's state directory, for the default socket. `None`
-/// when the socket was overridden: then the log goes beside the socket, so
-/// tests and side-by-side brokers keep separate logs.
-fn state_log_path(socket: &Path) -> Option<PathBuf> {
-    let env = SocketEnv::from_process();
-    let is_default = env.socket_override.is_none() && socket == env.socket_path();
-    let dirs = directories::ProjectDirs::from("", "", "mcp-chat")?;
-    let state_dir = dirs.state_dir().unwrap_or(dirs.cache_dir());
-    is_default.then(|| state_dir.join("broker.log"))
+/// The `--print-ready` line, printed once the hub runs and the socket is
+/// bound (connections queue in the kernel's backlog until accepted). If
+/// stdout is gone, whoever asked for the line is too: the broker serves on.
+fn print_ready(listener: &BoundListener) {
+    use std::io::Write;
+    let line = serde_json::json!({
+        "ready": true,
+        "socket": listener.path(),
+        "pid": std::process::id(),
+    });
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        tracing::warn!(error = %e, "could not print the ready line");
+    }
 }
 
 fn liveness(args: &Args) -> Liveness {

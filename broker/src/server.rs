@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use interprocess::local_socket::traits::tokio::Listener as _;
-use mcp_chat_proto::ErrorCode;
+use mcp_chat_proto::{ErrorCode, Refusal};
 use tokio::sync::Semaphore;
 use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
@@ -68,11 +68,13 @@ enum Stop {
 
 /// Serves `listener` until `shutdown` completes or the broker has been idle
 /// for `config.idle_exit`. Fails if the hub, which owns all chat state, ends
-/// on its own.
+/// on its own. `ready` is called once the hub runs and before the first
+/// accept: from then on a client is served (`--print-ready` prints there).
 pub async fn run(
     listener: BoundListener,
     shutdown: impl Future<Output = ()>,
     config: Config,
+    ready: impl FnOnce(&BoundListener),
 ) -> Result<(), ServeError> {
     let idle = CancellationToken::new();
     let hard_stop = CancellationToken::new();
@@ -82,6 +84,7 @@ pub async fn run(
         config.limits(),
         config.idle_exit,
         idle.clone(),
+        config.log_path.as_deref(),
     );
     let connections = TaskTracker::new();
     let instance: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
@@ -97,6 +100,7 @@ pub async fn run(
     // Logged once per spell of being full, not once per refused client.
     let mut full_logged = false;
     tracing::info!(path = %listener.path().display(), pid = std::process::id(), version = crate::VERSION, max_sessions = config.max_sessions, "broker listening");
+    ready(&listener);
 
     tokio::pin!(shutdown);
     let stop = loop {
@@ -131,7 +135,7 @@ pub async fn run(
                             tracing::warn!(max_sessions = config.max_sessions, "broker full; refusing new connections");
                         }
                         let permit = refusal.take();
-                        let reason = (ErrorCode::BrokerFull, full.clone());
+                        let reason = Refusal::new(ErrorCode::BrokerFull, full.clone());
                         connections.spawn(async move {
                             connection::turn_away(stream, reason).await;
                             drop(permit);

@@ -298,11 +298,6 @@ impl BrokerConnection {
     pub fn is_closed(&self) -> bool {
         self.closed.is_cancelled()
     }
-
-    /// Resolves once the connection is gone.
-    pub async fn closed(&self) {
-        self.closed.cancelled().await;
-    }
 }
 
 /// See [`BrokerConnection::watch`].

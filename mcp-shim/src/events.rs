@@ -17,7 +17,9 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use mcp_chat_proto::{DisconnectReason, Event, RoomId};
+use mcp_chat_proto::{Event, RoomId};
+
+use crate::end_reason::EndReason;
 use rmcp::schemars::{self, JsonSchema};
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -284,7 +286,7 @@ pub struct Recorded {
     pub room_id: RoomId,
     pub kind: EventKind,
     message: Option<String>,
-    reason: Option<DisconnectReason>,
+    reason: Option<EndReason>,
     undelivered: Option<u64>,
     unconfirmed: Option<u64>,
 }
@@ -308,7 +310,7 @@ impl Recorded {
                 undelivered,
                 unconfirmed,
             } => Self {
-                reason: Some(reason),
+                reason: Some(reason.into()),
                 undelivered: Some(undelivered),
                 unconfirmed: Some(unconfirmed),
                 ..Self::new(room_id, EventKind::PartnerDisconnected)
@@ -319,7 +321,7 @@ impl Recorded {
 
     /// The partner's room is gone with the broker session that held it; what
     /// was lost with it is unknown, so no counts.
-    pub fn room_lost(room_id: RoomId, reason: DisconnectReason) -> Self {
+    pub fn room_lost(room_id: RoomId, reason: EndReason) -> Self {
         Self {
             reason: Some(reason),
             ..Self::new(room_id, EventKind::PartnerDisconnected)
@@ -390,6 +392,7 @@ pub fn notification_params(event: &ChatEvent) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mcp_chat_proto::DisconnectReason;
 
     fn room() -> RoomId {
         RoomId::new_random()

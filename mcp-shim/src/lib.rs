@@ -11,11 +11,19 @@
 //!   reconnects; everyone else calls its typed methods.
 //! - [`broker_client`]: one broker connection: handshake, requests, events.
 //! - [`autostart`]: finding the broker, and starting one when none runs.
+//! - [`end_reason`]: why a room ended, including what only a shim can see.
 //! - [`cli`]: the human subcommands (`join`, `status`, `doctor`, `register`).
 //! - [`untrusted`]: a partner's text made safe for a model or a person to
 //!   read: no forged frames, no hidden characters.
 //! - [`http`]: `mcp-chat serve --http`: the same server over Streamable HTTP,
 //!   one [`ChatServer`] per HTTP session.
+//!
+//! Vocabulary (as in `mcp-chat-proto`): the broker keeps a *broker session*
+//! per connected shim (its `session_id`); [`session::ChatSession`] is this
+//! shim's side of it, a *chat session*, which survives lost connections by
+//! resuming; an *MCP session* is one MCP client talking to this shim (the
+//! stdio process, or one `Mcp-Session-Id` in [`http`]), with one chat
+//! session each.
 //!
 //! Nothing in this crate writes to stdout outside `cli/`: in MCP mode stdout
 //! is the protocol channel.
@@ -25,6 +33,7 @@
 pub mod autostart;
 pub mod broker_client;
 pub mod cli;
+pub mod end_reason;
 pub mod events;
 pub mod http;
 pub mod phase;

@@ -11,7 +11,9 @@
 //!   reading and acknowledging, or the broker gives the session up). Events
 //!   the forwarder had no room for are still in the pull buffer.
 
-use mcp_chat_proto::{DisconnectReason, Event, Reply, Request, RoomId};
+use mcp_chat_proto::{Event, Reply, Request, RoomId};
+
+use crate::end_reason::EndReason;
 use tokio::sync::{mpsc, watch};
 
 use crate::events::{ChatEvent, EventBuffer, EventKind, Recorded};
@@ -95,7 +97,7 @@ impl SessionFeed {
     /// The session's broker state is gone (the broker restarted, or cannot
     /// be reached): a room it held is reported lost with `reason`. Returns
     /// where the session stood.
-    pub fn session_lost(&self, reason: DisconnectReason) -> Phase {
+    pub fn session_lost(&self, reason: EndReason) -> Phase {
         // Anyone waiting on the phase (enter_queue with wait_s) hears of it.
         let before = self.phase.send_replace(Phase::Idle);
         if let Phase::InRoom { room } = before {
@@ -161,6 +163,7 @@ impl PhaseChange {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mcp_chat_proto::DisconnectReason;
 
     #[tokio::test]
     async fn push_sees_every_event_after_it_is_buffered() {
@@ -194,7 +197,7 @@ mod tests {
     #[test]
     fn losing_the_broker_in_a_room_reports_it() {
         let feed = SessionFeed::new(None);
-        feed.session_lost(DisconnectReason::BrokerLost);
+        feed.session_lost(EndReason::BrokerLost);
         assert!(
             feed.events().take_pending().is_empty(),
             "nothing to report when idle"
@@ -202,7 +205,7 @@ mod tests {
         let room = RoomId::new_random();
         feed.ingest(Event::ChatroomFound { room_id: room });
         assert_eq!(
-            feed.session_lost(DisconnectReason::BrokerLost),
+            feed.session_lost(EndReason::BrokerLost),
             Phase::InRoom { room }
         );
         assert_eq!(feed.phase(), Phase::Idle);

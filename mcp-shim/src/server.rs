@@ -146,8 +146,8 @@ impl ChatServer {
     ) -> Result<Json<WithEvents<StatusOnly>>, String> {
         // Checked here too, so a model gets a precise answer without a
         // round trip and the broker never sees an oversized frame.
-        if let Err((code, message)) = check_message(&params.message) {
-            return Err(self.failure(code.as_str(), message));
+        if let Err(refusal) = check_message(&params.message) {
+            return Err(self.failure(refusal.code.as_str(), refusal.message));
         }
         self.session
             .send(params.room_id, params.message)

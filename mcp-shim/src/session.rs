@@ -41,6 +41,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::autostart::{StartError, connect_or_start};
 use crate::broker_client::{BrokerConnection, ConnectError, ConnectionWatch, RequestError};
+use crate::end_reason::EndReason;
 use crate::events::{ChatEvent, EventBuffer, Pulled};
 use crate::phase::{Phase, SessionFeed};
 
@@ -386,16 +387,16 @@ impl SessionTask {
         let fresh = match self.reconnect(broken.resume_claim()).await {
             Ok(fresh) => fresh,
             Err(e) => {
-                self.feed.session_lost(DisconnectReason::BrokerLost);
+                self.feed.session_lost(EndReason::BrokerLost);
                 self.link.send_replace(Link::Unconnected);
                 return Err(e);
             }
         };
         if !fresh.welcome.resumed {
             let reason = if fresh.welcome.instance == broken.welcome.instance {
-                DisconnectReason::Disconnected
+                EndReason::Broker(DisconnectReason::Disconnected)
             } else {
-                DisconnectReason::BrokerRestart
+                EndReason::BrokerRestart
             };
             if matches!(self.feed.session_lost(reason), Phase::Waiting { .. }) {
                 requeue(&fresh).await;

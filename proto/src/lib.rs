@@ -12,6 +12,22 @@
 //!   keeps the broker's hot path off serde's tagged-enum buffering.
 //!
 //! This crate does no I/O policy: it never connects, spawns or retries.
+//!
+//! Vocabulary, the same in every crate of the workspace, because "session"
+//! alone has meant four things:
+//! - **broker session**: what the broker keeps for one client: its place
+//!   (idle, waiting, in a room), its event `seq` and replay buffer, its
+//!   resume token. Named by `session_id` in [`BrokerMsg::Welcome`]; in the
+//!   broker, `state::BrokerSession` keyed by `SessionId`.
+//! - **connection**: one socket carrying a broker session. A broker session
+//!   outlives a dropped connection for the resume grace.
+//! - **chat session**: the shim's side of its broker session
+//!   (`mcp_chat_shim::session::ChatSession`), which re-makes connections.
+//! - **MCP session**: one MCP client talking to one shim: a stdio process's
+//!   lifetime, or one `Mcp-Session-Id` over HTTP. Each has one chat session.
+//!
+//! A [`Refusal`] is the broker turning something down: an [`ErrorCode`]
+//! plus the sentence a person or model reads.
 
 pub mod codec;
 pub mod error;
@@ -24,6 +40,6 @@ pub use codec::{BrokerCodec, ClientCodec, JsonCodec};
 pub use error::{CodecError, SocketDirError};
 pub use limits::{MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
 pub use message::{
-    BrokerMsg, ClientMsg, DisconnectReason, ErrorCode, Event, Reply, Request, Resume, RoomId,
-    StatusInfo,
+    BrokerMsg, ClientMsg, DisconnectReason, ErrorCode, Event, Refusal, Reply, Request, Resume,
+    RoomId, StatusInfo,
 };

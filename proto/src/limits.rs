@@ -13,10 +13,3 @@ pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
 /// Largest chat message, in bytes of UTF-8. Long enough for a page of text,
 /// short enough that a model's context is not flooded by one stranger.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
-
-/// Messages a session may send per second, sustained. Generous for any
-/// conversation, human or model; a flood is refused with a retry hint.
-pub const MESSAGES_PER_SECOND: f64 = 20.0;
-
-/// Messages a session may send in a burst before the rate applies.
-pub const MESSAGE_BURST: f64 = 40.0;

@@ -102,6 +102,7 @@ pub enum BrokerMsg {
     Welcome {
         protocol: u32,
         broker_version: String,
+        /// The broker session's id: the same after a resume.
         session_id: u64,
         /// Secret that lets this client resume the session after losing the
         /// connection, within the broker's grace period.
@@ -181,10 +182,18 @@ pub struct StatusInfo {
     pub broker_version: String,
     pub pid: u32,
     pub uptime_s: u64,
-    /// Connected sessions, whatever their state.
+    /// Broker sessions, whatever their state, including detached ones.
     pub sessions: usize,
     pub waiting: usize,
     pub rooms: usize,
+    /// Broker sessions whose connection dropped and that are held for a
+    /// resume until their grace runs out. 0 from brokers older than this.
+    #[serde(default)]
+    pub detached: usize,
+    /// The file the broker logs to; `None` when it logs to stderr (run in
+    /// the foreground) or is older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<String>,
 }
 
 /// Something that happened to a session without it asking.
@@ -230,11 +239,6 @@ pub enum DisconnectReason {
     Disconnected,
     /// The broker is shutting down.
     Shutdown,
-    /// Said by a shim, never the broker: the shim lost its broker connection.
-    BrokerLost,
-    /// Said by a shim, never the broker: the broker restarted and the room
-    /// did not survive it.
-    BrokerRestart,
     #[serde(other)]
     Unknown,
 }
@@ -245,8 +249,6 @@ impl DisconnectReason {
             Self::Left => "left",
             Self::Disconnected => "disconnected",
             Self::Shutdown => "shutdown",
-            Self::BrokerLost => "broker_lost",
-            Self::BrokerRestart => "broker_restart",
             Self::Unknown => "unknown",
         }
     }
@@ -312,18 +314,39 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// Why the broker turned something down: the code a program acts on and
+/// the sentence a person or model reads. Travels as `Reply::Error` or
+/// `BrokerMsg::Refused`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: ErrorCode, message: String) -> Self {
+        Self { code, message }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
 /// Checks a chat message against the limits both ends enforce: the shim
 /// early, so a model gets a precise tool error, and the broker again, because
 /// it trusts no client.
-pub fn check_message(message: &str) -> Result<(), (ErrorCode, String)> {
+pub fn check_message(message: &str) -> Result<(), Refusal> {
     if message.trim().is_empty() {
-        return Err((
+        return Err(Refusal::new(
             ErrorCode::EmptyMessage,
             "the message is empty; send some text".to_owned(),
         ));
     }
     if message.len() > crate::MAX_MESSAGE_BYTES {
-        return Err((
+        return Err(Refusal::new(
             ErrorCode::MessageTooLong,
             format!(
                 "the message is {} bytes of UTF-8; the limit is {} bytes, so split it into shorter messages",
@@ -387,6 +410,8 @@ mod tests {
             sessions: 3,
             waiting: 4,
             rooms: 5,
+            detached: 6,
+            log_path: Some("/tmp/broker.log".into()),
         });
         let back: Reply = serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap();
         assert_eq!(back, status);
@@ -447,8 +472,6 @@ mod tests {
             DisconnectReason::Left,
             DisconnectReason::Disconnected,
             DisconnectReason::Shutdown,
-            DisconnectReason::BrokerLost,
-            DisconnectReason::BrokerRestart,
         ] {
             assert_eq!(
                 serde_json::to_value(reason).unwrap(),
@@ -460,20 +483,20 @@ mod tests {
     #[test]
     fn message_limits() {
         assert_eq!(
-            check_message("  \n").unwrap_err().0,
+            check_message("  \n").unwrap_err().code,
             ErrorCode::EmptyMessage
         );
         assert!(check_message(&"a".repeat(crate::MAX_MESSAGE_BYTES)).is_ok());
         assert_eq!(
             check_message(&"a".repeat(crate::MAX_MESSAGE_BYTES + 1))
                 .unwrap_err()
-                .0,
+                .code,
             ErrorCode::MessageTooLong
         );
         // The cap counts bytes, not characters: 4-byte emoji hit it sooner.
         let emoji = "🦀".repeat(crate::MAX_MESSAGE_BYTES / 4 + 1);
         assert_eq!(
-            check_message(&emoji).unwrap_err().0,
+            check_message(&emoji).unwrap_err().code,
             ErrorCode::MessageTooLong
         );
     }

@@ -108,28 +108,41 @@ impl TryFrom<RawRequest> for Request {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use serde_json::json;
 
+    use super::{ClientKind, RequestKind};
     use crate::message::{ClientMsg, Request, Resume, RoomId};
 
-    fn round_trip(msg: ClientMsg) {
-        let json = serde_json::to_vec(&msg).unwrap();
-        assert_eq!(serde_json::from_slice::<ClientMsg>(&json).unwrap(), msg);
-    }
-
-    #[test]
-    fn every_variant_reads_back_what_the_derive_writes() {
+    /// One of every `ClientMsg` and every `Request`, as the derive writes
+    /// them. [`variant_name`] has no wildcard arm, so a variant added to
+    /// either enum stops this test compiling until it is named there: give
+    /// it a sample here too. A kind the raw reader knows without a sample
+    /// fails `the_samples_cover_every_variant_the_raw_reader_knows_and_no_more`.
+    fn samples() -> Vec<ClientMsg> {
         let room_id = RoomId::new_random();
-        round_trip(ClientMsg::Hello {
-            protocol: 1,
-            client_name: "n".into(),
-            client_version: "v".into(),
-            pid: 7,
-            resume: Some(Resume {
-                token: "t".into(),
-                last_seq: 3,
-            }),
-        });
+        let mut all = vec![
+            ClientMsg::Hello {
+                protocol: 1,
+                client_name: "n".into(),
+                client_version: "v".into(),
+                pid: 7,
+                resume: Some(Resume {
+                    token: "t".into(),
+                    last_seq: 3,
+                }),
+            },
+            ClientMsg::Hello {
+                protocol: 1,
+                client_name: "n".into(),
+                client_version: "v".into(),
+                pid: 7,
+                resume: None,
+            },
+            ClientMsg::Pong { nonce: 4 },
+            ClientMsg::Ack { seq: 5 },
+        ];
         for request in [
             Request::EnterQueue,
             Request::SendMessage {
@@ -140,10 +153,88 @@ mod tests {
             Request::Status,
             Request::Ping,
         ] {
-            round_trip(ClientMsg::Request { id: 9, request });
+            all.push(ClientMsg::Request { id: 9, request });
         }
-        round_trip(ClientMsg::Pong { nonce: 4 });
-        round_trip(ClientMsg::Ack { seq: 5 });
+        all
+    }
+
+    /// The wire name of a sample's variant (and of its request's), checked
+    /// exhaustively by the compiler.
+    fn variant_name(msg: &ClientMsg) -> (&'static str, Option<&'static str>) {
+        match msg {
+            ClientMsg::Hello { .. } => ("hello", None),
+            ClientMsg::Pong { .. } => ("pong", None),
+            ClientMsg::Ack { .. } => ("ack", None),
+            ClientMsg::Unknown => ("unknown", None),
+            ClientMsg::Request { request, .. } => (
+                "request",
+                Some(match request {
+                    Request::EnterQueue => "enter_queue",
+                    Request::SendMessage { .. } => "send_message",
+                    Request::LeaveChat { .. } => "leave_chat",
+                    Request::Status => "status",
+                    Request::Ping => "ping",
+                    Request::Unknown => "unknown",
+                }),
+            ),
+        }
+    }
+
+    /// The variant names a derived `Deserialize` of an enum knows, as serde
+    /// hands them to the deserializer.
+    fn enum_variants<'de, T: serde::Deserialize<'de>>() -> &'static [&'static str] {
+        struct Capture(Option<&'static [&'static str]>);
+        impl<'de> serde::Deserializer<'de> for &mut Capture {
+            type Error = serde::de::value::Error;
+            fn deserialize_enum<V: serde::de::Visitor<'de>>(
+                self,
+                _name: &'static str,
+                variants: &'static [&'static str],
+                _visitor: V,
+            ) -> Result<V::Value, Self::Error> {
+                self.0 = Some(variants);
+                Err(serde::de::Error::custom("captured"))
+            }
+            fn deserialize_any<V: serde::de::Visitor<'de>>(
+                self,
+                _visitor: V,
+            ) -> Result<V::Value, Self::Error> {
+                Err(serde::de::Error::custom("not an enum"))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+                bytes byte_buf option unit unit_struct newtype_struct seq tuple
+                tuple_struct map struct identifier ignored_any
+            }
+        }
+        let mut capture = Capture(None);
+        let _ = T::deserialize(&mut capture);
+        capture.0.unwrap()
+    }
+
+    #[test]
+    fn every_variant_reads_back_what_the_derive_writes() {
+        for msg in samples() {
+            let json = serde_json::to_vec(&msg).unwrap();
+            let back = serde_json::from_slice::<ClientMsg>(&json).unwrap();
+            assert_eq!(back, msg, "{}", String::from_utf8_lossy(&json));
+        }
+    }
+
+    #[test]
+    fn the_samples_cover_every_variant_the_raw_reader_knows_and_no_more() {
+        let names: Vec<_> = samples().iter().map(variant_name).collect();
+        let messages: BTreeSet<&str> = names.iter().map(|(m, _)| *m).collect();
+        let requests: BTreeSet<&str> = names.iter().filter_map(|(_, r)| *r).collect();
+        let known = |variants: &[&'static str]| -> BTreeSet<&'static str> {
+            variants
+                .iter()
+                .copied()
+                .filter(|v| *v != "unknown")
+                .collect()
+        };
+        assert_eq!(messages, known(enum_variants::<ClientKind>()));
+        assert_eq!(requests, known(enum_variants::<RequestKind>()));
     }
 
     #[test]

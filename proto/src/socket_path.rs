@@ -71,12 +71,6 @@ pub fn startup_lock_path(socket: &Path) -> PathBuf {
     sibling(socket, "startup.lock")
 }
 
-/// Where an auto-started broker writes its log: beside its socket, a place
-/// that is already private to the user and found by `doctor` from the socket.
-pub fn broker_log_path(socket: &Path) -> PathBuf {
-    sibling(socket, "log")
-}
-
 fn sibling(socket: &Path, extension: &str) -> PathBuf {
     let mut name = socket
         .file_stem()
@@ -205,16 +199,6 @@ pub fn current_uid() -> u32 {
     0
 }
 
-/// On Windows the broker listens on a named pipe; its name is per user so two
-/// accounts on one machine get two brokers.
-pub fn windows_pipe_name(user: &str) -> String {
-    let safe: String = user
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    format!(r"\\.\pipe\mcp-chat-{safe}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,7 +250,6 @@ mod tests {
             startup_lock_path(socket),
             PathBuf::from("/d/broker.startup.lock")
         );
-        assert_eq!(broker_log_path(socket), PathBuf::from("/d/broker.log"));
     }
 
     #[test]
@@ -277,11 +260,6 @@ mod tests {
             err.contains("aaaa") && err.contains("MCP_CHAT_SOCKET"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn pipe_name_is_sanitised() {
-        assert_eq!(windows_pipe_name("Ann Lee"), r"\\.\pipe\mcp-chat-Ann_Lee");
     }
 
     #[cfg(unix)]

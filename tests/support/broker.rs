@@ -1,43 +1,31 @@
-//! Running `mcp-chat-broker` as a child process.
+//! Running `mcp-chat-broker` as a child process: the shared kit's
+//! [`BrokerChild`], started from this target directory, where a failure
+//! panics (which is how a test fails).
 
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use mcp_chat_testkit::BrokerChild;
+pub use mcp_chat_testkit::sys::processes_mentioning;
+use rustix::process::Signal;
+use tokio::process::Command;
 
-use crate::{bin_path, within};
+use crate::bin_path;
 
-pub struct BrokerProcess {
-    pub child: Child,
-    /// The broker's stderr, line by line, as it arrives.
-    pub log: mpsc::Receiver<String>,
-}
+pub struct BrokerProcess(BrokerChild);
 
 impl BrokerProcess {
-    /// Starts a foreground broker on `socket` and returns once it logs that it
-    /// is listening (it binds before it logs, so connecting cannot race).
+    /// Starts a foreground broker on `socket` and returns once it has printed
+    /// its ready line (it binds first, so connecting cannot race).
     pub async fn start(socket: &Path, extra_args: &[&str]) -> Self {
-        let mut broker = Self::spawn(socket, extra_args);
-        broker.wait_for_log("broker listening").await;
-        broker
-    }
-
-    /// Starts a broker without waiting for anything.
-    pub fn spawn(socket: &Path, extra_args: &[&str]) -> Self {
-        let mut command = Command::new(bin_path("mcp-chat-broker"));
-        command
-            .arg("--foreground")
-            .arg("--socket")
-            .arg(socket)
-            .args(extra_args);
-        Self::from_command(command)
+        let mut command = BrokerChild::command(&bin_path("mcp-chat-broker"), socket);
+        command.args(extra_args);
+        Self::start_command(command, socket).await
     }
 
     /// As [`Self::start`], with the descriptor limits set first by `sh`'s
     /// `ulimit` (e.g. `"-Sn 1024"`; several separated by `;`).
-    #[cfg(unix)]
     pub async fn start_under_ulimit(socket: &Path, limits: &str, extra_args: &[&str]) -> Self {
         let ulimits: Vec<String> = limits.split(';').map(|l| format!("ulimit {l}")).collect();
         let mut command = Command::new("sh");
@@ -48,76 +36,45 @@ impl BrokerProcess {
             .arg("--foreground")
             .arg("--socket")
             .arg(socket)
+            .arg(mcp_chat_testkit::broker::PRINT_READY)
             .args(extra_args);
-        let mut broker = Self::from_command(command);
-        broker.wait_for_log("broker listening").await;
-        broker
+        Self::start_command(command, socket).await
     }
 
-    /// Runs `command`, a broker in the foreground, capturing its log.
-    fn from_command(mut command: Command) -> Self {
-        let mut child = command
-            .env("MCP_CHAT_LOG", "info,mcp_chat_broker=debug")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn mcp-chat-broker");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, log) = mpsc::channel(10_000);
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                eprintln!("[broker] {line}");
-                // A test that stopped reading the log does not stall the broker.
-                let _ = tx.try_send(line);
-            }
-        });
-        Self { child, log }
-    }
-
-    /// Waits for a stderr line containing `needle`; returns it.
-    pub async fn wait_for_log(&mut self, needle: &str) -> String {
-        within(&format!("broker log line {needle:?}"), async {
-            loop {
-                match self.log.recv().await {
-                    Some(line) if line.contains(needle) => return line,
-                    Some(_) => {}
-                    None => panic!("broker exited before logging {needle:?}"),
-                }
-            }
-        })
-        .await
+    async fn start_command(mut command: Command, socket: &Path) -> Self {
+        command.env("MCP_CHAT_LOG", "info,mcp_chat_broker=debug");
+        match BrokerChild::start(command, socket).await {
+            Ok(broker) => Self(broker),
+            Err(e) => panic!("starting mcp-chat-broker: {e:#}"),
+        }
     }
 
     pub async fn wait_exit(&mut self) -> ExitStatus {
-        within("broker exit", self.child.wait()).await.unwrap()
+        self.0.wait_exit().await.unwrap()
     }
 
-    /// Sends `signal` (a name `kill` knows, e.g. `USR1`).
-    #[cfg(unix)]
-    pub fn signal(&self, signal: &str) {
-        let pid = self.child.id().expect("broker still running");
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
+    /// Sends `signal` (e.g. `Signal::USR1`).
+    pub fn signal(&self, signal: Signal) {
+        self.0.signal(signal).unwrap();
     }
 
     /// Sends SIGTERM.
-    #[cfg(unix)]
     pub fn terminate(&self) {
-        let pid = self.child.id().expect("broker still running");
-        let status = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
+        self.signal(Signal::TERM);
+    }
+}
+
+impl Deref for BrokerProcess {
+    type Target = BrokerChild;
+
+    fn deref(&self) -> &BrokerChild {
+        &self.0
+    }
+}
+
+impl DerefMut for BrokerProcess {
+    fn deref_mut(&mut self) -> &mut BrokerChild {
+        &mut self.0
     }
 }
 
@@ -136,7 +93,7 @@ impl AutoStartedBroker {
     }
 
     pub fn is_alive(&self) -> bool {
-        Path::new(&format!("/proc/{}", self.pid)).exists() && !is_zombie(self.pid)
+        mcp_chat_testkit::sys::is_alive(self.pid)
     }
 
     pub fn kill(&self, signal: &str) {
@@ -147,34 +104,8 @@ impl AutoStartedBroker {
     }
 }
 
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            stat.rsplit(')')
-                .next()
-                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(true)
-}
-
 impl Drop for AutoStartedBroker {
     fn drop(&mut self) {
         self.kill("KILL");
     }
-}
-
-/// Processes whose command line mentions `needle` (Linux `/proc`).
-pub fn processes_mentioning(needle: &str) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| !is_zombie(*pid))
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(needle))
-                .unwrap_or(false)
-        })
-        .collect()
 }

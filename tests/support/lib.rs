@@ -1,6 +1,9 @@
 //! Harness for the end-to-end tests: every test gets its own temporary socket
 //! directory, starts the real binaries from the target directory, and waits
-//! on events (a log line, a frame, a process exit), never on the clock.
+//! on events (a ready line, a frame, a status round trip, a process exit),
+//! never on the clock or on log wording. The raw protocol client, the broker
+//! process and the `/proc` readers are the shared dev-only
+//! `mcp-chat-testkit`, which the bench uses too.
 //!
 //! The binaries must be built first: `cargo build --workspace --bins` (the
 //! test script does this).
@@ -9,15 +12,16 @@
 
 pub mod broker;
 pub mod mcp_client;
-pub mod proto_client;
-pub mod rss;
+
+pub use mcp_chat_testkit::proto_client;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use broker::{AutoStartedBroker, BrokerProcess};
+pub use mcp_chat_testkit::ProtoClient;
+pub use mcp_chat_testkit::within_or_panic as within;
 pub use mcp_client::McpClient;
-pub use proto_client::ProtoClient;
 
 /// Broker flags that lift every per-session rate limit, for tests about
 /// load or about what happens to a flood, not about the limits themselves.
@@ -32,7 +36,7 @@ pub const UNTHROTTLED: &[&str] = &[
 
 /// Long enough for a loaded 2-core CI box; a test waits this long only when
 /// it is about to fail anyway.
-pub const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
+pub const EVENT_TIMEOUT: Duration = mcp_chat_testkit::WAIT;
 
 /// A binary of this workspace, from the target directory the tests run from.
 pub fn bin_path(name: &str) -> PathBuf {
@@ -95,13 +99,5 @@ impl TestSocket {
 impl Default for TestSocket {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// Awaits `fut`, failing the test with `what` if it takes over [`EVENT_TIMEOUT`].
-pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    match tokio::time::timeout(EVENT_TIMEOUT, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out waiting for {what}"),
     }
 }

@@ -156,8 +156,9 @@ impl State {
             return Err(handle);
         };
         // A resume can beat the broker to noticing the old connection died.
-        if let Some(old) = s.handle.replace(handle) {
-            old.kick.cancel();
+        match s.handle.replace(handle) {
+            Some(old) => old.kick.cancel(),
+            None => self.detached = self.detached.saturating_sub(1),
         }
         s.connection = connection;
         s.connection_done = false;
@@ -207,6 +208,7 @@ impl State {
         let Some(handle) = s.handle.take() else {
             return;
         };
+        self.detached += 1;
         handle.kick.cancel();
         // Its final `written` arrives with the connection's own notice.
         s.connection_done = false;

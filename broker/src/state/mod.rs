@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use mcp_chat_proto::{
-    BrokerMsg, DisconnectReason, ErrorCode, Event, Reply, Request, RoomId, StatusInfo,
+    BrokerMsg, DisconnectReason, ErrorCode, Event, Refusal, Reply, Request, RoomId, StatusInfo,
 };
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -84,7 +84,7 @@ pub(crate) struct Admitted {
 }
 
 #[derive(Debug)]
-struct Session {
+struct BrokerSession {
     /// `None` while the client is away and may still resume.
     handle: Option<SessionHandle>,
     connection: ConnectionId,
@@ -136,13 +136,15 @@ struct Room {
 
 #[derive(Debug)]
 pub(crate) struct State {
-    sessions: HashMap<SessionId, Session>,
+    sessions: HashMap<SessionId, BrokerSession>,
     by_token: HashMap<String, SessionId>,
     queue: Queue,
     rooms: HashMap<RoomId, Room>,
     /// Rooms with both members still in them, kept as a count so `status`
     /// never scans.
     full_rooms: usize,
+    /// Sessions held for a resume (no connection), likewise counted.
+    detached: usize,
     /// Resume graces and probe timeouts, soonest first, so the hub finds the
     /// next one without scanning every session. An entry whose session has
     /// since moved on is skipped when it comes due.
@@ -154,6 +156,8 @@ pub(crate) struct State {
     limits: Limits,
     shutting_down: bool,
     slow_consumers: Vec<SessionId>,
+    /// Reported in `Status` (see `Config::log_path`).
+    log_path: Option<String>,
 }
 
 impl State {
@@ -164,6 +168,7 @@ impl State {
             queue: Queue::default(),
             rooms: HashMap::new(),
             full_rooms: 0,
+            detached: 0,
             deadlines: BTreeSet::new(),
             next_id: 1,
             started: Instant::now(),
@@ -172,7 +177,14 @@ impl State {
             limits,
             shutting_down: false,
             slow_consumers: Vec::new(),
+            log_path: None,
         }
+    }
+
+    /// The log file to report in `Status`.
+    pub(crate) fn with_log_path(mut self, path: Option<&std::path::Path>) -> Self {
+        self.log_path = path.map(|p| p.display().to_string());
+        self
     }
 
     pub(crate) fn session_count(&self) -> usize {
@@ -185,9 +197,9 @@ impl State {
         &mut self,
         handle: SessionHandle,
         resume: Option<mcp_chat_proto::Resume>,
-    ) -> Result<Admitted, (ErrorCode, String)> {
+    ) -> Result<Admitted, Refusal> {
         if self.shutting_down {
-            return Err((
+            return Err(Refusal::new(
                 ErrorCode::ShuttingDown,
                 "the broker is shutting down".into(),
             ));
@@ -200,7 +212,7 @@ impl State {
             None => handle,
         };
         if self.sessions.len() >= self.max_sessions {
-            return Err((
+            return Err(Refusal::new(
                 ErrorCode::BrokerFull,
                 format!(
                     "the broker is full ({} sessions); try again later",
@@ -215,7 +227,7 @@ impl State {
         let written = Written::default();
         self.sessions.insert(
             session,
-            Session {
+            BrokerSession {
                 handle: Some(handle),
                 connection,
                 next_seq: 1,
@@ -332,6 +344,8 @@ impl State {
         self.by_token.clear();
         self.queue.clear();
         self.rooms.clear();
+        self.full_rooms = 0;
+        self.detached = 0;
         self.slow_consumers.clear();
     }
 
@@ -343,6 +357,8 @@ impl State {
             sessions: self.sessions.len(),
             waiting: self.queue.len(),
             rooms: self.full_rooms,
+            detached: self.detached,
+            log_path: self.log_path.clone(),
         }
     }
 
@@ -363,8 +379,9 @@ impl State {
             return;
         };
         self.by_token.remove(&removed.resume_token);
-        if let Some(handle) = &removed.handle {
-            handle.kick.cancel();
+        match &removed.handle {
+            Some(handle) => handle.kick.cancel(),
+            None => self.detached = self.detached.saturating_sub(1),
         }
         match removed.place {
             Place::Idle => {}
@@ -458,7 +475,7 @@ pub(crate) struct Delivery {
     pub(crate) unconfirmed: u64,
 }
 
-impl Session {
+impl BrokerSession {
     /// What became of the messages this session was sent in `room_id` and
     /// never acknowledged: written whole to its socket (`unconfirmed`), or
     /// not (`undelivered`).

@@ -17,8 +17,8 @@ impl State {
         if !self.is_member(session, room_id) {
             return unknown_room(room_id);
         }
-        if let Err((code, text)) = check_message(&message) {
-            return Reply::error(code, text);
+        if let Err(refusal) = check_message(&message) {
+            return Reply::error(refusal.code, refusal.message);
         }
         // Every check comes before anything is spent, so a refused message
         // costs nothing.

@@ -397,7 +397,7 @@ fn full_broker_refuses() {
     let _a = join(&mut state, 4);
     let (h, _rx, _kick) = handle(4);
     let err = state.register(h, None).unwrap_err();
-    assert_eq!(err.0, ErrorCode::BrokerFull);
+    assert_eq!(err.code, ErrorCode::BrokerFull);
 }
 
 #[test]
@@ -637,6 +637,10 @@ fn waiting_positions_skip_detached_waiters() {
         Reply::Waiting { position: 1 }
     );
     assert_eq!(state.status().waiting, 2);
+    assert_eq!(state.status().detached, 1, "counted, not scanned");
+    state.expire(tokio::time::Instant::now() + Liveness::default().resume_grace);
+    assert_eq!(state.status().detached, 0);
+    assert_eq!(state.status().waiting, 1);
 }
 
 #[tokio::test(start_paused = true)]

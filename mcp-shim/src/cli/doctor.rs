@@ -40,6 +40,7 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
     check_binaries(&mut report).await;
     let dir_ok = check_socket_dir(&mut report, socket);
     if dir_ok && check_broker(&mut report, socket).await {
+        show_log(&report, socket).await;
         check_round_trip(&mut report, socket).await;
     }
     check_registrations(&mut report);
@@ -177,6 +178,21 @@ async fn check_broker(report: &mut Report, socket: &Path) -> bool {
             );
             false
         }
+    }
+}
+
+/// Where the running broker logs, as it reports it: the rule is the
+/// broker's, so doctor asks rather than guesses. Informational only.
+async fn show_log(report: &Report, socket: &Path) {
+    match super::status::query(socket).await {
+        Ok(info) => match info.log_path {
+            Some(path) => report.ok("broker log", path),
+            None => report.note(
+                "broker log",
+                "the broker writes its log to the terminal it was started in (--foreground), or is too old to say where",
+            ),
+        },
+        Err(e) => report.note("broker log", format!("could not ask the broker: {e}")),
     }
 }
 

@@ -1,5 +1,7 @@
-//! A plain protocol client, as a shim would be, minus MCP. It checks on every
-//! event that `seq` is contiguous, so no test can miss a lost event.
+//! The tests' protocol client, as a shim would be, minus MCP: one duplex
+//! transport (tests also write raw bytes on it), and a panic for anything
+//! unexpected, which is how a test fails. It checks on every event that
+//! `seq` is contiguous, so no test can miss a lost event.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -10,10 +12,12 @@ use interprocess::local_socket::traits::tokio::Stream as _;
 use interprocess::local_socket::{GenericFilePath, ToFsName};
 use mcp_chat_proto::{
     BrokerMsg, ClientCodec, ClientMsg, CodecError, Event, PROTOCOL_VERSION, Reply, Request, RoomId,
+    StatusInfo,
 };
 use tokio_util::codec::Framed;
 
-use crate::within;
+pub use crate::client::hello;
+use crate::within_or_panic as within;
 
 pub struct ProtoClient {
     transport: Framed<Stream, ClientCodec>,
@@ -23,26 +27,21 @@ pub struct ProtoClient {
     pub session_id: u64,
 }
 
+/// A bare connection to the broker, before any `Hello`: for tests that
+/// speak the protocol wrongly on purpose.
 pub async fn connect_raw(socket: &Path) -> std::io::Result<Stream> {
     let name = socket.to_fs_name::<GenericFilePath>()?;
     Stream::connect(name).await
-}
-
-pub fn hello(protocol: u32) -> ClientMsg {
-    ClientMsg::Hello {
-        protocol,
-        client_name: "e2e".into(),
-        client_version: "0".into(),
-        pid: std::process::id(),
-        resume: None,
-    }
 }
 
 impl ProtoClient {
     pub async fn connect(socket: &Path) -> Self {
         let stream = connect_raw(socket).await.expect("connect to broker");
         let mut transport = Framed::new(stream, ClientCodec::new());
-        transport.send(hello(PROTOCOL_VERSION)).await.unwrap();
+        transport
+            .send(hello(PROTOCOL_VERSION))
+            .await
+            .expect("send hello");
         let welcome = within("welcome", transport.next()).await;
         let Some(Ok(BrokerMsg::Welcome { session_id, .. })) = welcome else {
             panic!("expected welcome, got {welcome:?}");
@@ -76,7 +75,7 @@ impl ProtoClient {
         self.transport
             .send(ClientMsg::Request { id, request })
             .await
-            .unwrap();
+            .expect("send a request");
         id
     }
 
@@ -121,7 +120,7 @@ impl ProtoClient {
         .await
     }
 
-    pub async fn status(&mut self) -> mcp_chat_proto::StatusInfo {
+    pub async fn status(&mut self) -> StatusInfo {
         match self.request(Request::Status).await {
             Reply::Status(info) => info,
             other => panic!("{other:?}"),
@@ -170,4 +169,31 @@ pub async fn matched_pair(socket: &Path) -> (ProtoClient, ProtoClient, RoomId) {
     );
     assert_eq!(b.next_event().await, Event::ChatroomFound { room_id });
     (a, b, room_id)
+}
+
+/// How often [`wait_for_status`] asks: well inside the broker's default
+/// request budget (50 a second), so polling is never refused.
+const STATUS_POLL: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// Asks the broker on `socket` for its status until `until` holds, from a
+/// session of its own, and returns that status. For states a test cannot
+/// otherwise observe, such as a session held for a resume
+/// (`StatusInfo::detached`): each answer is a real round trip, and the
+/// broker pushes no event for these, so asking again is the only way.
+pub async fn wait_for_status(
+    socket: &Path,
+    what: &str,
+    until: impl Fn(&StatusInfo) -> bool,
+) -> StatusInfo {
+    let mut observer = ProtoClient::connect(socket).await;
+    within(what, async {
+        loop {
+            let status = observer.status().await;
+            if until(&status) {
+                return status;
+            }
+            tokio::time::sleep(STATUS_POLL).await;
+        }
+    })
+    .await
 }

@@ -1,5 +1,7 @@
 //! A raw protocol client, as a shim would be minus MCP: framed reader and
 //! writer halves, so throughput runs can read and write from separate tasks.
+//! Every failure is an `anyhow` error, so a caller decides whether it ends
+//! a run (the bench) or a test.
 
 use std::path::Path;
 
@@ -13,6 +15,21 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::{WAIT, within};
+
+/// The `client_name` this kit's clients give in `Hello`.
+pub const CLIENT_NAME: &str = "mcp-chat-testkit";
+
+/// The `Hello` this kit's clients send, speaking `protocol` (tests try
+/// others), with no resume claim.
+pub fn hello(protocol: u32) -> ClientMsg {
+    ClientMsg::Hello {
+        protocol,
+        client_name: CLIENT_NAME.into(),
+        client_version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+        resume: None,
+    }
+}
 
 pub type Reader = FramedRead<OwnedReadHalf, ClientCodec>;
 pub type Writer = FramedWrite<OwnedWriteHalf, ClientCodec>;
@@ -36,14 +53,7 @@ impl Client {
             writer: FramedWrite::new(write, ClientCodec::new()),
             next_id: 1,
         };
-        let hello = ClientMsg::Hello {
-            protocol: PROTOCOL_VERSION,
-            client_name: "mcp-chat-bench".into(),
-            client_version: env!("CARGO_PKG_VERSION").into(),
-            pid: std::process::id(),
-            resume: None,
-        };
-        within("sending hello", client.writer.send(hello))
+        within("sending hello", client.writer.send(hello(PROTOCOL_VERSION)))
             .await?
             .context("sending hello")?;
         match recv(&mut client.reader).await? {

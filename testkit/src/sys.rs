@@ -1,6 +1,7 @@
-//! The operating system bits: memory figures from `/proc`, the open-file
-//! limit, and signals to processes that are not our children (a broker the
-//! shim started on its own).
+//! The operating system bits, from Linux `/proc` and a few syscalls: memory
+//! and CPU figures, zombies and command lines, the open-file limit, and
+//! signals to processes that are not our children (a broker a shim started
+//! on its own).
 
 use std::fs::{File, TryLockError};
 use std::path::Path;
@@ -9,24 +10,86 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use rustix::process::{Pid, Resource, Rlimit, Signal, getrlimit, kill_process, setrlimit};
 
+/// One reading of a process's resident memory, in bytes, from
+/// `/proc/<pid>/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    /// Resident set size now (`VmRSS`).
+    pub rss: u64,
+    /// Peak resident set size since the process started (`VmHWM`).
+    pub peak: u64,
+}
+
+impl Memory {
+    /// Reads `pid`'s memory; an error if the process is gone or this is not
+    /// Linux.
+    pub fn of(pid: u32) -> anyhow::Result<Self> {
+        let path = format!("/proc/{pid}/status");
+        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let kib =
+            |field| field_kib(&status, field).with_context(|| format!("no {field} line in {path}"));
+        Ok(Self {
+            rss: kib("VmRSS:")? * 1024,
+            peak: kib("VmHWM:")? * 1024,
+        })
+    }
+}
+
 /// Resident set size of `pid`, in bytes (`VmRSS`).
 pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
-    status_kib(pid, "VmRSS:").map(|kib| kib * 1024)
+    Memory::of(pid).map(|m| m.rss)
 }
 
 /// Peak resident set size of `pid`, in bytes (`VmHWM`).
 pub fn peak_rss_bytes(pid: u32) -> anyhow::Result<u64> {
-    status_kib(pid, "VmHWM:").map(|kib| kib * 1024)
+    Memory::of(pid).map(|m| m.peak)
 }
 
-fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+/// `12.3 MiB`, for messages and reports.
+pub fn mib(bytes: u64) -> String {
+    #[allow(clippy::cast_precision_loss)]
+    let mib = bytes as f64 / (1024.0 * 1024.0);
+    format!("{mib:.1} MiB")
+}
+
+/// The value of a `Name:   1234 kB` line.
+fn field_kib(status: &str, name: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|line| line.strip_prefix(field))
+        .find_map(|line| line.strip_prefix(name))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no {field} line in {path}"))
+}
+
+/// Whether `pid` is a zombie (exited, not yet reaped), or gone.
+pub fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+/// Whether `pid` is running: it exists and is not a zombie.
+pub fn is_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid)
+}
+
+/// Live processes whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| !is_zombie(*pid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .collect()
 }
 
 /// CPU time `pid` has used so far, user plus system, all threads. Tick
@@ -228,5 +291,26 @@ pub fn signal(pid: u32, signal: Signal) -> anyhow::Result<()> {
         // Already gone: what we wanted.
         Err(rustix::io::Errno::SRCH) => Ok(()),
         Err(e) => Err(e).with_context(|| format!("signalling process {pid}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_status_lines() {
+        let status = "Name:\tx\nVmHWM:\t    2048 kB\nVmRSS:\t    1024 kB\n";
+        assert_eq!(field_kib(status, "VmRSS:"), Some(1024));
+        assert_eq!(field_kib(status, "VmHWM:"), Some(2048));
+        assert_eq!(field_kib(status, "VmSwap:"), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn reads_this_process() {
+        let memory = Memory::of(std::process::id()).expect("our own /proc entry");
+        assert!(memory.rss > 0 && memory.peak >= memory.rss, "{memory:?}");
+        assert!(is_alive(std::process::id()));
     }
 }
