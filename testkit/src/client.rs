@@ -174,11 +174,18 @@ impl Client {
             Reply::Waiting { .. } => {}
             other => bail!("the first of two sessions should wait, got {other:?}"),
         }
-        // B's `ChatroomFound` comes before this reply and is dropped with it.
-        let Reply::Matched { room_id } = b.request(Request::EnterQueue).await? else {
-            bail!("the second of two sessions was not matched");
-        };
+        // Usually b is matched at once, and its `ChatroomFound` comes before
+        // this reply and is dropped with it. On a loaded machine the broker
+        // may ping a first (it never matches a waiter it has not heard from
+        // lately): then b is told `waiting`, and the match follows a's
+        // answer, announced to both by `ChatroomFound`.
+        let reply = b.request(Request::EnterQueue).await?;
         let room_a = a.chatroom_found().await?;
+        let room_id = match reply {
+            Reply::Matched { room_id } => room_id,
+            Reply::Waiting { .. } => b.chatroom_found().await?,
+            other => bail!("the second of two sessions was not matched: {other:?}"),
+        };
         if room_a != room_id {
             bail!("one match, two rooms: {room_a} and {room_id}");
         }
