@@ -36,8 +36,13 @@ pub(crate) const REPLAY_BYTES: usize = 1024 * 1024;
 /// for counting what a partner's messages came to.
 #[derive(Debug, Default)]
 pub(super) struct Replay {
-    events: VecDeque<(u64, Event)>,
+    /// `(seq, event, text bytes kept before it)`: seqs are contiguous, so an
+    /// event's place is its seq less the oldest's, and the running total
+    /// gives the bytes after any seq without a scan.
+    events: VecDeque<(u64, Event, u64)>,
     bytes: usize,
+    /// Text bytes ever kept: the running total's end.
+    total: u64,
 }
 
 impl Replay {
@@ -59,11 +64,11 @@ impl Replay {
             if self
                 .events
                 .front()
-                .is_none_or(|(oldest, _)| *oldest > written)
+                .is_none_or(|(oldest, _, _)| *oldest > written)
             {
                 break;
             }
-            if let Some((_, old)) = self.events.pop_front() {
+            if let Some((_, old, _)) = self.events.pop_front() {
                 self.bytes -= text_len(&old);
                 if matches!(old, Event::MessageReceived { room_id, .. } if Some(room_id) == room) {
                     tally.unconfirmed += 1;
@@ -71,23 +76,30 @@ impl Replay {
             }
         }
         self.bytes += len;
-        self.events.push_back((seq, event.clone()));
+        self.events.push_back((seq, event.clone(), self.total));
+        self.total += len as u64;
     }
 
     /// Whether a message of `len` bytes fits beside the events not yet
-    /// written (those after `written`), which are never let go.
+    /// written (those after `written`), which are never let go. O(1): it
+    /// runs on every message.
     pub(super) fn has_room_for(&self, len: usize, written: u64) -> bool {
-        let unwritten = self
-            .events
-            .iter()
-            .rev()
-            .take_while(|(seq, _)| *seq > written);
-        let (count, bytes) = unwritten.fold((0, 0), |(n, b), (_, e)| (n + 1, b + text_len(e)));
-        count < REPLAY_EVENTS && bytes + len <= REPLAY_BYTES
+        let Some(&(oldest, _, _)) = self.events.front() else {
+            return true;
+        };
+        // Where the first unwritten event kept sits, if any is kept.
+        let first = usize::try_from(written.saturating_add(1).saturating_sub(oldest))
+            .unwrap_or(usize::MAX);
+        let Some(&(_, _, before)) = self.events.get(first) else {
+            return true;
+        };
+        let count = self.events.len() - first;
+        let bytes = usize::try_from(self.total - before).unwrap_or(usize::MAX);
+        count < REPLAY_EVENTS && bytes.saturating_add(len) <= REPLAY_BYTES
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = (u64, &Event)> {
-        self.events.iter().map(|(seq, event)| (*seq, event))
+        self.events.iter().map(|(seq, event, _)| (*seq, event))
     }
 
     #[cfg(test)]
@@ -97,8 +109,8 @@ impl Replay {
 
     /// Forgets events the client has acknowledged.
     pub(super) fn forget_through(&mut self, seq: u64) {
-        while self.events.front().is_some_and(|(kept, _)| *kept <= seq) {
-            if let Some((_, old)) = self.events.pop_front() {
+        while self.events.front().is_some_and(|(kept, _, _)| *kept <= seq) {
+            if let Some((_, old, _)) = self.events.pop_front() {
                 self.bytes -= text_len(&old);
             }
         }
@@ -118,8 +130,8 @@ impl Replay {
         (oldest <= first_missed).then(|| {
             self.events
                 .iter()
-                .filter(|(seq, _)| *seq > last_seq)
-                .cloned()
+                .filter(|(seq, _, _)| *seq > last_seq)
+                .map(|(seq, event, _)| (*seq, event.clone()))
                 .collect()
         })
     }

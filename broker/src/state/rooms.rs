@@ -13,6 +13,7 @@ impl State {
         session: SessionId,
         room_id: RoomId,
         message: String,
+        now: tokio::time::Instant,
     ) -> Reply {
         if !self.is_member(session, room_id) {
             return unknown_room(room_id);
@@ -22,7 +23,6 @@ impl State {
         }
         // Every check comes before anything is spent, so a refused message
         // costs nothing.
-        let now = tokio::time::Instant::now();
         let bytes = message.len() as f64;
         if let Some(s) = self.sessions.get_mut(&session) {
             let waits = [
