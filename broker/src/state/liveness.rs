@@ -88,8 +88,8 @@ impl Replay {
             return true;
         };
         // Where the first unwritten event kept sits, if any is kept.
-        let first = usize::try_from(written.saturating_add(1).saturating_sub(oldest))
-            .unwrap_or(usize::MAX);
+        let first =
+            usize::try_from(written.saturating_add(1).saturating_sub(oldest)).unwrap_or(usize::MAX);
         let Some(&(_, _, before)) = self.events.get(first) else {
             return true;
         };

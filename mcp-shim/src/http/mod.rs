@@ -240,7 +240,14 @@ async fn serve(
 
     let config = StreamableHttpServerConfig::default()
         .with_cancellation_token(shutdown.child_token())
-        .with_max_request_body_bytes(MAX_REQUEST_BODY);
+        .with_max_request_body_bytes(MAX_REQUEST_BODY)
+        // No SSE priming event before each response: it exists so a client
+        // can resume a stream that broke mid-response (Last-Event-ID), which
+        // a loopback chat needs little (every event also waits in the pull
+        // buffer), and it cost the official TypeScript SDK about 1 ms per
+        // call: HTTP/stdio 4.8-6.9x with it, 3.4-3.8x without
+        // (BENCHMARKS.md, finding 6).
+        .with_sse_retry(None);
     let config = match exposure {
         // DNS rebinding: a foreign name resolving to 127.0.0.1 gets 403.
         Exposure::Loopback => config.with_allowed_hosts(guard::loopback_hosts(local.ip())),
