@@ -84,7 +84,8 @@ fn allowed(name: &str) -> bool {
         "PATH" | "HOME" | "TMPDIR" | "LANG" | "TZ" | "RUST_LOG"
     ) || name.starts_with("XDG_")
         || name.starts_with("LC_")
-        || (name.starts_with("MCP_CHAT_") && name != "MCP_CHAT_HTTP_TOKEN")
+        || (name.starts_with("MCP_CHAT_")
+            && !matches!(name, "MCP_CHAT_TOKEN" | "MCP_CHAT_HTTP_TOKEN"))
 }
 
 #[tokio::test]
@@ -117,6 +118,7 @@ async fn an_auto_started_broker_gets_an_allow_listed_environment_and_root_as_cwd
         .env("MCP_CHAT_LOG", "info")
         .env("SECRET_TOKEN", "x")
         .env("MCP_CHAT_HTTP_TOKEN", "also-secret")
+        .env("MCP_CHAT_TOKEN", "secret-too")
         .env("LC_TIME", "C")
         .env_remove("MCP_CHAT_BROKER");
     let mut join = join_until_waiting(command).await;
@@ -145,6 +147,7 @@ async fn an_auto_started_broker_gets_an_allow_listed_environment_and_root_as_cwd
     assert_eq!(env.get("LC_TIME").map(String::as_str), Some("C"));
     assert!(!env.contains_key("SECRET_TOKEN"));
     assert!(!env.contains_key("MCP_CHAT_HTTP_TOKEN"));
+    assert!(!env.contains_key("MCP_CHAT_TOKEN"));
 
     join.stdin.take();
     within("join to exit", join.wait()).await.unwrap();

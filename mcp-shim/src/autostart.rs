@@ -242,7 +242,9 @@ fn inherited(name: &OsStr) -> bool {
         "PATH" | "HOME" | "TMPDIR" | "LANG" | "TZ" | "RUST_LOG"
     ) || name.starts_with("XDG_")
         || name.starts_with("LC_")
-        || (name.starts_with("MCP_CHAT_") && name != "MCP_CHAT_HTTP_TOKEN")
+        // The HTTP server's bearer token (both names) is a secret the
+        // broker never reads.
+        || (name.starts_with("MCP_CHAT_") && !matches!(name, "MCP_CHAT_TOKEN" | "MCP_CHAT_HTTP_TOKEN"))
 }
 
 async fn take_startup_lock(socket: &Path) -> Result<File, StartError> {
@@ -392,6 +394,7 @@ mod tests {
             "SECRET_TOKEN",
             "ANTHROPIC_API_KEY",
             "MCP_CHAT_HTTP_TOKEN",
+            "MCP_CHAT_TOKEN",
             "LD_PRELOAD",
             "SSH_AUTH_SOCK",
             "PWD",
