@@ -78,12 +78,14 @@ pub fn reveal(text: &str) -> String {
 /// characters, so only string contents change, and the result decodes to
 /// exactly the same value.
 pub fn harden_json(json: &str) -> String {
+    use std::fmt::Write;
     let mut out = String::with_capacity(json.len());
     for c in json.chars() {
-        if matches!(c, '<' | '>' | '&') || is_hidden(c) {
+        if escaped_for_model(c) {
             let mut units = [0u16; 2];
             for unit in c.encode_utf16(&mut units) {
-                out.push_str(&format!("\\u{unit:04x}"));
+                // Writing to a String cannot fail.
+                let _ = write!(out, "\\u{unit:04x}");
             }
         } else {
             out.push(c);
@@ -92,18 +94,23 @@ pub fn harden_json(json: &str) -> String {
     out
 }
 
+/// Whether [`harden_json`] writes `c` as `\uXXXX` escapes.
+fn escaped_for_model(c: char) -> bool {
+    matches!(c, '<' | '>' | '&') || is_hidden(c)
+}
+
 /// `text` as one JSON string literal a model can read safely (see
 /// [`harden_json`]).
 pub fn quote_for_model(text: &str) -> String {
     harden_json(&serde_json::Value::from(text).to_string())
 }
 
-/// How much longer [`harden_json`] makes `json`, without building it: used
-/// to budget the bytes of a tool result before rendering it.
+/// The length of [`harden_json`]`(json)`, without building it: used to
+/// budget the bytes of a tool result before rendering it.
 pub fn hardened_len(json: &str) -> usize {
     json.chars()
         .map(|c| {
-            if matches!(c, '<' | '>' | '&') || is_hidden(c) {
+            if escaped_for_model(c) {
                 6 * c.len_utf16()
             } else {
                 c.len_utf8()

@@ -270,14 +270,7 @@ impl State {
         // the send limits: on some VMs reading the clock is a system call.
         let now = Instant::now();
         if let Err(wait) = s.requesting.wait_for(now, 1.0) {
-            let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-            let reply = Reply::Error {
-                code: ErrorCode::RateLimited,
-                message: format!(
-                    "too many requests at once; wait {retry_after_ms} ms and try again"
-                ),
-                retry_after_ms: Some(retry_after_ms),
-            };
+            let reply = rate::rate_limited(wait, "too many requests at once", "try again");
             self.reply(session, id, reply);
             self.detach_slow_consumers();
             return;

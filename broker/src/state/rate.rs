@@ -4,9 +4,22 @@
 
 use std::time::Duration;
 
+use mcp_chat_proto::{ErrorCode, Reply};
+
 use tokio::time::Instant;
 
 use crate::config::SendLimit;
+
+/// The `rate_limited` reply every limit gives: why, how long to wait
+/// (at least 1 ms), and what to do then.
+pub(super) fn rate_limited(wait: Duration, why: &str, then: &str) -> Reply {
+    let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+    Reply::Error {
+        code: ErrorCode::RateLimited,
+        message: format!("{why}; wait {retry_after_ms} ms and {then}"),
+        retry_after_ms: Some(retry_after_ms),
+    }
+}
 
 #[derive(Debug)]
 pub(super) struct TokenBucket {

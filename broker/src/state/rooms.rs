@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use mcp_chat_proto::message::check_message;
 use mcp_chat_proto::{DisconnectReason, ErrorCode, Event, Reply, RoomId};
 
+use super::rate::rate_limited;
 use super::{Delivery, Place, SessionId, State};
 
 impl State {
@@ -33,6 +34,7 @@ impl State {
                 return rate_limited(
                     wait,
                     "you are sending faster than this broker allows (messages per second, and bytes of text per second)",
+                    "send again",
                 );
             }
         }
@@ -51,6 +53,7 @@ impl State {
             return rate_limited(
                 PARTNER_BACKLOG_RETRY,
                 "your partner's client has not yet taken in your earlier messages",
+                "send again",
             );
         }
         if let Some(s) = self.sessions.get_mut(&session) {
@@ -140,15 +143,6 @@ impl State {
 
 /// How long a sender is asked to wait when its partner's backlog is full.
 const PARTNER_BACKLOG_RETRY: Duration = Duration::from_millis(100);
-
-fn rate_limited(wait: Duration, why: &str) -> Reply {
-    let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-    Reply::Error {
-        code: ErrorCode::RateLimited,
-        message: format!("{why}; wait {retry_after_ms} ms and send again"),
-        retry_after_ms: Some(retry_after_ms),
-    }
-}
 
 fn unknown_room(room_id: RoomId) -> Reply {
     Reply::error(
