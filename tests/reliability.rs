@@ -357,12 +357,27 @@ async fn a_frozen_receiver_costs_the_sender_an_exact_undelivered_count() {
 }
 
 /// Whether `pid` is stopped (state `T` in `/proc/<pid>/stat`).
+/// Whether every thread of `pid` is stopped. SIGSTOP stops a process one
+/// thread at a time, as each next enters the kernel; until the last one has,
+/// the broker may still answer.
 #[cfg(target_os = "linux")]
 fn is_stopped(pid: u32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // The state follows the command name, which is in parentheses.
-    let after_name = &stat[stat.rfind(')').unwrap() + 1..];
-    after_name.split_whitespace().next() == Some("T")
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks.into_iter().all(|task| {
+        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses.
+        let after_name = stat.rfind(')').map_or("", |end| &stat[end + 1..]);
+        matches!(after_name.split_whitespace().next(), Some("T" | "t"))
+    })
+}
+
+/// Waits until the stop has reached every thread of `pid`.
+#[cfg(target_os = "linux")]
+async fn until_stopped(pid: u32) {
+    while !is_stopped(pid) {
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
 }
 
 /// A frozen broker keeps its connection open, so only the session's own
@@ -377,6 +392,7 @@ async fn chat_status_answers_while_the_broker_is_frozen() {
     assert_eq!(a.ok("enter_queue", json!({})).await["status"], "waiting");
 
     broker.signal(rustix::process::Signal::STOP);
+    until_stopped(broker.child.id().unwrap()).await;
     let status = a.ok("chat_status", json!({})).await;
     assert!(
         is_stopped(broker.child.id().unwrap()),
