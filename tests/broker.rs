@@ -4,14 +4,14 @@
 #![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
 use bytes::BufMut;
-use futures::{SinkExt, StreamExt};
+use futures::{SinkExt, Stream, StreamExt};
 use mcp_chat_proto::{
-    BrokerMsg, ClientCodec, ClientMsg, DisconnectReason, ErrorCode, Event, MAX_FRAME_BYTES,
-    MAX_MESSAGE_BYTES, Reply, Request, RoomId,
+    BrokerMsg, ClientCodec, ClientMsg, CodecError, DisconnectReason, ErrorCode, Event,
+    MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, Reply, Request, RoomId,
 };
 use mcp_chat_tests::proto_client::{connect_raw, hello, matched_pair};
 use mcp_chat_tests::{BrokerProcess, ProtoClient, TestSocket, UNTHROTTLED, within};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::Framed;
 
 fn error_code(reply: Reply) -> ErrorCode {
@@ -188,10 +188,10 @@ async fn unknown_request_type_from_a_newer_client_keeps_the_connection() {
     let socket = TestSocket::new();
     let _broker = BrokerProcess::start(&socket.path, &[]).await;
     let client = ProtoClient::connect(&socket.path).await;
-    let mut transport = client.into_transport();
+    let (mut reader, mut writer) = client.into_parts();
     let raw = br#"{"type":"request","id":5,"request":{"op":"teleport","to":"mars"}}"#;
-    send_raw_frame(transport.get_mut(), raw).await;
-    let reply = within("reply", transport.next()).await;
+    send_raw_frame(writer.get_mut(), raw).await;
+    let reply = within("reply", reader.next()).await;
     assert!(
         matches!(
             reply,
@@ -207,7 +207,7 @@ async fn unknown_request_type_from_a_newer_client_keeps_the_connection() {
     );
 }
 
-async fn send_raw_frame(stream: &mut interprocess::local_socket::tokio::Stream, payload: &[u8]) {
+async fn send_raw_frame(stream: &mut (impl AsyncWrite + Unpin), payload: &[u8]) {
     let mut buf = Vec::new();
     buf.put_u32(u32::try_from(payload.len()).unwrap());
     buf.extend_from_slice(payload);
@@ -215,7 +215,7 @@ async fn send_raw_frame(stream: &mut interprocess::local_socket::tokio::Stream, 
 }
 
 async fn expect_refused_then_closed(
-    transport: &mut Framed<interprocess::local_socket::tokio::Stream, ClientCodec>,
+    transport: &mut (impl Stream<Item = Result<BrokerMsg, CodecError>> + Unpin),
     code: ErrorCode,
 ) {
     match within("refusal", transport.next()).await {
@@ -235,20 +235,20 @@ async fn oversized_and_garbage_frames_end_only_their_connection() {
     let (mut a, mut b, room_id) = matched_pair(&socket.path).await;
 
     // A length prefix of 1 MiB + 1: refused from the header alone.
-    let mut big = ProtoClient::connect(&socket.path).await.into_transport();
+    let (mut big, mut big_writer) = ProtoClient::connect(&socket.path).await.into_parts();
     let header = u32::try_from(MAX_FRAME_BYTES + 1).unwrap().to_be_bytes();
     // The header alone is enough; the broker must not wait for the body.
-    big.get_mut().write_all(&header).await.unwrap();
+    big_writer.get_mut().write_all(&header).await.unwrap();
     expect_refused_then_closed(&mut big, ErrorCode::BadFrame).await;
 
-    let mut garbage = ProtoClient::connect(&socket.path).await.into_transport();
-    send_raw_frame(garbage.get_mut(), b"\x00\xffnot json at all").await;
+    let (mut garbage, mut garbage_writer) = ProtoClient::connect(&socket.path).await.into_parts();
+    send_raw_frame(garbage_writer.get_mut(), b"\x00\xffnot json at all").await;
     expect_refused_then_closed(&mut garbage, ErrorCode::BadFrame).await;
 
     // Nested 100k deep: serde_json's recursion limit refuses it.
-    let mut nested = ProtoClient::connect(&socket.path).await.into_transport();
+    let (mut nested, mut nested_writer) = ProtoClient::connect(&socket.path).await.into_parts();
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-    send_raw_frame(nested.get_mut(), deep.as_bytes()).await;
+    send_raw_frame(nested_writer.get_mut(), deep.as_bytes()).await;
     expect_refused_then_closed(&mut nested, ErrorCode::BadFrame).await;
 
     // The room next door never noticed.

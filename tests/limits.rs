@@ -10,12 +10,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use interprocess::local_socket::tokio::Stream;
 use mcp_chat_proto::{
     BrokerMsg, ClientCodec, ClientMsg, ErrorCode, PROTOCOL_VERSION, Reply, Request,
 };
 use mcp_chat_tests::proto_client::{connect_raw, hello};
 use mcp_chat_tests::{BrokerProcess, TestSocket, within};
+use tokio::net::UnixStream as Stream;
 use tokio_util::codec::Framed;
 
 /// A connection not answered within this long counts as left in silence.

@@ -34,15 +34,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use interprocess::local_socket::tokio::Stream;
 use mcp_chat_proto::{
-    BrokerMsg, ClientCodec, ClientMsg, DisconnectReason, ErrorCode, Event, Reply, Request, RoomId,
+    BrokerMsg, ClientMsg, DisconnectReason, ErrorCode, Event, Reply, Request, RoomId,
 };
 use mcp_chat_testkit::TokenBucket;
+use mcp_chat_testkit::client::{Reader, Writer};
 use mcp_chat_testkit::sys::{Memory, mib};
 use mcp_chat_tests::{BrokerProcess, EVENT_TIMEOUT, ProtoClient, TestSocket, within};
 use tokio::time::Instant;
-use tokio_util::codec::Framed;
 
 /// Data messages a client may have in flight at once.
 const WINDOW: usize = 8;
@@ -166,7 +165,8 @@ struct Log {
 struct Client {
     id: usize,
     messages: usize,
-    transport: Framed<Stream, ClientCodec>,
+    reader: Reader,
+    writer: Writer,
     next_request: u64,
     last_seq: u64,
     leave_at: VecDeque<usize>,
@@ -186,11 +186,12 @@ struct Client {
 
 impl Client {
     async fn connect(socket: &Path, id: usize, messages: usize, leave_at: VecDeque<usize>) -> Self {
-        let transport = ProtoClient::connect(socket).await.into_transport();
+        let (reader, writer) = ProtoClient::connect(socket).await.into_parts();
         Self {
             id,
             messages,
-            transport,
+            reader,
+            writer,
             next_request: 1,
             last_seq: 0,
             leave_at,
@@ -223,16 +224,16 @@ impl Client {
                     Action::Wait => break,
                 }
             }
-            self.transport.flush().await.unwrap();
+            self.writer.flush().await.unwrap();
             if self.phase == Phase::Done {
                 break;
             }
             let frame = match wake {
                 Some(at) => tokio::select! {
-                    frame = within("a frame", self.transport.next()) => Some(frame),
+                    frame = within("a frame", self.reader.next()) => Some(frame),
                     () = tokio::time::sleep_until(at) => None,
                 },
-                None => Some(within("a frame", self.transport.next()).await),
+                None => Some(within("a frame", self.reader.next()).await),
             };
             match frame {
                 Some(Some(Ok(msg))) => self.handle(msg).await,
@@ -313,7 +314,7 @@ impl Client {
         let id = self.next_request;
         self.next_request += 1;
         self.pending.insert(id, pending);
-        self.transport
+        self.writer
             .feed(ClientMsg::Request { id, request })
             .await
             .unwrap();
@@ -340,10 +341,7 @@ impl Client {
             }
             // Heartbeats and probes: answer, or be taken for frozen.
             BrokerMsg::Ping { nonce } => {
-                self.transport
-                    .send(ClientMsg::Pong { nonce })
-                    .await
-                    .unwrap();
+                self.writer.send(ClientMsg::Pong { nonce }).await.unwrap();
             }
             // Anything newer than this test is skipped.
             BrokerMsg::Unknown => {}

@@ -137,6 +137,7 @@ async fn throughput(plan: &Plan, broker: &BrokerChild) -> anyhow::Result<Streame
     for _ in 0..plan.stream_pairs {
         let (a, b, room_id) = Client::pair(socket).await?;
         let window = Arc::new(Window::new(plan.window));
+        let a_session = a.session_id;
         let (mut a_reader, mut a_writer, next_id) = a.into_parts();
         let (mut b_reader, b_writer, _) = b.into_parts();
         let mut ready = ready.clone();
@@ -153,7 +154,7 @@ async fn throughput(plan: &Plan, broker: &BrokerChild) -> anyhow::Result<Streame
                 stream(&mut a_writer, next_id, room_id, n, &w),
                 acks(&mut a_reader, n, &w)
             )?;
-            let a = Client::from_parts(a_reader, a_writer, next_id + n);
+            let a = Client::from_parts(a_reader, a_writer, next_id + n, a_session);
             anyhow::Ok(Side::A { a, room_id })
         });
         tasks.spawn(async move {

@@ -3,10 +3,11 @@
 //! the broker or the shim. It may depend on `mcp-chat-proto` only: tests
 //! and bench see the broker and the shim as binaries, never as libraries.
 //!
-//! - [`client`]: a raw protocol client with `Result` errors, whose framed
-//!   halves can be split across tasks (the bench's throughput runs).
-//! - [`proto_client`]: the tests' protocol client, which panics on anything
-//!   unexpected and checks that event `seq` is contiguous.
+//! - [`client`]: the one raw protocol client, with `Result` errors; it
+//!   checks that event `seq` is contiguous, and its framed halves can be
+//!   split across tasks (the bench's throughput runs) or written raw.
+//! - [`proto_client`]: the same client for tests, panicking on anything
+//!   unexpected.
 //! - [`broker`]: an `mcp-chat-broker` child process, started and waited for
 //!   through its machine-readable ready line, never its log wording.
 //! - [`sys`]: `/proc` readers (memory, CPU, zombies, command lines), the
