@@ -60,6 +60,10 @@ impl HttpChatServer {
         mut request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
+        if self.inner.get_tool(&request.name).is_none() {
+            // An unknown tool is a protocol error, answered as on stdio.
+            return self.inner.call_tool(request, context).await;
+        }
         let named = match take_chat_id(request.arguments.as_mut()) {
             Ok(named) => named,
             Err(message) => return Ok(failure("invalid_arguments", message)),
