@@ -364,10 +364,15 @@ async fn push(peer: &Peer<RoleServer>, event: &ChatEvent) -> Result<(), rmcp::Se
         .await
 }
 
-/// The instructions for a 2026-07-28 client: the flow, then how events
-/// reach it on its path (`events`).
+/// Where [`INSTRUCTIONS`] mentions notifications, which a 2026-07-28 client
+/// is never sent.
+const NOTIFICATIONS_CLAUSE: &str = ", and as notifications where your client shows them";
+
+/// The instructions for a 2026-07-28 client: the flow without
+/// notifications, then how events reach it on its path (`events`).
 pub fn modern_instructions(events: &str) -> String {
-    format!("{INSTRUCTIONS}\n{events}")
+    let flow = INSTRUCTIONS.replace(NOTIFICATIONS_CLAUSE, "");
+    format!("{flow}\n{events}")
 }
 
 /// What `server/discover` answers: this server's versions, capabilities and
@@ -579,6 +584,15 @@ mod tests {
             Value::Array(items) => items.iter().for_each(|v| formats(v, found)),
             _ => {}
         }
+    }
+
+    #[test]
+    fn modern_instructions_promise_no_notifications() {
+        assert!(INSTRUCTIONS.contains(NOTIFICATIONS_CLAUSE));
+        let modern = modern_instructions(modern::EVENTS_ON_STDIO);
+        assert!(!modern.contains("as notifications"), "{modern}");
+        assert!(modern.contains("chat://events"), "{modern}");
+        assert!(modern.starts_with("mcp-chat pairs you"), "{modern}");
     }
 
     #[test]
