@@ -127,7 +127,7 @@ async fn python_sdk_modern_only_chats_over_stdio_and_http() {
     let socket = TestSocket::new();
     let _broker = BrokerProcess::start(&socket.path, &[]).await;
     // Short, so the script sees an idle chat end (and its partner told).
-    let server = HttpServer::start(&socket.path, &["--session-timeout", "3"]).await;
+    let server = HttpServer::start(&socket.path, &["--session-timeout", "5"]).await;
     let node_dir = repo_root().join("tests/interop/node");
     installed(
         node_dir.join("node_modules/@modelcontextprotocol/sdk/package.json"),
