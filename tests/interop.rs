@@ -7,7 +7,7 @@
 use mcp_chat_tests::{AutoStartedBroker, TestSocket, bin_path, interop_python, repo_root, within};
 
 #[tokio::test]
-async fn python_sdk_default_client_runs_the_seed_flow() {
+async fn python_sdk_initialize_era_client_runs_the_seed_flow() {
     let socket = TestSocket::new();
     let script = repo_root().join("tests/interop/python/seed_flow.py");
     let run = tokio::process::Command::new(interop_python())

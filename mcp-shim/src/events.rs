@@ -253,6 +253,18 @@ impl EventBuffer {
         }
     }
 
+    /// How many events wait to be pulled.
+    pub fn pending_len(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    /// Resolves when an event is recorded after this call. Take it before
+    /// looking at [`Self::pending_len`], so an event recorded in between
+    /// still wakes the caller.
+    pub fn next_arrival(&self) -> tokio::sync::futures::Notified<'_> {
+        self.arrived.notified()
+    }
+
     /// How many events were let go unpulled since the last call.
     pub fn take_dropped(&self) -> u64 {
         std::mem::take(&mut self.lock().dropped)

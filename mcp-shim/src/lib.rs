@@ -36,6 +36,7 @@ pub mod cli;
 pub mod end_reason;
 pub mod events;
 pub mod http;
+pub mod modern;
 pub mod phase;
 pub mod server;
 pub mod session;

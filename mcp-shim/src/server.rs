@@ -16,14 +16,17 @@ use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, CustomNotification,
-    ExperimentalCapabilities, Implementation, JsonObject, ProgressNotificationParam,
-    ProtocolVersion, ServerCapabilities, ServerConfig, ServerNotification,
+    DiscoverResult, ExperimentalCapabilities, Implementation, InitializeRequestParams,
+    InitializeResult, JsonObject, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ProgressNotificationParam, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
+    ServerCapabilities, ServerConfig, ServerNotification, SubscriptionFilter,
 };
-use rmcp::service::{NotificationContext, RequestContext};
+use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, Json, Peer, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use tokio::sync::mpsc;
 
 use crate::events::{ChatEvent, channel_content, notification_params};
+use crate::modern::{self, EVENTS_URI, is_modern};
 use crate::phase::Phase;
 use crate::session::{CallError, ChatSession, Entered};
 use crate::tools::{
@@ -240,6 +243,12 @@ impl ChatServer {
     }
 }
 
+/// Every tool, as `tools/list` shows them before any era's changes.
+#[cfg(test)]
+pub fn tool_list() -> Vec<rmcp::model::Tool> {
+    ChatServer::tool_router().list_all()
+}
+
 fn more(pending: usize) -> Option<usize> {
     (pending > 0).then_some(pending)
 }
@@ -253,6 +262,12 @@ fn matched(room_id: RoomId) -> EnterQueueResult {
 }
 
 impl ChatServer {
+    /// The chat session behind this server, for the 2026-07-28 events
+    /// resource (see [`crate::modern`]).
+    pub fn session(&self) -> &ChatSession {
+        &self.session
+    }
+
     fn with_events<T>(&self, result: T) -> Json<WithEvents<T>> {
         let pulled = self.session.take_events(EVENTS_PER_RESULT_BYTES);
         Json(WithEvents {
@@ -349,6 +364,37 @@ async fn push(peer: &Peer<RoleServer>, event: &ChatEvent) -> Result<(), rmcp::Se
         .await
 }
 
+/// Where [`INSTRUCTIONS`] mentions notifications, which a 2026-07-28 client
+/// is never sent.
+const NOTIFICATIONS_CLAUSE: &str = ", and as notifications where your client shows them";
+
+/// The instructions for a 2026-07-28 client: the flow without
+/// notifications, then how events reach it on its path (`events`).
+pub fn modern_instructions(events: &str) -> String {
+    let flow = INSTRUCTIONS.replace(NOTIFICATIONS_CLAUSE, "");
+    format!("{flow}\n{events}")
+}
+
+/// What `server/discover` answers: this server's versions, capabilities and
+/// identity, with `instructions`.
+pub fn discovered(info: ServerConfig, instructions: &str) -> DiscoverResult {
+    let mut result = DiscoverResult::from_server_info(modern::supported_versions().to_vec(), info);
+    result.instructions = Some(instructions.to_owned());
+    result
+}
+
+/// Resources are served on the 2026-07-28 path only; an initialize-era
+/// client, which was not offered them, is answered as before.
+pub fn only_modern<M: rmcp::model::ConstString>(
+    context: &RequestContext<RoleServer>,
+) -> Result<(), ErrorData> {
+    if is_modern(context) {
+        Ok(())
+    } else {
+        Err(ErrorData::method_not_found::<M>())
+    }
+}
+
 /// The text a model reads of a tool result is our JSON with partner text
 /// escaped (see [`crate::untrusted`]); `structuredContent`, which programs
 /// decode, keeps the original text.
@@ -365,10 +411,14 @@ impl ServerHandler for ChatServer {
     fn get_info(&self) -> ServerConfig {
         let mut experimental = ExperimentalCapabilities::new();
         experimental.insert(CHANNEL_CAPABILITY.into(), JsonObject::new());
+        // `resources` (with `subscribe`) is for 2026-07-28 clients only:
+        // `initialize` leaves it out (see `initialize` below).
         ServerConfig::new(
             ServerCapabilities::builder()
-                .enable_tools()
                 .enable_experimental_with(experimental)
+                .enable_resources()
+                .enable_resources_subscribe()
+                .enable_tools()
                 .build(),
         )
         .with_server_info(Implementation::new("mcp-chat", crate::VERSION))
@@ -376,10 +426,110 @@ impl ServerHandler for ChatServer {
         .with_protocol_version(ProtocolVersion::V_2025_11_25)
     }
 
-    /// Only the initialize era lets a server send notifications of its own,
-    /// so a client probing `server/discover` is told to use `initialize`.
+    /// Both eras: the initialize era with the seed's notifications and the
+    /// Claude Code channel, and 2026-07-28 with events as a resource (see
+    /// [`crate::modern`]).
     fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
-        Cow::Borrowed(ProtocolVersion::known_up_to(&ProtocolVersion::V_2025_11_25))
+        Cow::Borrowed(modern::supported_versions())
+    }
+
+    /// As before 2026-07-28, byte for byte: the events resource is not
+    /// offered to initialize-era clients, which get notifications instead.
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, ErrorData> {
+        context.peer.set_peer_info(request.clone());
+        let mut result = self.negotiate_initialize(&request)?;
+        result.capabilities.resources = None;
+        Ok(result)
+    }
+
+    /// The instructions say how events arrive on the 2026-07-28 path.
+    async fn discover(
+        &self,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<DiscoverResult, ErrorData> {
+        Ok(discovered(
+            self.get_info(),
+            &modern_instructions(modern::EVENTS_ON_STDIO),
+        ))
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let tools = ListToolsResult::with_all_items(self.tool_router.list_all());
+        Ok(if is_modern(&context) {
+            modern::with_cache_hints(tools)
+        } else {
+            tools
+        })
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        only_modern::<rmcp::model::ListResourcesRequestMethod>(&context)?;
+        Ok(ListResourcesResult::with_all_items(vec![
+            modern::events_resource(EVENTS_URI),
+        ]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        only_modern::<rmcp::model::ReadResourceRequestMethod>(&context)?;
+        if request.uri != EVENTS_URI {
+            return Err(ErrorData::resource_not_found(
+                format!(
+                    "no resource {}; the chat events are {EVENTS_URI}",
+                    request.uri
+                ),
+                None,
+            ));
+        }
+        modern::read_events(&self.session, EVENTS_URI).map(Into::into)
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        let events = requested
+            .resource_subscriptions
+            .iter()
+            .flatten()
+            .filter(|uri| *uri == EVENTS_URI);
+        Some(
+            SubscriptionFilter::builder()
+                .resource_subscriptions(events.cloned())
+                .build(),
+        )
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let wanted = context
+            .accepted()
+            .resource_subscriptions
+            .iter()
+            .flatten()
+            .any(|uri| uri == EVENTS_URI);
+        if wanted {
+            tokio::select! {
+                () = modern::announce_events(&self.session, context.sink(), EVENTS_URI) => {}
+                () = context.cancelled() => {}
+            }
+        }
+        context.cancelled().await;
+        Ok(())
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
@@ -391,7 +541,11 @@ impl ServerHandler for ChatServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        self.start_push(&context.peer);
+        // On 2026-07-28 a server may send nothing of its own outside
+        // `subscriptions/listen`: events are a resource there.
+        if !is_modern(&context) {
+            self.start_push(&context.peer);
+        }
         // Checked with our own types before rmcp sees them, so a bad
         // argument is a tool error the model reads (spec 2025-11-25,
         // SEP-1303) in the same shape as every other failure.
@@ -430,6 +584,15 @@ mod tests {
             Value::Array(items) => items.iter().for_each(|v| formats(v, found)),
             _ => {}
         }
+    }
+
+    #[test]
+    fn modern_instructions_promise_no_notifications() {
+        assert!(INSTRUCTIONS.contains(NOTIFICATIONS_CLAUSE));
+        let modern = modern_instructions(modern::EVENTS_ON_STDIO);
+        assert!(!modern.contains("as notifications"), "{modern}");
+        assert!(modern.contains("chat://events"), "{modern}");
+        assert!(modern.starts_with("mcp-chat pairs you"), "{modern}");
     }
 
     #[test]

@@ -8,25 +8,34 @@
 //! in the room, for that long. Here every tool call races the request's own
 //! cancellation and the session's end, so the handler (and with it the
 //! broker connection) is dropped as soon as the session is over.
+//!
+//! A 2026-07-28 request has no session: it names its chat with a `chat_id`
+//! (see `chats`), and is served by that chat's [`ChatServer`]; the rest of
+//! the 2026-07-28 path is in `modern_http`.
 
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 use axum::http::request::Parts;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, InitializeRequestParams, InitializeResult,
-    ListToolsResult, PaginatedRequestParams, ProtocolVersion, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, DiscoverResult, InitializeRequestParams,
+    InitializeResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
+    PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
+    ServerConfig, SubscriptionFilter, Tool,
 };
-use rmcp::service::{NotificationContext, RequestContext};
+use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 
+use super::chats::Chats;
 use super::sessions::SessionEnd;
 use crate::ChatServer;
+use crate::modern::is_modern;
 
 #[derive(Clone)]
 pub struct HttpChatServer {
-    inner: ChatServer,
+    pub(super) inner: ChatServer,
     end: Arc<OnceLock<SessionEnd>>,
+    pub(super) chats: Arc<Chats>,
 }
 
 impl std::fmt::Debug for HttpChatServer {
@@ -36,10 +45,11 @@ impl std::fmt::Debug for HttpChatServer {
 }
 
 impl HttpChatServer {
-    pub fn new(inner: ChatServer) -> Self {
+    pub fn new(inner: ChatServer, chats: Arc<Chats>) -> Self {
         Self {
             inner,
             end: Arc::new(OnceLock::new()),
+            chats,
         }
     }
 }
@@ -79,6 +89,9 @@ impl ServerHandler for HttpChatServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
+        if is_modern(&context) {
+            return self.call_tool_modern(request, context).await;
+        }
         let cancelled = context.ct.clone();
         let end = self.end.get().cloned().unwrap_or_default();
         tokio::select! {
@@ -94,7 +107,55 @@ impl ServerHandler for HttpChatServer {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        self.inner.list_tools(request, context).await
+        let modern = is_modern(&context);
+        let tools = self.inner.list_tools(request, context).await?;
+        Ok(if modern {
+            self.modern_tools(tools)
+        } else {
+            tools
+        })
+    }
+
+    async fn discover(
+        &self,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<DiscoverResult, ErrorData> {
+        Ok(self.discovered())
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        self.list_resources_modern(request, context)
+    }
+
+    async fn list_resource_templates(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        self.list_resource_templates_modern(request, context)
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        self.read_resource_modern(request, context)
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        Some(self.accepted_modern(requested))
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        self.listen_modern(context).await
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {

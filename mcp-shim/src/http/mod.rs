@@ -16,9 +16,14 @@
 //! - `sessions`: when a session is over (closed, expired, shut down), so its
 //!   chat user leaves the room at once; and how many there may be.
 //! - `handler`: the per-session handler around [`ChatServer`].
+//! - `chats`, `modern_http`: MCP 2026-07-28 clients, which have no session:
+//!   each chat is named by a `chat_id` the server mints, and its events are
+//!   a resource with a `subscriptions/listen` subscription.
 
+mod chats;
 pub mod guard;
 mod handler;
+mod modern_http;
 pub mod peer;
 mod sessions;
 pub mod token;
@@ -40,6 +45,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use tokio_util::sync::CancellationToken;
 
 use crate::ChatServer;
+use chats::Chats;
 use guard::{Exposure, LoopbackCheck};
 use handler::HttpChatServer;
 use peer::{NoDelayListener, Owner, Peer};
@@ -62,6 +68,7 @@ const MAX_REQUEST_BODY: usize = 1 << 20;
 /// How long a shutdown waits for open connections before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 const SESSION_HEADER: &str = "mcp-session-id";
+const PROTOCOL_VERSION_HEADER: &str = "mcp-protocol-version";
 
 /// `mcp-chat serve` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -255,8 +262,14 @@ async fn serve(
         // token, which a rebinding page cannot know, is the protection.
         Exposure::Network => config.disable_allowed_hosts(),
     };
+    let chats = Chats::new(socket.clone(), Arc::clone(&sessions));
     let service = StreamableHttpService::new(
-        move || Ok(HttpChatServer::new(ChatServer::new(socket.clone()))),
+        move || {
+            Ok(HttpChatServer::new(
+                ChatServer::new(socket.clone()),
+                Arc::clone(&chats),
+            ))
+        },
         manager,
         config,
     );
@@ -353,6 +366,11 @@ async fn gatekeeper(State(gate): State<Arc<Gate>>, mut request: Request, next: N
         return response;
     }
 
+    if is_modern(request.headers()) {
+        // MCP 2026-07-28: no session begins here. A chat that
+        // `enter_queue` starts takes its own place (see `chats`).
+        return next.run(request).await;
+    }
     let Some(id) = session_id(request.headers()) else {
         // `initialize` (or a stateless probe such as `server/discover`):
         // a session may begin here, if there is room for one. Its handler
@@ -423,6 +441,15 @@ async fn other_user(peer: Option<ConnectInfo<Peer>>, uid: u32) -> Option<Respons
         )
             .into_response(),
     )
+}
+
+/// A request of MCP 2026-07-28 or later, which names its version in the
+/// `MCP-Protocol-Version` header (dates compare as strings).
+fn is_modern(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(PROTOCOL_VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|version| version >= "2026-07-28")
 }
 
 fn session_id(headers: &axum::http::HeaderMap) -> Option<String> {

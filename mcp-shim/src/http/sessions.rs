@@ -51,6 +51,9 @@ struct Entry {
     /// [`State::idle`].
     deadline: Option<Instant>,
     end: CancellationToken,
+    /// An rmcp session (initialize era), which expiry closes in rmcp too;
+    /// else a 2026-07-28 chat (see `chats`), which rmcp never knew.
+    rmcp: bool,
 }
 
 #[derive(Debug, Default)]
@@ -92,6 +95,9 @@ pub struct Sessions {
     manager: Arc<LocalSessionManager>,
 }
 
+/// A session past its deadline: its id, its end, and whether rmcp knows it.
+type Expired = (String, CancellationToken, bool);
+
 /// Refused: the server already has `max` sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Full {
@@ -123,6 +129,11 @@ impl Sessions {
         })
     }
 
+    /// How long a session lives with nothing open.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Reserves a place for a new session, or says the server is full.
     pub fn admit(self: &Arc<Self>) -> Result<Admission, Full> {
         let mut state = self.lock();
@@ -144,6 +155,28 @@ impl Sessions {
         id: &str,
         end: SessionEnd,
     ) -> StreamGuard {
+        self.insert(admission, id, end, true)
+    }
+
+    /// A 2026-07-28 chat (see `chats`) in the place `admission` reserved:
+    /// it counts against the cap and expires like a session. The guard is
+    /// the request that started it.
+    pub fn register_chat(
+        self: &Arc<Self>,
+        admission: Admission,
+        id: &str,
+        end: SessionEnd,
+    ) -> StreamGuard {
+        self.insert(admission, id, end, false)
+    }
+
+    fn insert(
+        self: &Arc<Self>,
+        admission: Admission,
+        id: &str,
+        end: SessionEnd,
+        rmcp: bool,
+    ) -> StreamGuard {
         {
             let mut state = self.lock();
             // rmcp's ids are fresh UUIDs; should one repeat, the old
@@ -157,6 +190,7 @@ impl Sessions {
                     open: 1,
                     deadline: None,
                     end: end.0,
+                    rmcp,
                 },
             );
         }
@@ -210,10 +244,10 @@ impl Sessions {
             // still wakes us (`notify_one` keeps a permit).
             let changed = self.changed.notified();
             let (expired, next) = self.take_expired(Instant::now());
-            for (id, end) in expired {
+            for (id, end, rmcp) in expired {
                 tracing::info!(session = %id, timeout = ?self.timeout, "HTTP session expired");
                 end.cancel();
-                if let Err(e) = self.manager.close_session(&id.clone().into()).await {
+                if rmcp && let Err(e) = self.manager.close_session(&id.clone().into()).await {
                     tracing::warn!(session = %id, error = %e, "closing an expired session");
                 }
             }
@@ -233,7 +267,7 @@ impl Sessions {
 
     /// Removes sessions idle past the timeout, looking only at those due;
     /// also returns the earliest deadline among the rest.
-    fn take_expired(&self, now: Instant) -> (Vec<(String, CancellationToken)>, Option<Instant>) {
+    fn take_expired(&self, now: Instant) -> (Vec<Expired>, Option<Instant>) {
         let mut state = self.lock();
         let mut expired = Vec::new();
         while let Some((deadline, _)) = state.idle.first()
@@ -243,7 +277,7 @@ impl Sessions {
                 break;
             };
             if let Some(entry) = state.entries.remove(&id) {
-                expired.push((id, entry.end));
+                expired.push((id, entry.end, entry.rmcp));
             }
         }
         let next = state.idle.first().map(|(deadline, _)| *deadline);
@@ -401,7 +435,7 @@ mod tests {
         drop(s.open("a").unwrap());
         tokio::time::advance(Duration::from_secs(9)).await;
         let (expired, next) = s.take_expired(Instant::now());
-        let ids: Vec<&str> = expired.iter().map(|(id, _)| id.as_str()).collect();
+        let ids: Vec<&str> = expired.iter().map(|(id, _, _)| id.as_str()).collect();
         assert_eq!(ids, ["b", "c"]);
         assert_eq!(next, Some(Instant::now() + Duration::from_secs(1)));
         assert!(s.is_known("a"));

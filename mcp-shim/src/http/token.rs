@@ -176,7 +176,7 @@ fn write_private(path: &Path, secret: &str) -> io::Result<()> {
 
 /// 64 hex digits from the OS's random source: two v4 UUIDs carry 244
 /// random bits, and `uuid` is already how this workspace asks for them.
-fn new_secret() -> String {
+pub(super) fn new_secret() -> String {
     format!(
         "{}{}",
         uuid::Uuid::new_v4().simple(),

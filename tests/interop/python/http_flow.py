@@ -2,8 +2,8 @@
 """Streamable HTTP interop test: the official Python MCP SDK's HTTP client chats with a
 stdio `mcp-chat` user (the same SDK's stdio client) through one broker.
 
-H connects to `mcp-chat serve --http` by URL in the SDK's default connect mode (probe
-`server/discover`, fall back to `initialize`); S launches `mcp-chat` over stdio. Both use
+H connects to `mcp-chat serve --http` by URL with the initialize handshake
+(`mode="legacy"`; 2026-07-28 is tested by modern_flow.py); S launches `mcp-chat` over stdio. Both use
 the broker at MCP_CHAT_SOCKET, so they are matched with each other.
 
 Flow: H enter_queue -> waiting #1; S enter_queue -> matched; H receives `chatroom.found`
@@ -93,12 +93,13 @@ async def http_flow(url: str, bin_path: str, socket: str) -> None:
     inbox_h, inbox_s = Inbox("H"), Inbox("S")
     pulled = Puller()
 
-    async with Client(stdio, extensions=[ChatNotifications(inbox_s)], read_timeout_seconds=CALL_TIMEOUT_S) as s:
-        # Default connect mode on purpose: the URL alone, no `mode=`.
-        async with Client(url, extensions=[ChatNotifications(inbox_h)], read_timeout_seconds=CALL_TIMEOUT_S) as h:
+    async with Client(stdio, mode="legacy", extensions=[ChatNotifications(inbox_s)],
+                      read_timeout_seconds=CALL_TIMEOUT_S) as s:
+        async with Client(url, mode="legacy", extensions=[ChatNotifications(inbox_h)],
+                          read_timeout_seconds=CALL_TIMEOUT_S) as h:
             check_handshake(h, "H (HTTP)")
             check_handshake(s, "S (stdio)")
-            passed("HTTP client connected by URL in default (auto) mode: fell back to initialize, protocol "
+            passed("HTTP client connected by URL with initialize (mode='legacy'): protocol "
                    "2025-11-25, serverInfo 'mcp-chat', instructions, experimental['claude/channel']")
 
             res = await pulled.call(h, "enter_queue", {})

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Seed-flow interop test: two `mcp-chat` servers driven by the official Python MCP SDK.
 
-Uses the SDK's default connect mode (`mode="auto"`: probe `server/discover`, fall
-back to `initialize`) and receives the server's custom notifications through a
+Connects with the initialize handshake (`mode="legacy"`: the SDK's default mode now
+finds MCP 2026-07-28 on `server/discover` and takes it, and that revision has no custom
+notifications; see modern_flow.py) and receives the server's custom notifications through a
 `ClientExtension` with one `NotificationBinding` per method.
 
 Flow: A enter_queue -> waiting #1; B enter_queue -> matched; both get
@@ -213,7 +214,7 @@ def check_handshake(client: Client, name: str) -> None:
     session = client.session
     check(
         session.initialize_result is not None,
-        f"{name}: default (auto) mode should have fallen back to initialize",
+        f"{name}: mode='legacy' should have used initialize",
         {"protocol_version": client.protocol_version},
     )
     info = client.server_info
@@ -245,14 +246,16 @@ async def seed_flow(bin_path: str, socket: str) -> None:
     params = StdioServerParameters(command=bin_path, args=[], env=env)
     inbox_a, inbox_b = Inbox("A"), Inbox("B")
 
-    # Default connect mode on purpose: no `mode=` argument.
-    client_a = Client(params, extensions=[ChatNotifications(inbox_a)], read_timeout_seconds=CALL_TIMEOUT_S)
-    client_b = Client(params, extensions=[ChatNotifications(inbox_b)], read_timeout_seconds=CALL_TIMEOUT_S)
+    # The initialize era, where the seed's notifications live.
+    client_a = Client(params, mode="legacy", extensions=[ChatNotifications(inbox_a)],
+                      read_timeout_seconds=CALL_TIMEOUT_S)
+    client_b = Client(params, mode="legacy", extensions=[ChatNotifications(inbox_b)],
+                      read_timeout_seconds=CALL_TIMEOUT_S)
 
     async with client_a as a, client_b as b:
         check_handshake(a, "A")
         check_handshake(b, "B")
-        passed("connect in default (auto) mode fell back to initialize: protocol 2025-11-25, serverInfo.name "
+        passed("connect with initialize (mode='legacy'): protocol 2025-11-25, serverInfo.name "
                "'mcp-chat', instructions, experimental['claude/channel'] == {} (both clients)")
 
         # A enters first: waiting, position 1.
