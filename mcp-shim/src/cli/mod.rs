@@ -8,3 +8,4 @@ pub mod doctor;
 pub mod join;
 pub mod register;
 pub mod status;
+pub mod web;

@@ -1,0 +1,101 @@
+//! The chat page (`mcp-chat web`) in a real browser: Debian's Chromium,
+//! headless, driven by Playwright for Python (`tests/interop/python/web_page.py`,
+//! one scenario per test). `./test.sh` installs Chromium (apt) and Playwright
+//! (into `.venv`); `MCP_CHAT_TEST_CHROMIUM` may name another Chromium.
+//!
+//! Each test runs its own broker on its own socket; the script starts
+//! `mcp-chat web --no-open` (and, in `agent`, a stdio `mcp-chat` through the
+//! official Python SDK) against it. Screenshots of a conversation land in
+//! `<target dir>/test-artifacts/web-page/`.
+
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mcp_chat_tests::{BrokerProcess, TestSocket, bin_path, interop_python, repo_root};
+use tokio::process::Command;
+
+/// A whole scenario, browser start included, on a loaded 2-core machine;
+/// every step inside waits on its own event with a smaller bound.
+const SCENARIO_WITHIN: Duration = Duration::from_secs(180);
+
+fn chromium() -> PathBuf {
+    let path = std::env::var_os("MCP_CHAT_TEST_CHROMIUM")
+        .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+    assert!(
+        path.exists(),
+        "{} is missing: run ./test.sh, which installs Debian's chromium, or set MCP_CHAT_TEST_CHROMIUM",
+        path.display()
+    );
+    path
+}
+
+/// `<target dir>/test-artifacts/web-page`, beside the test binaries.
+fn artifacts() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test>-<hash>
+    let target = exe.ancestors().nth(3).unwrap();
+    target.join("test-artifacts").join("web-page")
+}
+
+async fn scenario(name: &str) {
+    let socket = TestSocket::new();
+    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let script = repo_root().join("tests/interop/python/web_page.py");
+    let child = Command::new(interop_python())
+        .arg(&script)
+        .arg(name)
+        .env("MCP_CHAT_BIN", bin_path("mcp-chat"))
+        .env("MCP_CHAT_SOCKET", &socket.path)
+        .env("MCP_CHAT_CHROMIUM", chromium())
+        .env("MCP_CHAT_ARTIFACTS", artifacts())
+        // Its own process group, so a hung run takes its server and
+        // browser down with it.
+        .process_group(0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let group = child
+        .id()
+        .and_then(|pid| rustix::process::Pid::from_raw(pid as i32));
+    let output = match tokio::time::timeout(SCENARIO_WITHIN, child.wait_with_output()).await {
+        Ok(output) => output.unwrap(),
+        Err(_) => {
+            if let Some(group) = group {
+                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+            }
+            panic!("web_page.py {name} did not finish within {SCENARIO_WITHIN:?}");
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "web_page.py {name} failed ({})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    eprintln!("{stdout}");
+}
+
+#[tokio::test]
+async fn two_pages_match_chat_both_ways_leave_and_skip() {
+    scenario("pages").await;
+}
+
+#[tokio::test]
+async fn a_page_and_a_stdio_agent_chat_and_hostile_text_runs_nothing() {
+    scenario("agent").await;
+}
+
+#[tokio::test]
+async fn a_page_on_another_origin_cannot_use_the_chat() {
+    scenario("origin").await;
+}
+
+#[tokio::test]
+async fn the_page_shows_the_connection_lost_and_back() {
+    scenario("reconnect").await;
+}
