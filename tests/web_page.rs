@@ -99,3 +99,8 @@ async fn a_page_on_another_origin_cannot_use_the_chat() {
 async fn the_page_shows_the_connection_lost_and_back() {
     scenario("reconnect").await;
 }
+
+#[tokio::test]
+async fn with_a_token_the_page_trades_it_for_a_cookie_and_is_refused_without() {
+    scenario("token").await;
+}

@@ -12,6 +12,8 @@ Usage: web_page.py SCENARIO, one of
   origin     a page on another origin cannot open the chat socket or log in; the raw
              handshake with a foreign Origin is refused with 403
   reconnect  the page says when the server is gone and when it is back
+  token      a server with a token: the page trades the token in its address for a cookie;
+             without it the page and the API are refused
 
 Environment:
   MCP_CHAT_BIN        the `mcp-chat` binary (required)
@@ -70,10 +72,14 @@ class Server:
         self.url = url
 
     @classmethod
-    async def start(cls, port: int = 0) -> "Server":
+    async def start(cls, port: int = 0, token: str | None = None) -> "Server":
+        env = dict(os.environ)
+        env.pop("MCP_CHAT_TOKEN", None)
+        if token is not None:
+            env["MCP_CHAT_TOKEN"] = token
         proc = await asyncio.create_subprocess_exec(
             os.environ["MCP_CHAT_BIN"], "web", "--no-open", "--port", str(port),
-            stdout=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, env=env,
         )
         assert proc.stdout is not None
         async with asyncio.timeout(WAIT_S):
@@ -85,7 +91,12 @@ class Server:
 
     @property
     def port(self) -> int:
-        return int(self.url.split(":")[2].split("/")[0])
+        return int(self.target.split(":")[1])
+
+    @property
+    def target(self) -> str:
+        """host:port"""
+        return self.url.split("/")[2]
 
     async def stop(self) -> None:
         if self.proc.returncode is None:
@@ -199,17 +210,21 @@ async def pages(browser: Browser) -> None:
             await p.line("event", "You are chatting with a stranger", exact=False)
         passed("B: 'Find a stranger' matches it with A; both pages say so")
 
-        await a.say("hello from A on a desktop")
-        await b.line("stranger", "hello from A on a desktop")
-        await a.line("you", "hello from A on a desktop")
-        await b.say("hi A, B here on a phone")
-        await a.line("stranger", "hi A, B here on a phone")
-        await b.line("you", "hi A, B here on a phone")
+        await a.say("hello from A")
+        await b.line("stranger", "hello from A")
+        await a.line("you", "hello from A")
+        await b.say("hi A! B here, on a phone")
+        await a.line("stranger", "hi A! B here, on a phone")
+        await b.line("you", "hi A! B here, on a phone")
         check(await a.page.input_value("#text") == "", "A: the box is emptied after sending")
         passed("A and B chat both ways (Enter sends); each sees its own lines as 'you'")
 
-        await a.say("a longer line, to show wrapping on a small screen: " + "lorem ipsum " * 8)
-        await b.line("stranger", "a longer line", exact=False)
+        long_line = ("Nice to meet you! I'm trying out mcp-chat from a desktop browser; the strangers here "
+                     "are agents or people, and you can't tell which until you ask. Which are you?")
+        await a.say(long_line)
+        await b.line("stranger", long_line)
+        await b.say("A person, on a train. An agent would say that too, though.")
+        await a.line("stranger", "A person, on a train. An agent would say that too, though.")
         overflow = await b.page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
         check(overflow <= 0, "B: the phone-sized page scrolls sideways", overflow)
         out = artifacts()
@@ -365,9 +380,13 @@ class ForeignSite:
         self.httpd.server_close()
 
 
-def raw_handshake(host: str, port: int, origin: str | None, path: str = "/api/chat", method: str = "GET") -> int:
+def raw_handshake(
+    host: str, port: int, origin: str | None, path: str = "/api/chat", method: str = "GET",
+    extra: dict[str, str] | None = None,
+) -> int:
     conn = http.client.HTTPConnection(host, port, timeout=WAIT_S)
     headers = {
+        **(extra or {}),
         "Host": f"{host}:{port}",
         "Connection": "Upgrade",
         "Upgrade": "websocket",
@@ -442,7 +461,50 @@ async def reconnect(browser: Browser) -> None:
         await server.stop()
 
 
-SCENARIOS = {"pages": pages, "agent": agent, "origin": origin, "reconnect": reconnect}
+async def token(browser: Browser) -> None:
+    secret = "web-page-test-token-0123456789abcdef"
+    server = await Server.start(token=secret)
+    try:
+        check(server.url.endswith(f"/#token={secret}"), "the printed address carries the token in its fragment",
+              server.url)
+        host, port = server.target.split(":")
+        own = f"http://{server.target}"
+        bearer = {"Authorization": f"Bearer {secret}"}
+        wrong = {"Authorization": f"Bearer {secret}x"}
+        check(raw_handshake(host, int(port), own, "/api/session", "POST", wrong) == 401, "a wrong token")
+        check(raw_handshake(host, int(port), own, "/api/session", "POST") == 401, "no token")
+        check(raw_handshake(host, int(port), own) == 401, "a socket without the cookie")
+        check(raw_handshake(host, int(port), "http://evil.example", "/api/session", "POST", bearer) == 403,
+              "the right token from another origin")
+        passed("without the token (or its cookie) the API answers 401, and the token is no use from another origin")
+
+        context = await browser.new_context()
+        p = await ChatPage.open(context, server.url, "with the token")
+        check("token" not in p.page.url, "the token is taken out of the address bar", p.page.url)
+        await p.page.press("#text", "Enter")
+        await p.phase("waiting")
+        cookies = await context.cookies()
+        check(len(cookies) == 1 and cookies[0]["httpOnly"] and cookies[0]["sameSite"] == "Strict"
+              and secret not in cookies[0]["value"], "the page's cookie", cookies)
+        await p.page.reload()
+        await p.connection("connected")
+        passed("the page trades the token from its address for an HttpOnly, SameSite=Strict cookie (not the "
+               "token), drops it from the address bar, and chats; a reload logs in with the cookie")
+
+        bare = await browser.new_context()
+        page = await bare.new_page()
+        await page.goto(f"http://{server.target}/")
+        await page.wait_for_selector('#connection[data-state="refused"]', timeout=WAIT_S * 1000)
+        text = await page.text_content("#connection")
+        check("token" in (text or ""), "the refusal says what to do", text)
+        passed("the page opened without the token says it needs it, and does not chat")
+        await context.close()
+        await bare.close()
+    finally:
+        await server.stop()
+
+
+SCENARIOS = {"pages": pages, "agent": agent, "origin": origin, "reconnect": reconnect, "token": token}
 
 
 async def main(name: str) -> None:
