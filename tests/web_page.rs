@@ -104,3 +104,86 @@ async fn the_page_shows_the_connection_lost_and_back() {
 async fn with_a_token_the_page_trades_it_for_a_cookie_and_is_refused_without() {
     scenario("token").await;
 }
+
+/// `mcp-chat web --no-open`, running; its page's address.
+async fn web_server(socket: &std::path::Path) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = Command::new(bin_path("mcp-chat"))
+        .args(["web", "--no-open"])
+        .env("MCP_CHAT_SOCKET", socket)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // The rest of its stdout goes unread (the pipe closes when `lines` is
+    // dropped): the server must go on serving all the same.
+    let url = mcp_chat_tests::within("the page's address", async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("mcp-chat web exited");
+            if let Some(url) = line.strip_prefix("mcp-chat: the chat page is at ") {
+                return url.trim().to_owned();
+            }
+        }
+    })
+    .await;
+    (child, url)
+}
+
+/// curl, as `uid` (via setpriv) or as ourselves; the response head and body.
+async fn curl(uid: Option<u32>, args: &[&str]) -> String {
+    let mut command = match uid {
+        Some(uid) => {
+            let mut setpriv = Command::new("setpriv");
+            setpriv
+                .arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={uid}"))
+                .arg("--clear-groups")
+                .arg("/usr/bin/curl");
+            setpriv
+        }
+        None => Command::new("/usr/bin/curl"),
+    };
+    let output = command
+        .args(["--silent", "--show-error", "--include", "--max-time", "15"])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = mcp_chat_tests::within("curl", output).await.unwrap();
+    assert!(
+        output.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn another_users_connection_gets_neither_the_page_nor_the_chat() {
+    if mcp_chat_proto::socket_path::current_uid() != 0
+        || !std::path::Path::new("/usr/bin/curl").exists()
+    {
+        eprintln!("skipped: needs root (to run curl as another user) and /usr/bin/curl");
+        return;
+    }
+    let socket = TestSocket::new();
+    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let (_server, url) = web_server(&socket.path).await;
+    let origin = url.trim_end_matches('/');
+    let session = format!("{url}api/session");
+    let login = ["-X", "POST", "-H", &format!("Origin: {origin}"), &session];
+
+    for args in [&[url.as_str()][..], &login[..]] {
+        let response = curl(Some(65534), args).await;
+        assert!(response.starts_with("HTTP/1.1 403"), "{args:?}: {response}");
+        assert!(response.contains("uid 65534"), "{args:?}: {response}");
+    }
+    // Our own connections are served.
+    assert!(curl(None, &[&url]).await.starts_with("HTTP/1.1 200"));
+    assert!(curl(None, &login).await.starts_with("HTTP/1.1 204"));
+}

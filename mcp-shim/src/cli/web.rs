@@ -3,6 +3,7 @@
 //! each connection's owner), prints the page's address, and opens it with
 //! the platform's opener unless told not to.
 
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -31,8 +32,13 @@ pub fn run(args: &WebArgs, socket: &Path) -> anyhow::Result<()> {
     };
     let open = !args.no_open;
     http::run_then(&serve, addr, socket.to_owned(), |url| {
-        println!("mcp-chat: the chat page is at {url}"); // stdout-ok
-        println!("mcp-chat: press Ctrl-C to stop"); // stdout-ok
+        // Whoever started us may have stopped reading (a closed pipe):
+        // the server goes on serving the page all the same.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "mcp-chat: the chat page is at {url}");
+        let _ = writeln!(out, "mcp-chat: press Ctrl-C to stop");
+        let _ = out.flush();
+        drop(out);
         if open {
             open_in_browser(url);
         }
