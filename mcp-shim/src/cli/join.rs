@@ -26,20 +26,16 @@ const REFRESH_EVERY: Duration = Duration::from_secs(10);
 const HELP: &str = "type a message and press Enter to send it; /next for a new partner, /leave to leave the chat, /quit to exit";
 
 pub async fn run(socket: &Path) -> anyhow::Result<()> {
-    let mut input = match LineEditor::for_terminal() {
-        Some(Ok(editor)) => Input::Editor(editor),
-        Some(Err(e)) => {
-            eprintln!("mcp-chat: no line editing on this terminal ({e}); reading plain lines");
-            Input::plain()
-        }
-        None => Input::plain(),
-    };
-    let join = Join {
+    let mut join = Join {
         session: ChatSession::new(socket.to_owned(), "mcp-chat join", None),
-        screen: input.screen(),
+        screen: Screen::default(),
     };
     join.say(&format!("mcp-chat {}: {HELP}", crate::VERSION));
     join.enter_queue().await?;
+    // Only now: should the broker be unreachable, we exit above, and the
+    // line editor never had the terminal in raw mode.
+    let mut input = Input::for_stdin();
+    join.screen = input.screen();
 
     let mut refresh = tokio::time::interval(REFRESH_EVERY);
     refresh.tick().await;
@@ -84,6 +80,18 @@ enum Input {
 }
 
 impl Input {
+    /// A line editor when stdin is a terminal; plain lines otherwise.
+    fn for_stdin() -> Self {
+        match LineEditor::for_terminal() {
+            Some(Ok(editor)) => Self::Editor(editor),
+            Some(Err(e)) => {
+                eprintln!("mcp-chat: no line editing on this terminal ({e}); reading plain lines");
+                Self::plain()
+            }
+            None => Self::plain(),
+        }
+    }
+
     fn plain() -> Self {
         Self::Plain(BufReader::new(tokio::io::stdin()).lines())
     }
