@@ -244,3 +244,47 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The page builds every line from text nodes; none of the ways a
+    /// script can turn a string into markup or code may appear in it.
+    #[test]
+    fn the_page_script_never_parses_strings_as_markup_or_code() {
+        for sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+            "new Function",
+            "setTimeout(\"",
+            "DOMParser",
+            "createContextualFragment",
+        ] {
+            assert!(!APP_JS.contains(sink), "app.js uses {sink}");
+        }
+        assert!(APP_JS.contains(".textContent = text"));
+    }
+
+    /// Everything the page runs comes from `/app.js`, which the CSP allows;
+    /// inline script or handlers would be blocked by it.
+    #[test]
+    fn the_page_has_no_inline_script() {
+        assert!(!INDEX_HTML.contains("<script>"));
+        // An inline handler is an attribute ` on<event>=`.
+        let html = INDEX_HTML.to_ascii_lowercase();
+        let handler = html.match_indices(" on").any(|(at, _)| {
+            let rest = &html[at + 3..];
+            let name = rest.len()
+                - rest
+                    .trim_start_matches(|c: char| c.is_ascii_lowercase())
+                    .len();
+            name > 0 && rest[name..].starts_with('=')
+        });
+        assert!(!handler, "inline handler in index.html");
+        assert!(CSP.contains("script-src 'self'") && !CSP.contains("unsafe"));
+    }
+}
