@@ -187,3 +187,70 @@ async fn another_users_connection_gets_neither_the_page_nor_the_chat() {
     assert!(curl(None, &[&url]).await.starts_with("HTTP/1.1 200"));
     assert!(curl(None, &login).await.starts_with("HTTP/1.1 204"));
 }
+
+#[tokio::test]
+async fn mcp_chat_web_opens_the_page_with_the_platforms_opener() {
+    if !cfg!(target_os = "linux") {
+        eprintln!("skipped: the stand-in opener is xdg-open");
+        return;
+    }
+    let socket = TestSocket::new();
+    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    // A stand-in `xdg-open` that hands its argument to the test through a
+    // FIFO: reading it waits for the write, no polling.
+    let bin = tempfile::tempdir().unwrap();
+    let fifo = bin.path().join("opened");
+    let made = Command::new("mkfifo").arg(&fifo).status().await.unwrap();
+    assert!(made.success());
+    let opener = bin.path().join("xdg-open");
+    std::fs::write(
+        &opener,
+        format!("#!/bin/sh\nprintf '%s\\n' \"$1\" > '{}'\n", fifo.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&opener, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+
+    let mut child = Command::new(bin_path("mcp-chat"))
+        .arg("web")
+        .env("MCP_CHAT_SOCKET", &socket.path)
+        .env("PATH", path)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let reader = {
+        let fifo = fifo.clone();
+        tokio::task::spawn_blocking(move || std::fs::read_to_string(fifo))
+    };
+    let opened = match tokio::time::timeout(mcp_chat_tests::EVENT_TIMEOUT, reader).await {
+        Ok(read) => read.unwrap().unwrap(),
+        Err(_) => {
+            // Release the blocked reader, so the test ends rather than hangs.
+            drop(std::fs::OpenOptions::new().write(true).open(&fifo));
+            panic!("mcp-chat web never ran xdg-open");
+        }
+    };
+    let mut printed = String::new();
+    let stdout = child.stdout.as_mut().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    while let Some(line) = mcp_chat_tests::within("the address", lines.next_line())
+        .await
+        .unwrap()
+    {
+        if let Some(url) = line.strip_prefix("mcp-chat: the chat page is at ") {
+            printed = url.to_owned();
+            break;
+        }
+    }
+    assert!(printed.starts_with("http://127.0.0.1:"), "{printed}");
+    assert_eq!(
+        opened.trim_end(),
+        printed,
+        "the opener got the printed address"
+    );
+}
