@@ -237,6 +237,7 @@ async def pages(browser: Browser) -> None:
         await a.page.keyboard.press("Escape")
         await b.line("event", "The stranger left", exact=False)
         took = time.monotonic() - started
+        await a.line("event", "You left the chat; the stranger was told.")
         await a.phase("idle")
         await b.phase("idle")
         passed(f"A: Escape leaves; B's page says the stranger left, {took * 1000:.0f} ms after the key press")
@@ -251,7 +252,11 @@ async def pages(browser: Browser) -> None:
         await a.line("event", "The stranger left", exact=False)
         await b.phase("waiting")
         await a.phase("idle")
-        passed("B: 'Next stranger' leaves A (who is told) and looks for someone new")
+        # Escape while looking stops looking.
+        await b.page.keyboard.press("Escape")
+        await b.line("event", "You stopped looking for a stranger.")
+        await b.phase("idle")
+        passed("B: 'Next stranger' leaves A (who is told) and looks for someone new; Escape stops looking")
 
         for p in (a, b):
             await p.nothing_ran()

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
+use mcp_chat_proto::RoomId;
 use serde::{Deserialize, Serialize};
 
 use crate::events::{ChatEvent, EventKind};
@@ -71,6 +72,8 @@ pub enum ToPage {
     Message { from: Author, text: String },
     /// The stranger is gone: `left`, `disconnected`, `broker_restart`, ...
     PartnerLeft { reason: String },
+    /// This page left: `chat` (the stranger is told) or `queue`.
+    YouLeft { from: &'static str },
     /// Something for the person to read (a message not sent, a refusal).
     Notice { text: String },
 }
@@ -134,19 +137,18 @@ impl PageChat {
             (FromPage::Find, Phase::InRoom { .. }) => {
                 out.push(notice("already chatting; skip to meet someone else"));
             }
-            (FromPage::Find | FromPage::Next, _) => {
-                self.leave_room().await;
+            (FromPage::Find | FromPage::Next, phase) => {
+                if let Phase::InRoom { room } = phase {
+                    out.push(self.leave(room).await);
+                }
                 out.extend(self.enter_queue().await);
             }
-            (FromPage::Leave, Phase::InRoom { room }) => {
-                if let Err(e) = self.session.leave(room).await {
-                    out.push(failed("could not leave", &e));
-                }
-            }
+            (FromPage::Leave, Phase::InRoom { room }) => out.push(self.leave(room).await),
             (FromPage::Leave, Phase::Waiting { .. }) => {
                 // Dropping the session closes its connection: the broker
                 // takes it out of the queue.
                 self.session = session(&self.socket);
+                out.push(ToPage::YouLeft { from: "queue" });
             }
             (FromPage::Leave, Phase::Idle) => {}
             (FromPage::Send { text }, Phase::InRoom { room }) => {
@@ -173,6 +175,13 @@ impl PageChat {
             // The chatroom.found event that came with the match says so.
             Ok(Entered::Matched { .. } | Entered::Queued { .. }) => None,
             Err(e) => Some(failed("could not enter the queue", &e)),
+        }
+    }
+
+    async fn leave(&self, room: RoomId) -> ToPage {
+        match self.session.leave(room).await {
+            Ok(()) => ToPage::YouLeft { from: "chat" },
+            Err(e) => failed("could not leave", &e),
         }
     }
 

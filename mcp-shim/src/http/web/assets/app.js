@@ -104,6 +104,11 @@
         line("event", null, `The stranger ${REASONS[message.reason] ?? "is gone (" + message.reason + ")"}. Press Enter to meet someone new.`);
         phase = "idle";
         break;
+      case "you_left":
+        line("event", null, message.from === "chat"
+          ? "You left the chat; the stranger was told."
+          : "You stopped looking for a stranger.");
+        break;
       case "notice":
         line("notice", null, message.text);
         break;
