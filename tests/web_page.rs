@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mcp_chat_tests::{BrokerProcess, TestSocket, bin_path, interop_python, repo_root};
+use mcp_chat_tests::{BrokerProcess, TestSocket, bin_path, interop_python, repo_root, within};
 use tokio::process::Command;
 
 /// A whole scenario, browser start included, on a loaded 2-core machine;
@@ -118,7 +118,7 @@ async fn web_server(socket: &std::path::Path) -> (tokio::process::Child, String)
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     // The rest of its stdout goes unread (the pipe closes when `lines` is
     // dropped): the server must go on serving all the same.
-    let url = mcp_chat_tests::within("the page's address", async {
+    let url = within("the page's address", async {
         loop {
             let line = lines
                 .next_line()
@@ -154,7 +154,7 @@ async fn curl(uid: Option<u32>, args: &[&str]) -> String {
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
-    let output = mcp_chat_tests::within("curl", output).await.unwrap();
+    let output = within("curl", output).await.unwrap();
     assert!(
         output.status.success(),
         "curl failed: {}",
@@ -188,14 +188,9 @@ async fn another_users_connection_gets_neither_the_page_nor_the_chat() {
     assert!(curl(None, &login).await.starts_with("HTTP/1.1 204"));
 }
 
-#[tokio::test]
-async fn mcp_chat_web_opens_the_page_with_the_platforms_opener() {
-    if !cfg!(target_os = "linux") {
-        eprintln!("skipped: the stand-in opener is xdg-open");
-        return;
-    }
-    let socket = TestSocket::new();
-    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+/// Runs `mcp-chat web` (with `MCP_CHAT_TOKEN` when given) with a stand-in
+/// `xdg-open`; returns what the opener was given and the printed address.
+async fn opened_by_web(socket: &TestSocket, token: Option<&str>) -> (String, String) {
     // A stand-in `xdg-open` that hands its argument to the test through a
     // FIFO: reading it waits for the write, no polling.
     let bin = tempfile::tempdir().unwrap();
@@ -215,14 +210,18 @@ async fn mcp_chat_web_opens_the_page_with_the_platforms_opener() {
         std::env::var("PATH").unwrap_or_default()
     );
 
-    let mut child = Command::new(bin_path("mcp-chat"))
+    let mut command = Command::new(bin_path("mcp-chat"));
+    command
         .arg("web")
         .env("MCP_CHAT_SOCKET", &socket.path)
         .env("PATH", path)
+        .env_remove("MCP_CHAT_TOKEN")
         .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        .kill_on_drop(true);
+    if let Some(token) = token {
+        command.env("MCP_CHAT_TOKEN", token);
+    }
+    let mut child = command.spawn().unwrap();
     let reader = {
         let fifo = fifo.clone();
         tokio::task::spawn_blocking(move || std::fs::read_to_string(fifo))
@@ -235,22 +234,53 @@ async fn mcp_chat_web_opens_the_page_with_the_platforms_opener() {
             panic!("mcp-chat web never ran xdg-open");
         }
     };
-    let mut printed = String::new();
     let stdout = child.stdout.as_mut().unwrap();
     let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-    while let Some(line) = mcp_chat_tests::within("the address", lines.next_line())
-        .await
-        .unwrap()
-    {
-        if let Some(url) = line.strip_prefix("mcp-chat: the chat page is at ") {
-            printed = url.to_owned();
-            break;
+    let printed = within("the address", async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("mcp-chat web exited");
+            if let Some(url) = line.strip_prefix("mcp-chat: the chat page is at ") {
+                return url.to_owned();
+            }
         }
+    })
+    .await;
+    (opened.trim_end().to_owned(), printed)
+}
+
+#[tokio::test]
+async fn mcp_chat_web_opens_the_page_with_the_platforms_opener() {
+    if !cfg!(target_os = "linux") {
+        eprintln!("skipped: the stand-in opener is xdg-open");
+        return;
     }
+    let socket = TestSocket::new();
+    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let (opened, printed) = opened_by_web(&socket, None).await;
     assert!(printed.starts_with("http://127.0.0.1:"), "{printed}");
-    assert_eq!(
-        opened.trim_end(),
-        printed,
-        "the opener got the printed address"
-    );
+    assert_eq!(opened, printed, "the opener got the printed address");
+}
+
+#[tokio::test]
+async fn a_token_never_reaches_the_openers_command_line() {
+    if !cfg!(target_os = "linux") {
+        eprintln!("skipped: the stand-in opener is xdg-open");
+        return;
+    }
+    let token = "opener-test-token-0123456789abcdef";
+    let socket = TestSocket::new();
+    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let (opened, printed) = opened_by_web(&socket, Some(token)).await;
+    assert!(printed.ends_with(&format!("#token={token}")), "{printed}");
+    assert!(!opened.contains(token), "the token in argv: {opened}");
+    // A private file that sends the browser on to the printed address.
+    let html = std::fs::read_to_string(&opened).unwrap();
+    assert!(html.contains(&format!("url={printed}\"")), "{html}");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&opened).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
 }

@@ -97,10 +97,26 @@ impl Web {
     /// has one (the browser never sends the fragment anywhere).
     pub fn page_url(&self) -> String {
         match &self.token {
-            Some(token) => format!("http://{}/#token={token}", self.local),
+            Some(token) => format!("http://{}/#token={}", self.local, fragment_encoded(token)),
             None => format!("http://{}/", self.local),
         }
     }
+}
+
+/// `text` percent-encoded but for unreserved characters, so the page's
+/// `decodeURIComponent` gets it back whatever visible ASCII it holds.
+fn fragment_encoded(text: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
 
 /// The page's routes, behind their own gate.
@@ -248,6 +264,12 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_in_the_address_is_percent_encoded() {
+        assert_eq!(fragment_encoded("abc-._~09"), "abc-._~09");
+        assert_eq!(fragment_encoded("a#b%c\"&"), "a%23b%25c%22%26");
+    }
 
     /// The page builds every line from text nodes; none of the ways a
     /// script can turn a string into markup or code may appear in it.
