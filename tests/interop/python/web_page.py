@@ -232,6 +232,21 @@ async def pages(browser: Browser) -> None:
         await a.page.screenshot(path=str(out / "conversation-desktop.png"))
         passed(f"the phone-sized page fits its width; screenshots in {out}")
 
+        # A's tab goes to the background: lines from B are counted in its title.
+        await a.page.evaluate("""() => {
+            Object.defineProperty(document, 'hidden', {configurable: true, get: () => true});
+            document.dispatchEvent(new Event('visibilitychange'));
+        }""")
+        await b.say("are you still there?")
+        await a.line("stranger", "are you still there?")
+        check(await a.page.title() == "(1) mcp-chat", "A: the title counts the unseen line", await a.page.title())
+        await a.page.evaluate("""() => {
+            Object.defineProperty(document, 'hidden', {configurable: true, get: () => false});
+            document.dispatchEvent(new Event('visibilitychange'));
+        }""")
+        check(await a.page.title() == "mcp-chat", "A: the count goes when the tab is looked at", await a.page.title())
+        passed("a tab in the background counts the stranger's new lines in its title")
+
         # A leaves with Escape; B is told.
         started = time.monotonic()
         await a.page.keyboard.press("Escape")

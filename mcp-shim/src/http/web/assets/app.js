@@ -26,6 +26,23 @@
   let phase = "idle";
   let wasConnected = false;
   let attempts = 0;
+  // Lines that arrived while the tab was in the background, counted in its
+  // title until it is looked at again.
+  let unseen = 0;
+  const TITLE = document.title;
+
+  function arrived() {
+    if (document.hidden) {
+      unseen += 1;
+      document.title = `(${unseen}) ${TITLE}`;
+    }
+  }
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden) {
+      unseen = 0;
+      document.title = TITLE;
+    }
+  });
 
   const REASONS = {
     left: "left",
@@ -95,13 +112,16 @@
       }
       case "matched":
         line("event", null, "You are chatting with a stranger. Say hi!");
+        arrived();
         phase = "chatting";
         break;
       case "message":
         line(message.from === "you" ? "you" : "stranger", message.from === "you" ? "you" : "stranger", message.text);
+        if (message.from !== "you") arrived();
         break;
       case "partner_left":
         line("event", null, `The stranger ${REASONS[message.reason] ?? "is gone (" + message.reason + ")"}. Press Enter to meet someone new.`);
+        arrived();
         phase = "idle";
         break;
       case "you_left":
