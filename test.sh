@@ -12,6 +12,22 @@ cargo build --workspace --bins
 # ever unifies the feature in; the hook is inert unless a test sends SIGUSR1.
 cargo build -p mcp-chat-broker --bins --features fault-injection
 
+# The browser tests run the chat page in Debian's chromium (headless); the
+# terminal test runs `mcp-chat join` inside tmux. Installed with apt when
+# missing and we are root (CI); elsewhere install them yourself.
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing ${missing[*]} (first run only)" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "test.sh: the browser and terminal tests need: ${missing[*]} (e.g. sudo apt-get install ${missing[*]})" >&2
+  fi
+fi
+
 # The interop tests drive mcp-chat with the official Python MCP SDK.
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv

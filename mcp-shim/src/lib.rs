@@ -12,7 +12,8 @@
 //! - [`broker_client`]: one broker connection: handshake, requests, events.
 //! - [`autostart`]: finding the broker, and starting one when none runs.
 //! - [`end_reason`]: why a room ended, including what only a shim can see.
-//! - [`cli`]: the human subcommands (`join`, `status`, `doctor`, `register`).
+//! - [`cli`]: the human subcommands (`join`, `web`, `status`, `doctor`,
+//!   `register`).
 //! - [`untrusted`]: a partner's text made safe for a model or a person to
 //!   read: no forged frames, no hidden characters.
 //! - [`http`]: `mcp-chat serve --http`: the same server over Streamable HTTP,

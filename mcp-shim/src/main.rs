@@ -32,6 +32,9 @@ enum Command {
     Serve(mcp_chat_shim::http::ServeArgs),
     /// Chat yourself: join the roulette from this terminal (or a script).
     Join,
+    /// Chat yourself in your browser: serve the chat page on a free
+    /// loopback port, print its address and open it.
+    Web(cli::web::WebArgs),
     /// Show the running broker: pid, version, uptime, sessions, rooms.
     /// Never starts a broker.
     Status {
@@ -70,6 +73,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         },
         Command::Register(register_args) => register::run(&register_args),
         Command::Join => block_on(cli::join::run(&socket)),
+        Command::Web(web) => cli::web::run(&web, &socket),
         Command::Status { json } => block_on(cli::status::run(&socket, json)),
         Command::Doctor => block_on(cli::doctor::run(&socket)),
     }

@@ -1,12 +1,20 @@
 //! `mcp-chat join`: a person joins the same roulette as the agents, from a
 //! terminal or a script (stdin may be a pipe).
+//!
+//! In a terminal, a line editor keeps what you type on the bottom line and
+//! prints everything else above it (see [`super::line_editor`]), with
+//! history of your lines and your sent lines shown like the stranger's
+//! (`[time] you: …`). From a pipe, plain lines in and out, as scripts and
+//! tests expect.
 
 use std::path::Path;
 use std::time::Duration;
 
+use anyhow::anyhow;
 use mcp_chat_proto::RoomId;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
 
+use super::line_editor::{LineEditor, Read, Screen};
 use crate::events::{ChatEvent, EventKind};
 use crate::phase::Phase;
 use crate::session::{CallError, ChatSession, Entered};
@@ -18,11 +26,17 @@ const REFRESH_EVERY: Duration = Duration::from_secs(10);
 const HELP: &str = "type a message and press Enter to send it; /next for a new partner, /leave to leave the chat, /quit to exit";
 
 pub async fn run(socket: &Path) -> anyhow::Result<()> {
-    let session = ChatSession::new(socket.to_owned(), "mcp-chat join", None);
-    say(&format!("mcp-chat {}: {HELP}", crate::VERSION));
-    enter_queue(&session).await?;
+    let mut join = Join {
+        session: ChatSession::new(socket.to_owned(), "mcp-chat join", None),
+        screen: Screen::default(),
+    };
+    join.say(&format!("mcp-chat {}: {HELP}", crate::VERSION));
+    join.enter_queue().await?;
+    // Only now: should the broker be unreachable, we exit above, and the
+    // line editor never had the terminal in raw mode.
+    let mut input = Input::for_stdin();
+    join.screen = input.screen();
 
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut refresh = tokio::time::interval(REFRESH_EVERY);
     refresh.tick().await;
     let mut last_waiting_line = String::new();
@@ -30,22 +44,23 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
     tokio::pin!(ctrl_c);
     loop {
         tokio::select! {
-            line = lines.next_line() => {
+            line = input.next() => {
                 let Some(line) = line? else { break };
-                if !handle_line(&session, line.trim_end_matches('\r')).await? {
+                if !join.handle_line(line.trim_end_matches('\r')).await? {
                     break;
                 }
+                input.resume();
             }
-            arrived = session.events().wait_pending(Duration::from_secs(3600)) => {
+            arrived = join.session.events().wait_pending(Duration::from_secs(3600)) => {
                 for event in arrived {
-                    show_event(&event);
+                    join.show_event(&event);
                 }
             }
             _ = refresh.tick() => {
-                if matches!(session.phase(), Phase::Waiting { .. }) {
-                    let line = waiting_line(&session).await;
+                if matches!(join.session.phase(), Phase::Waiting { .. }) {
+                    let line = join.waiting_line().await;
                     if line != last_waiting_line {
-                        say(&line);
+                        join.say(&line);
                         last_waiting_line = line;
                     }
                 }
@@ -53,110 +68,171 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
             _ = &mut ctrl_c => break,
         }
     }
-    leave_room(&session).await;
-    say("bye");
+    join.leave_room().await;
+    join.say("bye");
     Ok(())
 }
 
-/// Acts on one typed line. `false` means quit.
-async fn handle_line(session: &ChatSession, line: &str) -> anyhow::Result<bool> {
-    match line.trim() {
-        "" => {}
-        "/quit" | "/exit" => return Ok(false),
-        "/next" => {
-            if matches!(session.phase(), Phase::Waiting { .. }) {
-                say("already waiting for a partner");
-            } else {
-                leave_room(session).await;
-                enter_queue(session).await?;
+/// Where typed lines come from.
+enum Input {
+    Plain(Lines<BufReader<Stdin>>),
+    Editor(LineEditor),
+}
+
+impl Input {
+    /// A line editor when stdin is a terminal; plain lines otherwise.
+    fn for_stdin() -> Self {
+        match LineEditor::for_terminal() {
+            Some(Ok(editor)) => Self::Editor(editor),
+            Some(Err(e)) => {
+                eprintln!("mcp-chat: no line editing on this terminal ({e}); reading plain lines");
+                Self::plain()
             }
+            None => Self::plain(),
         }
-        "/leave" => match session.phase() {
-            Phase::InRoom { .. } => {
-                leave_room(session).await;
-                say("you left the chat; /next to meet someone new, /quit to exit");
+    }
+
+    fn plain() -> Self {
+        Self::Plain(BufReader::new(tokio::io::stdin()).lines())
+    }
+
+    fn screen(&self) -> Screen {
+        match self {
+            Self::Plain(_) => Screen::default(),
+            Self::Editor(editor) => editor.screen(),
+        }
+    }
+
+    /// The next line, `None` at the end of input (or Ctrl-D, Ctrl-C).
+    async fn next(&mut self) -> anyhow::Result<Option<String>> {
+        match self {
+            Self::Plain(lines) => Ok(lines.next_line().await?),
+            Self::Editor(editor) => match editor.next().await {
+                Read::Line(line) => Ok(Some(line)),
+                Read::Quit => Ok(None),
+                Read::Failed(e) => Err(anyhow!("reading the terminal: {e}")),
+            },
+        }
+    }
+
+    /// Ready for the next line.
+    fn resume(&self) {
+        if let Self::Editor(editor) = self {
+            editor.resume();
+        }
+    }
+}
+
+/// One person's chat: the session, and where its lines are printed.
+struct Join {
+    session: ChatSession,
+    screen: Screen,
+}
+
+impl Join {
+    /// Acts on one typed line. `false` means quit.
+    async fn handle_line(&self, line: &str) -> anyhow::Result<bool> {
+        match line.trim() {
+            "" => {}
+            "/quit" | "/exit" => return Ok(false),
+            "/next" => {
+                if matches!(self.session.phase(), Phase::Waiting { .. }) {
+                    self.say("already waiting for a partner");
+                } else {
+                    self.leave_room().await;
+                    self.enter_queue().await?;
+                }
             }
-            Phase::Waiting { .. } => say("you are waiting in the queue; /quit to stop"),
-            Phase::Idle => say("you are not in a chat; /next to find a partner"),
-        },
-        "/help" => say(HELP),
-        _ if line.starts_with('/') => say(&format!("unknown command {line:?}; {HELP}")),
-        _ => match session.phase() {
-            Phase::InRoom { room } => send(session, room, line).await,
-            _ => say(
-                "you are not in a chat yet; your message was not sent (/next to find a partner)",
+            "/leave" => match self.session.phase() {
+                Phase::InRoom { .. } => {
+                    self.leave_room().await;
+                    self.say("you left the chat; /next to meet someone new, /quit to exit");
+                }
+                Phase::Waiting { .. } => self.say("you are waiting in the queue; /quit to stop"),
+                Phase::Idle => self.say("you are not in a chat; /next to find a partner"),
+            },
+            "/help" => self.say(HELP),
+            _ if line.starts_with('/') => self.say(&format!("unknown command {line:?}; {HELP}")),
+            _ => match self.session.phase() {
+                Phase::InRoom { room } => self.send(room, line).await,
+                _ => self.say(
+                    "you are not in a chat yet; your message was not sent (/next to find a partner)",
+                ),
+            },
+        }
+        Ok(true)
+    }
+
+    async fn enter_queue(&self) -> anyhow::Result<()> {
+        match self.session.enter_queue(Duration::ZERO).await {
+            // The chatroom.found event that came with the match announces it.
+            Ok(Entered::Matched { .. }) => {}
+            Ok(Entered::Queued { .. }) => self.say(&self.waiting_line().await),
+            Err(CallError::Broker { code, message, .. }) => {
+                self.say(&format!("! {code}: {}", reveal(&message)));
+            }
+            Err(CallError::Session(e)) => return Err(e.into()),
+            Err(e) => self.say(&format!("! {}", reveal(&e.to_string()))),
+        }
+        Ok(())
+    }
+
+    async fn waiting_line(&self) -> String {
+        let status = self.session.status().await.ok();
+        let phase = status.as_ref().map_or(self.session.phase(), |s| s.phase);
+        let position = match phase {
+            Phase::Waiting { position } => position,
+            _ => 1,
+        };
+        match status.and_then(|s| s.broker) {
+            Some(info) => format!(
+                "waiting for a partner (position {position}, {} online)",
+                info.sessions
             ),
-        },
-    }
-    Ok(true)
-}
-
-async fn enter_queue(session: &ChatSession) -> anyhow::Result<()> {
-    match session.enter_queue(Duration::ZERO).await {
-        // The chatroom.found event that came with the match announces it.
-        Ok(Entered::Matched { .. }) => {}
-        Ok(Entered::Queued { .. }) => say(&waiting_line(session).await),
-        Err(CallError::Broker { code, message, .. }) => {
-            say(&format!("! {code}: {}", reveal(&message)));
+            None => format!("waiting for a partner (position {position})"),
         }
-        Err(CallError::Session(e)) => return Err(e.into()),
-        Err(e) => say(&format!("! {}", reveal(&e.to_string()))),
     }
-    Ok(())
-}
 
-async fn waiting_line(session: &ChatSession) -> String {
-    let status = session.status().await.ok();
-    let phase = status.as_ref().map_or(session.phase(), |s| s.phase);
-    let position = match phase {
-        Phase::Waiting { position } => position,
-        _ => 1,
-    };
-    match status.and_then(|s| s.broker) {
-        Some(info) => format!(
-            "waiting for a partner (position {position}, {} online)",
-            info.sessions
-        ),
-        None => format!("waiting for a partner (position {position})"),
-    }
-}
-
-async fn send(session: &ChatSession, room: RoomId, text: &str) {
-    match session.send(room, text.to_owned()).await {
-        Ok(()) => {}
-        Err(CallError::Broker { code, message, .. }) => {
-            say(&format!("! not sent ({code}): {}", reveal(&message)));
+    async fn send(&self, room: RoomId, text: &str) {
+        match self.session.send(room, text.to_owned()).await {
+            // In a terminal the typed line was taken off the prompt; it
+            // comes back as a transcript line. A script knows what it sent.
+            Ok(()) if self.screen.is_editor() => self.say(&format!("you: {}", reveal(text))),
+            Ok(()) => {}
+            Err(CallError::Broker { code, message, .. }) => {
+                self.say(&format!("! not sent ({code}): {}", reveal(&message)));
+            }
+            Err(e) => self.say(&format!("! not sent: {}", reveal(&e.to_string()))),
         }
-        Err(e) => say(&format!("! not sent: {}", reveal(&e.to_string()))),
     }
-}
 
-/// Leaves the current room, if any, so the partner is told at once.
-async fn leave_room(session: &ChatSession) {
-    if let Phase::InRoom { room } = session.phase() {
-        let _ = session.leave(room).await;
+    /// Leaves the current room, if any, so the partner is told at once.
+    async fn leave_room(&self) {
+        if let Phase::InRoom { room } = self.session.phase() {
+            let _ = self.session.leave(room).await;
+        }
     }
-}
 
-fn show_event(event: &ChatEvent) {
-    match event.kind {
-        EventKind::ChatroomFound => say(&format!(
-            "matched with a stranger (room {}). Say hi! Their words are theirs, not instructions.",
-            event.room_id
-        )),
-        EventKind::MessageReceived => say(&format!(
-            "stranger: {}",
-            reveal(event.message.as_deref().unwrap_or_default())
-        )),
-        EventKind::PartnerDisconnected => say(&format!(
-            "the stranger is gone ({}); /next to meet someone new, /quit to exit",
-            event.reason.as_deref().unwrap_or("unknown")
-        )),
+    fn show_event(&self, event: &ChatEvent) {
+        match event.kind {
+            EventKind::ChatroomFound => self.say(&format!(
+                "matched with a stranger (room {}). Say hi! Their words are theirs, not instructions.",
+                event.room_id
+            )),
+            EventKind::MessageReceived => self.say(&format!(
+                "stranger: {}",
+                reveal(event.message.as_deref().unwrap_or_default())
+            )),
+            EventKind::PartnerDisconnected => self.say(&format!(
+                "the stranger is gone ({}); /next to meet someone new, /quit to exit",
+                event.reason.as_deref().unwrap_or("unknown")
+            )),
+        }
     }
-}
 
-/// One timestamped line. Every line is whole, so a script can read it.
-fn say(text: &str) {
-    let now = chrono::Local::now().format("%H:%M:%S");
-    println!("[{now}] {text}"); // stdout-ok
+    /// One timestamped line. Every line is whole, so a script can read it.
+    fn say(&self, text: &str) {
+        let now = chrono::Local::now().format("%H:%M:%S");
+        self.screen.line(&format!("[{now}] {text}"));
+    }
 }

@@ -6,5 +6,7 @@
 
 pub mod doctor;
 pub mod join;
+mod line_editor;
 pub mod register;
 pub mod status;
+pub mod web;

@@ -130,7 +130,7 @@ pub fn bearer_matches(authorization: Option<&HeaderValue>, token: &str) -> bool 
 
 /// Compares every byte whatever the first difference (the length is not
 /// secret: it is at least [`MIN_TOKEN_LEN`] and fixed per server).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

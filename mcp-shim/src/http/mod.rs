@@ -19,6 +19,7 @@
 //! - `chats`, `modern_http`: MCP 2026-07-28 clients, which have no session:
 //!   each chat is named by a `chat_id` the server mints, and its events are
 //!   a resource with a `subscriptions/listen` subscription.
+//! - [`web`]: the chat page for people at `/`, with its own gate.
 
 mod chats;
 pub mod guard;
@@ -27,6 +28,7 @@ mod modern_http;
 pub mod peer;
 mod sessions;
 pub mod token;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -139,6 +141,17 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
 /// Serves MCP over HTTP at `addr` until SIGINT or SIGTERM; sessions use the
 /// broker at `socket`.
 pub fn run(args: &ServeArgs, addr: SocketAddr, socket: PathBuf) -> anyhow::Result<()> {
+    run_then(args, addr, socket, |_| {})
+}
+
+/// As [`run`], calling `ready` with the chat page's address once the
+/// server listens (`mcp-chat web` prints and opens it).
+pub fn run_then(
+    args: &ServeArgs,
+    addr: SocketAddr,
+    socket: PathBuf,
+    ready: impl FnOnce(&str),
+) -> anyhow::Result<()> {
     let configured =
         token::configured(args.token.as_deref(), args.token_file.as_deref(), |name| {
             std::env::var(name).ok()
@@ -159,7 +172,7 @@ pub fn run(args: &ServeArgs, addr: SocketAddr, socket: PathBuf) -> anyhow::Resul
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let result = runtime.block_on(serve(args, addr, access, socket));
+    let result = runtime.block_on(serve(args, addr, access, socket, ready));
     // Sessions still winding down hold only broker connections; exiting
     // closes them, and the broker tells their partners.
     runtime.shutdown_timeout(Duration::from_millis(100));
@@ -200,6 +213,7 @@ async fn serve(
     addr: SocketAddr,
     access: Access,
     socket: PathBuf,
+    ready: impl FnOnce(&str),
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -230,6 +244,22 @@ async fn serve(
         );
     }
     eprintln!("mcp-chat: serving MCP over HTTP at http://{local}{MCP_PATH}");
+    let page = Arc::new(web::Web::new(
+        socket.clone(),
+        local,
+        (exposure == Exposure::Loopback).then(|| guard::loopback_hosts(local.ip())),
+        access.same_user.then_some(uid),
+        access.token.as_ref().map(|t| t.secret.clone()),
+        args.max_sessions,
+    ));
+    eprintln!(
+        "mcp-chat: chat page for people at http://{local}/{}",
+        if page.token.is_some() {
+            "#token=<the token>"
+        } else {
+            ""
+        }
+    );
 
     let shutdown = CancellationToken::new();
     // Expiry is ours (see `sessions`): rmcp's idle timeout would drop a
@@ -280,7 +310,9 @@ async fn serve(
     });
     let app = Router::new()
         .route_service(MCP_PATH, service)
-        .route_layer(middleware::from_fn_with_state(gate, gatekeeper));
+        .route_layer(middleware::from_fn_with_state(gate, gatekeeper))
+        .merge(web::router(Arc::clone(&page)));
+    ready(&page.page_url());
 
     tokio::spawn(Arc::clone(&sessions).reap(shutdown.clone()));
     tokio::spawn({
