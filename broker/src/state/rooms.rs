@@ -74,9 +74,15 @@ impl State {
         Reply::Sent
     }
 
-    pub(super) fn leave_chat(&mut self, session: SessionId, room_id: RoomId) -> Reply {
+    /// Leaves `room_id`; with `block`, this pair is never matched again,
+    /// even when the partner has already gone.
+    pub(super) fn leave_chat(&mut self, session: SessionId, room_id: RoomId, block: bool) -> Reply {
         if !self.is_member(session, room_id) {
             return unknown_room(room_id);
+        }
+        if block && let Some(room) = self.rooms.get(&room_id) {
+            let [a, b] = room.parties;
+            self.blocks.block(a.identity, b.identity);
         }
         // The leaver's connection is alive: what its partner sent it is
         // still on its way, so nothing is reported lost.
