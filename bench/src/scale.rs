@@ -135,7 +135,7 @@ async fn match_all(clients: Vec<Client>) -> anyhow::Result<(Vec<Client>, std::ti
                 .wait_for(|go| *go)
                 .await
                 .context("start signal lost")?;
-            client.send(Request::EnterQueue).await?;
+            client.send(Request::EnterQueue(Default::default())).await?;
             let room_id = client.chatroom_found().await?;
             anyhow::Ok((client, room_id, Instant::now()))
         });

@@ -31,7 +31,7 @@ enum Command {
     /// Streamable HTTP with `--http ADDR`.
     Serve(mcp_chat_shim::http::ServeArgs),
     /// Chat yourself: join the roulette from this terminal (or a script).
-    Join,
+    Join(cli::join::JoinArgs),
     /// Show the running broker: pid, version, uptime, sessions, rooms.
     /// Never starts a broker.
     Status {
@@ -69,7 +69,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             None => serve_stdio(),
         },
         Command::Register(register_args) => register::run(&register_args),
-        Command::Join => block_on(cli::join::run(&socket)),
+        Command::Join(join_args) => block_on(cli::join::run(&socket, join_args)),
         Command::Status { json } => block_on(cli::status::run(&socket, json)),
         Command::Doctor => block_on(cli::doctor::run(&socket)),
     }

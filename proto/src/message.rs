@@ -456,10 +456,9 @@ mod tests {
     fn matching_options_are_additive() {
         // An old client's enter_queue and leave_chat read as the defaults,
         // and the defaults write exactly what old clients wrote.
-        let old: ClientMsg = serde_json::from_value(
-            json!({"type":"request","id":1,"request":{"op":"enter_queue"}}),
-        )
-        .unwrap();
+        let old: ClientMsg =
+            serde_json::from_value(json!({"type":"request","id":1,"request":{"op":"enter_queue"}}))
+                .unwrap();
         let plain = ClientMsg::Request {
             id: 1,
             request: Request::EnterQueue(Entry::default()),

@@ -121,7 +121,7 @@ impl Client {
         loop {
             match self.recv().await? {
                 BrokerMsg::Event {
-                    event: Event::ChatroomFound { room_id },
+                    event: Event::ChatroomFound { room_id, .. },
                     ..
                 } => return Ok(room_id),
                 BrokerMsg::Response {
@@ -160,7 +160,13 @@ impl Client {
 
     /// Leaves `room_id`, so that closing afterwards tells nobody anything.
     pub async fn leave(&mut self, room_id: RoomId) -> anyhow::Result<()> {
-        match self.request(Request::LeaveChat { room_id }).await? {
+        match self
+            .request(Request::LeaveChat {
+                room_id,
+                block: false,
+            })
+            .await?
+        {
             Reply::Left => Ok(()),
             other => bail!("leave_chat answered {other:?}"),
         }
@@ -170,7 +176,7 @@ impl Client {
     pub async fn pair(socket: &Path) -> anyhow::Result<(Self, Self, RoomId)> {
         let mut a = Self::connect(socket).await?;
         let mut b = Self::connect(socket).await?;
-        match a.request(Request::EnterQueue).await? {
+        match a.request(Request::EnterQueue(Default::default())).await? {
             Reply::Waiting { .. } => {}
             other => bail!("the first of two sessions should wait, got {other:?}"),
         }
@@ -179,10 +185,10 @@ impl Client {
         // may ping a first (it never matches a waiter it has not heard from
         // lately): then b is told `waiting`, and the match follows a's
         // answer, announced to both by `ChatroomFound`.
-        let reply = b.request(Request::EnterQueue).await?;
+        let reply = b.request(Request::EnterQueue(Default::default())).await?;
         let room_a = a.chatroom_found().await?;
         let room_id = match reply {
-            Reply::Matched { room_id } => room_id,
+            Reply::Matched { room_id, .. } => room_id,
             Reply::Waiting { .. } => b.chatroom_found().await?,
             other => bail!("the second of two sessions was not matched: {other:?}"),
         };

@@ -4,7 +4,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use mcp_chat_proto::RoomId;
+use anyhow::Context;
+use mcp_chat_proto::matching::normalize_interests;
+use mcp_chat_proto::{Entry, Kind, Meet, RoomId};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::events::{ChatEvent, EventKind};
@@ -15,12 +17,59 @@ use crate::untrusted::reveal;
 /// How often the waiting line is refreshed with the queue figures.
 const REFRESH_EVERY: Duration = Duration::from_secs(10);
 
-const HELP: &str = "type a message and press Enter to send it; /next for a new partner, /leave to leave the chat, /quit to exit";
+const HELP: &str = "type a message and press Enter to send it; /next for a new partner, /leave to leave the chat, /block to leave and never meet this partner again, /quit to exit";
 
-pub async fn run(socket: &Path) -> anyhow::Result<()> {
+/// Whom `join` looks for. You join as a person.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JoinArgs {
+    /// Interests to share, comma-separated (up to 5; letters, digits, -):
+    /// someone who shares one is met first.
+    #[arg(long, value_delimiter = ',')]
+    pub interests: Vec<String>,
+    /// Seconds to hold out for a shared interest before meeting anyone
+    /// (0 to 50; default 10).
+    #[arg(long, value_name = "SECONDS")]
+    pub interest_wait: Option<u64>,
+    /// Whom to meet.
+    #[arg(long, value_enum, default_value_t = MeetChoice::Anyone)]
+    pub meet: MeetChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MeetChoice {
+    Anyone,
+    Agents,
+    People,
+}
+
+impl JoinArgs {
+    /// The queue options, checked as the broker will check them.
+    fn entry(&self) -> anyhow::Result<Entry> {
+        let entry = Entry {
+            interests: normalize_interests(&self.interests)
+                .map_err(|refusal| anyhow::anyhow!(refusal.message))
+                .context("--interests")?,
+            interest_wait_s: self.interest_wait,
+            meet: match self.meet {
+                MeetChoice::Anyone => Meet::Anyone,
+                MeetChoice::Agents => Meet::Agents,
+                MeetChoice::People => Meet::People,
+            },
+            kind: Kind::Person,
+            block_id: None,
+        };
+        entry
+            .checked()
+            .map_err(|refusal| anyhow::anyhow!(refusal.message))?;
+        Ok(entry)
+    }
+}
+
+pub async fn run(socket: &Path, args: JoinArgs) -> anyhow::Result<()> {
+    let entry = args.entry()?;
     let session = ChatSession::new(socket.to_owned(), "mcp-chat join", None);
     say(&format!("mcp-chat {}: {HELP}", crate::VERSION));
-    enter_queue(&session).await?;
+    enter_queue(&session, &entry).await?;
 
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut refresh = tokio::time::interval(REFRESH_EVERY);
@@ -32,7 +81,7 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
         tokio::select! {
             line = lines.next_line() => {
                 let Some(line) = line? else { break };
-                if !handle_line(&session, line.trim_end_matches('\r')).await? {
+                if !handle_line(&session, &entry, line.trim_end_matches('\r')).await? {
                     break;
                 }
             }
@@ -59,7 +108,7 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
 }
 
 /// Acts on one typed line. `false` means quit.
-async fn handle_line(session: &ChatSession, line: &str) -> anyhow::Result<bool> {
+async fn handle_line(session: &ChatSession, entry: &Entry, line: &str) -> anyhow::Result<bool> {
     match line.trim() {
         "" => {}
         "/quit" | "/exit" => return Ok(false),
@@ -68,9 +117,18 @@ async fn handle_line(session: &ChatSession, line: &str) -> anyhow::Result<bool> 
                 say("already waiting for a partner");
             } else {
                 leave_room(session).await;
-                enter_queue(session).await?;
+                enter_queue(session, entry).await?;
             }
         }
+        "/block" => match session.phase() {
+            Phase::InRoom { room } => match session.leave_with(room, true).await {
+                Ok(()) => say(
+                    "you left and blocked this partner: you will not be matched again; /next to meet someone new",
+                ),
+                Err(e) => say(&format!("! not blocked: {}", reveal(&e.to_string()))),
+            },
+            _ => say("you are not in a chat; /block works while chatting"),
+        },
         "/leave" => match session.phase() {
             Phase::InRoom { .. } => {
                 leave_room(session).await;
@@ -91,8 +149,11 @@ async fn handle_line(session: &ChatSession, line: &str) -> anyhow::Result<bool> 
     Ok(true)
 }
 
-async fn enter_queue(session: &ChatSession) -> anyhow::Result<()> {
-    match session.enter_queue(Duration::ZERO).await {
+async fn enter_queue(session: &ChatSession, entry: &Entry) -> anyhow::Result<()> {
+    match session
+        .enter_queue_with(Duration::ZERO, entry.clone())
+        .await
+    {
         // The chatroom.found event that came with the match announces it.
         Ok(Entered::Matched { .. }) => {}
         Ok(Entered::Queued { .. }) => say(&waiting_line(session).await),
@@ -141,8 +202,17 @@ async fn leave_room(session: &ChatSession) {
 fn show_event(event: &ChatEvent) {
     match event.kind {
         EventKind::ChatroomFound => say(&format!(
-            "matched with a stranger (room {}). Say hi! Their words are theirs, not instructions.",
-            event.room_id
+            "matched with a stranger{} (room {}){}. Say hi! Their words are theirs, not instructions.",
+            match event.partner_kind.as_deref() {
+                Some("agent") => ", an AI agent,",
+                Some("person") => ", a person,",
+                _ => "",
+            },
+            event.room_id,
+            match event.common_interests.as_deref() {
+                Some([]) | None => String::new(),
+                Some(common) => format!("; you share: {}", common.join(", ")),
+            }
         )),
         EventKind::MessageReceived => say(&format!(
             "stranger: {}",
