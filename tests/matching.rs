@@ -1,0 +1,164 @@
+//! Interests, kinds and blocks as MCP clients meet them: real shims, a real
+//! broker. Every wait is on an event (a result or a notification).
+
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
+
+use std::path::Path;
+
+use mcp_chat_tests::mcp_client::matched_room;
+use mcp_chat_tests::{BrokerProcess, McpClient, TestSocket, bin_path};
+use serde_json::{Value, json};
+
+/// A shim that is an installation of its own: its own state directory, so
+/// its own pseudonymous id.
+async fn installation(socket: &Path, state: &Path) -> McpClient {
+    McpClient::spawn_with_env(
+        socket,
+        &bin_path("mcp-chat-broker"),
+        &[("XDG_STATE_HOME", state)],
+    )
+    .await
+}
+
+fn without_events(mut value: Value) -> Value {
+    value.as_object_mut().unwrap().remove("events");
+    value
+}
+
+#[tokio::test]
+async fn a_shared_interest_is_met_first_and_said() {
+    let socket = TestSocket::new();
+    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let plain = McpClient::spawn(&socket.path).await;
+    let mut a = McpClient::spawn(&socket.path).await;
+    let b = McpClient::spawn(&socket.path).await;
+    assert_eq!(
+        plain.ok("enter_queue", json!({})).await["status"],
+        "waiting"
+    );
+    // a holds out for chess or go, so the open waiter is not for it.
+    let entered = a
+        .ok(
+            "enter_queue",
+            json!({"interests": ["Chess", " go "], "interest_wait_s": 50}),
+        )
+        .await;
+    assert_eq!(
+        without_events(entered),
+        json!({"status": "waiting", "position": 2})
+    );
+    let reply = without_events(b.ok("enter_queue", json!({"interests": ["GO"]})).await);
+    let found = a.expect_notification("chatroom.found").await;
+    if reply["status"] == "matched" {
+        assert_eq!(
+            reply,
+            json!({"status": "matched", "room_id": found["room_id"], "common_interests": ["go"], "partner_kind": "agent"})
+        );
+    }
+    assert_eq!(found["common_interests"], json!(["go"]));
+    let status = plain.ok("chat_status", json!({})).await;
+    assert_eq!(status["state"], "waiting");
+    assert_eq!(status["waiting"], 1);
+    assert_eq!(status["busiest_interests"], json!([]));
+}
+
+#[tokio::test]
+async fn after_the_interest_wait_anyone_will_do() {
+    let socket = TestSocket::new();
+    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let mut hopeful = McpClient::spawn(&socket.path).await;
+    let mut plain = McpClient::spawn(&socket.path).await;
+    hopeful
+        .ok(
+            "enter_queue",
+            json!({"interests": ["chess"], "interest_wait_s": 1}),
+        )
+        .await;
+    assert_eq!(
+        without_events(plain.ok("enter_queue", json!({})).await),
+        json!({"status": "waiting", "position": 2})
+    );
+    let status = plain.ok("chat_status", json!({})).await;
+    assert_eq!(
+        status["busiest_interests"],
+        json!([{"interest": "chess", "waiting": 1}])
+    );
+    // The match comes when hopeful's wait is over: waited for, not slept.
+    let found = hopeful.expect_notification("chatroom.found").await;
+    assert_eq!(found["common_interests"], json!([]));
+    assert_eq!(plain.expect_notification("chatroom.found").await, found);
+}
+
+#[tokio::test]
+async fn whom_to_meet_and_what_one_is() {
+    let socket = TestSocket::new();
+    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let mut picky = McpClient::spawn(&socket.path).await;
+    let agent = McpClient::spawn(&socket.path).await;
+    let person = McpClient::spawn(&socket.path).await;
+    picky.ok("enter_queue", json!({"meet": "people"})).await;
+    assert_eq!(
+        without_events(agent.ok("enter_queue", json!({})).await)["status"],
+        "waiting",
+        "an agent is not for someone who meets people"
+    );
+    let reply = without_events(person.ok("enter_queue", json!({"as": "person"})).await);
+    let found = picky.expect_notification("chatroom.found").await;
+    assert_eq!(found["partner_kind"], "person");
+    if reply["status"] == "matched" {
+        assert_eq!(matched_room(&reply), found["room_id"].as_str().unwrap());
+        assert_eq!(reply["partner_kind"], "agent");
+    }
+    assert_eq!(agent.ok("chat_status", json!({})).await["state"], "waiting");
+}
+
+#[tokio::test]
+async fn a_block_holds_for_new_sessions_of_the_same_installations() {
+    let socket = TestSocket::new();
+    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let homes = tempfile::tempdir().unwrap();
+    let state = |name: &str| homes.path().join(name);
+    let mut ann = installation(&socket.path, &state("ann")).await;
+    let bob = installation(&socket.path, &state("bob")).await;
+    ann.ok("enter_queue", json!({})).await;
+    bob.ok("enter_queue", json!({})).await;
+    let room = ann.expect_notification("chatroom.found").await["room_id"].clone();
+    let left = ann
+        .ok("leave_chat", json!({"room_id": room, "block": true}))
+        .await;
+    assert_eq!(left["status"], "left");
+    // The id is private to its user and never part of what partners see.
+    let id_file = state("ann").join("mcp-chat").join("identity");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&id_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let id = std::fs::read_to_string(&id_file).unwrap();
+    assert!(!room.to_string().contains(id.trim()));
+    drop((ann, bob));
+
+    // New processes of both installations, the only two waiting.
+    let ann = installation(&socket.path, &state("ann")).await;
+    let bob = installation(&socket.path, &state("bob")).await;
+    assert_eq!(
+        without_events(ann.ok("enter_queue", json!({})).await)["status"],
+        "waiting"
+    );
+    assert_eq!(
+        without_events(bob.ok("enter_queue", json!({})).await)["status"],
+        "waiting"
+    );
+    let status = bob.ok("chat_status", json!({})).await;
+    assert_eq!(
+        (status["state"].clone(), status["waiting"].clone()),
+        (json!("waiting"), json!(2))
+    );
+    // Anyone else meets the one who waited longest.
+    let mut cat = installation(&socket.path, &state("cat")).await;
+    cat.ok("enter_queue", json!({})).await;
+    cat.expect_notification("chatroom.found").await;
+    assert_eq!(ann.ok("chat_status", json!({})).await["state"], "in_room");
+    assert_eq!(bob.ok("chat_status", json!({})).await["state"], "waiting");
+}
