@@ -162,3 +162,35 @@ async fn a_block_holds_for_new_sessions_of_the_same_installations() {
     assert_eq!(ann.ok("chat_status", json!({})).await["state"], "in_room");
     assert_eq!(bob.ok("chat_status", json!({})).await["state"], "waiting");
 }
+
+#[tokio::test]
+async fn a_block_outlives_the_broker_process() {
+    let socket = TestSocket::new();
+    let homes = tempfile::tempdir().unwrap();
+    let state = |name: &str| homes.path().join(name);
+    let mut broker = BrokerProcess::start(&socket.path, &[]).await;
+    let mut ann = installation(&socket.path, &state("ann")).await;
+    let bob = installation(&socket.path, &state("bob")).await;
+    ann.ok("enter_queue", json!({})).await;
+    bob.ok("enter_queue", json!({})).await;
+    let room = ann.expect_notification("chatroom.found").await["room_id"].clone();
+    ann.ok("leave_chat", json!({"room_id": room, "block": true}))
+        .await;
+    drop((ann, bob));
+    broker.terminate();
+    assert!(broker.wait_exit().await.success());
+    // Kept beside the socket as keyed hashes, never the ids themselves.
+    let kept = std::fs::read_to_string(socket.path.with_extension("blocks")).unwrap();
+    let ann_id = std::fs::read_to_string(state("ann").join("mcp-chat/identity")).unwrap();
+    assert!(!kept.contains(ann_id.trim()), "{kept}");
+    assert_eq!(kept.lines().count(), 3, "header, key, one block: {kept}");
+
+    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let ann = installation(&socket.path, &state("ann")).await;
+    let bob = installation(&socket.path, &state("bob")).await;
+    ann.ok("enter_queue", json!({})).await;
+    assert_eq!(
+        without_events(bob.ok("enter_queue", json!({})).await),
+        json!({"status": "waiting", "position": 2})
+    );
+}

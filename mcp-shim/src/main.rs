@@ -107,7 +107,8 @@ fn serve_stdio() -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let result = runtime.block_on(async {
-        let server = ChatServer::new(default_socket_path());
+        let server = ChatServer::new(default_socket_path())
+            .with_block_id(mcp_chat_shim::identity::installation_id());
         let running = match server.serve(rmcp::transport::stdio_pipes()).await {
             Ok(running) => running,
             // Input ended before any client spoke (Ctrl-D in a terminal):

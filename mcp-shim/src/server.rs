@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use mcp_chat_proto::message::check_message;
-use mcp_chat_proto::{MatchInfo, RoomId};
+use mcp_chat_proto::{Entry, MatchInfo, RoomId};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::handler::server::wrapper::Parameters;
@@ -59,6 +59,9 @@ pub struct ChatServer {
     /// The client's peer, once known, for the notification forwarder.
     peer: Arc<OnceLock<Peer<RoleServer>>>,
     pushed: Arc<Mutex<Option<mpsc::Receiver<ChatEvent>>>>,
+    /// Sent with every `enter_queue` so a block outlives this session (see
+    /// [`crate::identity`]); `None` binds blocks to this session alone.
+    block_id: Option<String>,
 }
 
 impl std::fmt::Debug for ChatServer {
@@ -77,7 +80,16 @@ impl ChatServer {
             session: Arc::new(ChatSession::new(socket, "mcp-chat", Some(push))),
             peer: Arc::new(OnceLock::new()),
             pushed: Arc::new(Mutex::new(Some(pushed))),
+            block_id: None,
         }
+    }
+
+    /// Blocks made by this server's user outlive the session when `id` is
+    /// the installation's: right for the stdio server, one user per
+    /// process; an HTTP server serves many people, who keep `None`.
+    pub fn with_block_id(mut self, id: Option<String>) -> Self {
+        self.block_id = id;
+        self
     }
 
     /// Join the chat roulette queue. Returns `{"status":"matched","room_id"}`
@@ -101,9 +113,13 @@ impl ChatServer {
         Parameters(params): Parameters<EnterQueueParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<WithEvents<EnterQueueResult>>, String> {
-        let entered = self
-            .session
-            .enter_queue_with(Duration::from_secs(params.wait_s), params.entry());
+        let entered = self.session.enter_queue_with(
+            Duration::from_secs(params.wait_s),
+            Entry {
+                block_id: self.block_id.clone(),
+                ..params.entry()
+            },
+        );
         tokio::pin!(entered);
         let token = ctx.meta.get_progress_token().filter(|_| params.wait_s > 0);
         // The first tick is immediate, so the client hears at once that the

@@ -204,18 +204,15 @@ impl ChatSession {
         self.enter_queue_with(wait, Entry::default()).await
     }
 
-    /// Enters the queue with `entry`'s interests, kind and whom to meet,
-    /// waiting up to `wait` for a partner. A match read right behind a
-    /// `waiting` reply counts as a match. The installation id (see
-    /// [`crate::identity`]) goes with it, so a block outlives this session.
+    /// Enters the queue with `entry`'s interests, kind, whom to meet and
+    /// block id (see [`crate::identity`]), waiting up to `wait` for a
+    /// partner. A match read right behind a `waiting` reply counts as a
+    /// match.
     pub async fn enter_queue_with(
         &self,
         wait: Duration,
-        mut entry: Entry,
+        entry: Entry,
     ) -> Result<Entered, CallError> {
-        if entry.block_id.is_none() {
-            entry.block_id = crate::identity::installation_id();
-        }
         let mut phase = self.feed.watch_phase();
         let position = match self.call(Request::EnterQueue(entry)).await? {
             Reply::Matched { room_id, .. } => return Ok(Entered::Matched { room: room_id }),

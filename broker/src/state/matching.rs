@@ -6,7 +6,6 @@
 //! ping sent before matching it. Whoever it could meet is already waiting,
 //! so a seek never needs to look at anyone else's behalf.
 
-use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use mcp_chat_proto::{ErrorCode, Event, MatchInfo, Reply, RoomId, matching::Entry};
@@ -46,7 +45,7 @@ impl State {
         let installation = entry
             .block_id
             .as_deref()
-            .map(|id| self.block_hasher.hash_one(id));
+            .map(|id| crate::block_file::installation_hash(&self.block_key, id));
         let open = checked.interests.is_empty() || checked.interest_wait_s == 0;
         let profile = Profile {
             kind: checked.kind,

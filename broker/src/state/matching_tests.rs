@@ -479,10 +479,10 @@ fn best_by_brute_force(state: &State, newcomer: SessionId, e: &Entry) -> Option<
     let me_open = checked.interests.is_empty() || checked.interest_wait_s == 0;
     let my_identity = super::rule::Identity {
         session: newcomer,
-        installation: e.block_id.as_deref().map(|id| {
-            use std::hash::BuildHasher;
-            state.block_hasher.hash_one(id)
-        }),
+        installation: e
+            .block_id
+            .as_deref()
+            .map(|id| crate::block_file::installation_hash(&state.block_key, id)),
     };
     state
         .pool

@@ -168,9 +168,13 @@ pub(crate) struct State {
     queue: Queue,
     pool: Pool,
     blocks: Blocks,
-    /// Keys the hash of installation ids: random per broker process, so the
-    /// ids are never kept in the clear.
-    block_hasher: std::hash::RandomState,
+    /// Keys the hash of installation ids, so the ids are never kept in the
+    /// clear: random, and kept with the blocks when they are kept on disk
+    /// (see `block_file`).
+    block_key: crate::block_file::BlockKey,
+    /// Blocks between installations made since the hub last took them, for
+    /// it to record.
+    new_blocks: Vec<(u64, u64)>,
     rooms: HashMap<RoomId, Room>,
     /// Rooms with both members still in them, kept as a count so `status`
     /// never scans.
@@ -200,7 +204,8 @@ impl State {
             queue: Queue::default(),
             pool: Pool::default(),
             blocks: Blocks::default(),
-            block_hasher: std::hash::RandomState::new(),
+            block_key: crate::block_file::random_key(),
+            new_blocks: Vec::new(),
             rooms: HashMap::new(),
             full_rooms: 0,
             detached: 0,
@@ -220,6 +225,20 @@ impl State {
     pub(crate) fn with_log_path(mut self, path: Option<&std::path::Path>) -> Self {
         self.log_path = path.map(|p| p.display().to_string());
         self
+    }
+
+    /// Blocks (and their key) kept from an earlier broker process.
+    pub(crate) fn with_blocks(mut self, loaded: crate::block_file::Loaded) -> Self {
+        self.block_key = loaded.key;
+        for pair in loaded.pairs {
+            self.blocks.restore(pair);
+        }
+        self
+    }
+
+    /// Blocks between installations made since the last call, to be kept.
+    pub(crate) fn take_new_blocks(&mut self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.new_blocks)
     }
 
     pub(crate) fn session_count(&self) -> usize {
@@ -378,7 +397,6 @@ impl State {
         self.by_token.clear();
         self.queue.clear();
         self.pool.clear();
-        self.blocks.clear();
         self.rooms.clear();
         self.full_rooms = 0;
         self.detached = 0;

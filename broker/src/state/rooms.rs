@@ -82,7 +82,9 @@ impl State {
         }
         if block && let Some(room) = self.rooms.get(&room_id) {
             let [a, b] = room.parties;
-            self.blocks.block(a.identity, b.identity);
+            if let Some(pair) = self.blocks.block(a.identity, b.identity) {
+                self.new_blocks.push(pair);
+            }
         }
         // The leaver's connection is alive: what its partner sent it is
         // still on its way, so nothing is reported lost.

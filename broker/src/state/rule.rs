@@ -122,10 +122,26 @@ pub(crate) struct Blocks {
 pub(crate) const MAX_BLOCKS: usize = 100_000;
 
 impl Blocks {
-    pub(crate) fn block(&mut self, a: Identity, b: Identity) {
+    /// Records a block; returns the installation pair when it is a new
+    /// block between two installations (the kind worth keeping on disk).
+    pub(crate) fn block(&mut self, a: Identity, b: Identity) -> Option<(u64, u64)> {
         let key = block_key(a, b);
+        self.insert(key).then_some(key).and_then(|key| match key {
+            (Party::Installation(x), Party::Installation(y)) => Some((x, y)),
+            _ => None,
+        })
+    }
+
+    /// Restores a block between two installations kept from an earlier
+    /// broker process.
+    pub(crate) fn restore(&mut self, (x, y): (u64, u64)) {
+        let (x, y) = (Party::Installation(x), Party::Installation(y));
+        self.insert(if x <= y { (x, y) } else { (y, x) });
+    }
+
+    fn insert(&mut self, key: (Party, Party)) -> bool {
         if !self.pairs.insert(key) {
-            return;
+            return false;
         }
         self.order.push_back(key);
         if self.order.len() > MAX_BLOCKS
@@ -137,6 +153,7 @@ impl Blocks {
             );
             self.pairs.remove(&oldest);
         }
+        true
     }
 
     /// Whether `a` and `b` must never meet. Both keys are checked: a block
@@ -151,11 +168,6 @@ impl Blocks {
             if x <= y { (x, y) } else { (y, x) }
         };
         self.pairs.contains(&by_session) || self.pairs.contains(&block_key(a, b))
-    }
-
-    pub(crate) fn clear(&mut self) {
-        self.pairs.clear();
-        self.order.clear();
     }
 }
 

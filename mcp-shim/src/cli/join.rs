@@ -56,7 +56,7 @@ impl JoinArgs {
                 MeetChoice::People => Meet::People,
             },
             kind: Kind::Person,
-            block_id: None,
+            block_id: crate::identity::installation_id(),
         };
         entry
             .checked()
