@@ -290,7 +290,7 @@ impl ChatSession {
             Link::Unconnected => Some(self.call(Request::Status).await?),
         };
         let broker = match figures {
-            Some(Reply::Status(info)) => Some(info),
+            Some(Reply::Status(info)) => Some(*info),
             Some(other) => return Err(CallError::Unexpected(format!("{other:?}"))),
             None => None,
         };

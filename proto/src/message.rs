@@ -162,7 +162,9 @@ pub enum Reply {
     },
     Sent,
     Left,
-    Status(StatusInfo),
+    /// Boxed: the largest reply by far, and every slot of every session's
+    /// outbox is as large as the largest message.
+    Status(Box<StatusInfo>),
     Pong,
     Error {
         code: ErrorCode,
@@ -434,7 +436,7 @@ mod tests {
                 ..
             }
         ));
-        let status = Reply::Status(StatusInfo {
+        let status = Reply::Status(Box::new(StatusInfo {
             broker_version: "1".into(),
             pid: 1,
             uptime_s: 2,
@@ -447,7 +449,7 @@ mod tests {
                 interest: "chess".into(),
                 waiting: 7,
             }],
-        });
+        }));
         let back: Reply = serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap();
         assert_eq!(back, status);
     }

@@ -122,7 +122,7 @@ impl ProtoClient {
 
     pub async fn status(&mut self) -> StatusInfo {
         match self.request(Request::Status).await {
-            Reply::Status(info) => info,
+            Reply::Status(info) => *info,
             other => panic!("{other:?}"),
         }
     }

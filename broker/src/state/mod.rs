@@ -340,7 +340,7 @@ impl State {
                 self.send_message(session, room_id, message, now)
             }
             Request::LeaveChat { room_id, block } => self.leave_chat(session, room_id, block),
-            Request::Status => Reply::Status(self.status()),
+            Request::Status => Reply::Status(Box::new(self.status())),
             Request::Ping => Reply::Pong,
             Request::Unknown => Reply::error(
                 ErrorCode::UnknownRequest,

@@ -29,7 +29,7 @@ pub async fn query(socket: &Path) -> Result<StatusInfo, QueryError> {
     let feed = std::sync::Arc::new(SessionFeed::new(None));
     let connection = BrokerConnection::start(transport, welcome, feed, 0);
     match connection.request(Request::Status).await {
-        Ok(Reply::Status(info)) => Ok(info),
+        Ok(Reply::Status(info)) => Ok(*info),
         Ok(other) => Err(QueryError::Unexpected(format!("{other:?}"))),
         Err(_) => Err(QueryError::Unexpected("connection lost".into())),
     }
