@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use mcp_chat_tests::mcp_client::matched_room;
-use mcp_chat_tests::{BrokerProcess, McpClient, TestSocket, bin_path};
+use mcp_chat_tests::{AutoStartedBroker, BrokerProcess, McpClient, TestSocket, bin_path};
 use serde_json::{Value, json};
 
 /// A shim that is an installation of its own: its own state directory, so
@@ -193,4 +193,28 @@ async fn a_block_outlives_the_broker_process() {
         without_events(bob.ok("enter_queue", json!({})).await),
         json!({"status": "waiting", "position": 2})
     );
+}
+
+#[tokio::test]
+async fn a_waiter_keeps_its_options_when_its_broker_restarts() {
+    let socket = TestSocket::new();
+    let mut broker = BrokerProcess::start(&socket.path, &[]).await;
+    let a = McpClient::spawn(&socket.path).await;
+    let entered = a
+        .ok(
+            "enter_queue",
+            json!({"interests": ["chess"], "interest_wait_s": 50}),
+        )
+        .await;
+    assert_eq!(entered["status"], "waiting");
+    broker.child.start_kill().unwrap();
+    broker.wait_exit().await;
+    // a's shim reconnects by itself, starting a broker, and takes a place
+    // in its queue with the same options; b shares chess and so meets a
+    // at once (without them, only after b's own 10 s wait, sharing nothing).
+    let mut b = McpClient::spawn(&socket.path).await;
+    b.ok("enter_queue", json!({"interests": ["chess"]})).await;
+    let found = b.expect_notification("chatroom.found").await;
+    assert_eq!(found["common_interests"], json!(["chess"]));
+    let _restarted = AutoStartedBroker::find(&socket.path).expect("a new broker");
 }
