@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use mcp_chat_tests::mcp_client::matched_room;
-use mcp_chat_tests::{AutoStartedBroker, BrokerProcess, McpClient, TestSocket, bin_path};
+use mcp_chat_tests::{AutoStartedBroker, BrokerProcess, McpClient, TestSocket, bin_path, within};
 use serde_json::{Value, json};
 
 /// A shim that is an installation of its own: its own state directory, so
@@ -217,4 +217,80 @@ async fn a_waiter_keeps_its_options_when_its_broker_restarts() {
     let found = b.expect_notification("chatroom.found").await;
     assert_eq!(found["common_interests"], json!(["chess"]));
     let _restarted = AutoStartedBroker::find(&socket.path).expect("a new broker");
+}
+
+/// A broker from before matching options, speaking raw frames: it welcomes
+/// one client, matches its `enter_queue` at once, and answers `leave_chat`
+/// with a plain `left` whatever the flags. Returns when the client goes.
+async fn old_broker(listener: tokio::net::UnixListener) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut stream, _) = listener.accept().await.unwrap();
+    let room = "6f1c2a52-8b44-4c8e-9d57-0c1f9d3f5a10";
+    let mut seq = 0;
+    loop {
+        let Ok(len) = stream.read_u32().await else {
+            return;
+        };
+        let mut body = vec![0; len as usize];
+        stream.read_exact(&mut body).await.unwrap();
+        let frame: Value = serde_json::from_slice(&body).unwrap();
+        let mut replies = Vec::new();
+        match (frame["type"].as_str(), frame["request"]["op"].as_str()) {
+            (Some("hello"), _) => replies.push(json!({"type": "welcome", "protocol": 1, "broker_version": "0.0.9", "session_id": 1, "resume_token": "t", "resumed": false, "instance": "old"})),
+            (Some("request"), Some("enter_queue")) => {
+                seq += 1;
+                replies.push(json!({"type": "event", "seq": seq, "event": {"event": "chatroom_found", "room_id": room}}));
+                replies.push(json!({"type": "response", "id": frame["id"], "reply": {"status": "matched", "room_id": room}}));
+            }
+            (Some("request"), Some("status")) => {
+                replies.push(json!({"type": "response", "id": frame["id"], "reply": {"status": "status", "broker_version": "0.0.9", "pid": 1, "uptime_s": 1, "sessions": 1, "waiting": 0, "rooms": 0}}));
+            }
+            (Some("request"), Some("leave_chat")) => {
+                replies.push(json!({"type": "response", "id": frame["id"], "reply": {"status": "left"}}));
+            }
+            _ => {}
+        }
+        for reply in replies {
+            let bytes = serde_json::to_vec(&reply).unwrap();
+            stream.write_u32(bytes.len() as u32).await.unwrap();
+            stream.write_all(&bytes).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_broker_too_old_to_block_is_never_taken_for_one_that_did() {
+    let socket = TestSocket::new();
+    let dir = socket.path.parent().unwrap();
+    std::fs::create_dir(dir).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let listener = tokio::net::UnixListener::bind(&socket.path).unwrap();
+    let broker = tokio::spawn(old_broker(listener));
+    let mut a = McpClient::spawn(&socket.path).await;
+    // Its match says nothing of interests or kinds: empty, and no kind.
+    let matched = without_events(a.ok("enter_queue", json!({"interests": ["chess"]})).await);
+    let room = matched_room(&matched);
+    assert_eq!(matched["common_interests"], json!([]));
+    assert!(matched.get("partner_kind").is_none(), "{matched}");
+    let found = a.expect_notification("chatroom.found").await;
+    assert_eq!(found, json!({"room_id": room, "common_interests": []}));
+    let refused = a
+        .call("leave_chat", json!({"room_id": room, "block": true}))
+        .await;
+    assert_eq!(refused.is_error, Some(true));
+    let text = format!("{:?}", refused.content);
+    assert!(text.contains("too old to block"), "{text}");
+    assert_eq!(
+        a.ok("chat_status", json!({})).await["state"],
+        "idle",
+        "it did leave"
+    );
+    drop(a);
+    within("the fake broker to see the client go", broker)
+        .await
+        .unwrap();
 }

@@ -95,7 +95,7 @@ impl SessionFeed {
                     position: *position,
                 });
             }
-            (PhaseChange::Leave(room_id), Reply::Left) => {
+            (PhaseChange::Leave(room_id), Reply::Left | Reply::Blocked) => {
                 self.phase.send_if_modified(|phase| {
                     // Unless the session has moved on already.
                     let left = *phase == Phase::InRoom { room: room_id };

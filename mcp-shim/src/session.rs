@@ -271,7 +271,15 @@ impl ChatSession {
             })
             .await?
         {
-            Reply::Left => Ok(()),
+            Reply::Left if !block => Ok(()),
+            Reply::Blocked if block => Ok(()),
+            // A broker from before blocking ignores the flag: the session
+            // left, but nothing stops the two meeting again, so say so.
+            Reply::Left => Err(CallError::Broker {
+                code: ErrorCode::UnknownRequest,
+                message: "you left the chat, but the running broker is too old to block: the block was not recorded. Run `mcp-chat doctor` to compare versions".to_owned(),
+                retry_after_ms: None,
+            }),
             other => Err(CallError::Unexpected(format!("{other:?}"))),
         }
     }

@@ -162,6 +162,10 @@ pub enum Reply {
     },
     Sent,
     Left,
+    /// Left, and the two will never be matched again: the answer to
+    /// `leave_chat` with `block`. A broker that answers `left` instead is
+    /// too old to block, which the client must not take as a block.
+    Blocked,
     /// Boxed: the largest reply by far, and every slot of every session's
     /// outbox is as large as the largest message.
     Status(Box<StatusInfo>),

@@ -44,7 +44,7 @@ fn matched_with(reply: &Reply, other: &mut Client) -> MatchInfo {
 fn leave(state: &mut State, client: &mut Client, room_id: RoomId, block: bool) {
     assert_eq!(
         ask(state, client, Request::LeaveChat { room_id, block }).0,
-        Reply::Left
+        if block { Reply::Blocked } else { Reply::Left }
     );
 }
 

@@ -80,6 +80,7 @@ impl State {
         if !self.is_member(session, room_id) {
             return unknown_room(room_id);
         }
+        // A member's room is there: it is forgotten only once empty.
         if block && let Some(room) = self.rooms.get(&room_id) {
             let [a, b] = room.parties;
             if let Some(pair) = self.blocks.block(a.identity, b.identity) {
@@ -95,7 +96,7 @@ impl State {
             Delivery::default(),
         );
         self.set_place(session, Place::Idle);
-        Reply::Left
+        if block { Reply::Blocked } else { Reply::Left }
     }
 
     /// Takes `session` out of the room and tells the partner why, and what
