@@ -7,8 +7,8 @@
 //!
 //! Where it lives follows the log (see [`crate::log_path`]): the user's
 //! state directory for the default socket, beside an overridden socket
-//! otherwise. Mode 0600. A damaged file is set aside (`.bad`) and a fresh
-//! one started, logged; blocks are then kept in memory for this process.
+//! otherwise. Mode 0600. A damaged file is set aside (`.bad` appended to
+//! its name) and a fresh one started, logged.
 //!
 //! ```text
 //! mcp-chat blocks v1
@@ -76,7 +76,7 @@ impl BlockFile {
                 },
             ),
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                let aside = path.with_extension("bad");
+                let aside = suffixed(path, ".bad");
                 tracing::warn!(path = %path.display(), error = %e, aside = %aside.display(), "block file damaged; setting it aside and starting afresh");
                 std::fs::rename(path, &aside)?;
                 Self::write(
@@ -111,7 +111,7 @@ impl BlockFile {
             builder.create(dir)?;
         }
         let hex: String = loaded.key.iter().map(|b| format!("{b:02x}")).collect();
-        let temp = path.with_extension("new");
+        let temp = suffixed(path, ".new");
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create(true).truncate(true);
         #[cfg(unix)]
@@ -133,6 +133,13 @@ impl BlockFile {
             file,
         })
     }
+}
+
+/// `path` with `suffix` added to its name (`broker.blocks.new`).
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 /// The file's key and blocks, and whether it was whole; `None` when there
@@ -249,6 +256,6 @@ mod tests {
         let (_, fresh) = BlockFile::open(&path).unwrap();
         assert!(fresh.pairs.is_empty());
         assert_ne!(fresh.key, loaded.key);
-        assert!(path.with_extension("bad").exists());
+        assert!(dir.path().join("broker.blocks.bad").exists());
     }
 }
