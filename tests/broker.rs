@@ -6,8 +6,8 @@
 use bytes::BufMut;
 use futures::{SinkExt, Stream, StreamExt};
 use mcp_chat_proto::{
-    BrokerMsg, ClientCodec, ClientMsg, CodecError, DisconnectReason, ErrorCode, Event,
-    MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, Reply, Request, RoomId,
+    BrokerMsg, ClientCodec, ClientMsg, CodecError, DisconnectReason, ErrorCode, Event, Kind,
+    MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, MatchInfo, Reply, Request, RoomId,
 };
 use mcp_chat_tests::proto_client::{connect_raw, hello, matched_pair};
 use mcp_chat_tests::{BrokerProcess, ProtoClient, TestSocket, UNTHROTTLED, within};
@@ -37,7 +37,7 @@ async fn fifo_matching_of_five_sessions() {
     assert_eq!(replies[2], Reply::Waiting { position: 1 });
     assert_eq!(replies[4], Reply::Waiting { position: 1 });
     let room = |r: &Reply| match r {
-        Reply::Matched { room_id } => *room_id,
+        Reply::Matched { room_id, .. } => *room_id,
         other => panic!("{other:?}"),
     };
     let (r01, r23) = (room(&replies[1]), room(&replies[3]));
@@ -46,7 +46,13 @@ async fn fifo_matching_of_five_sessions() {
     for (i, expected) in [(0, r01), (1, r01), (2, r23), (3, r23)] {
         assert_eq!(
             clients[i].next_event().await,
-            Event::ChatroomFound { room_id: expected }
+            Event::ChatroomFound {
+                room_id: expected,
+                partner: MatchInfo {
+                    common_interests: Vec::new(),
+                    partner_kind: Some(Kind::Agent),
+                },
+            }
         );
     }
     let status = clients[4].status().await;
@@ -87,7 +93,14 @@ async fn leave_notifies_partner_and_both_can_reenter() {
     let socket = TestSocket::new();
     let _broker = BrokerProcess::start(&socket.path, &[]).await;
     let (mut a, mut b, room_id) = matched_pair(&socket.path).await;
-    assert_eq!(a.request(Request::LeaveChat { room_id }).await, Reply::Left);
+    assert_eq!(
+        a.request(Request::LeaveChat {
+            room_id,
+            block: false
+        })
+        .await,
+        Reply::Left
+    );
     assert_eq!(
         b.next_event().await,
         Event::PartnerDisconnected {
@@ -102,13 +115,19 @@ async fn leave_notifies_partner_and_both_can_reenter() {
         ErrorCode::PartnerGone
     );
     assert_eq!(a.enter().await, Reply::Waiting { position: 1 });
-    let Reply::Matched { room_id: again } = b.enter().await else {
+    let Reply::Matched { room_id: again, .. } = b.enter().await else {
         panic!("re-entering pairs them again")
     };
     assert_ne!(again, room_id);
     assert_eq!(
         a.next_event().await,
-        Event::ChatroomFound { room_id: again }
+        Event::ChatroomFound {
+            room_id: again,
+            partner: MatchInfo {
+                common_interests: Vec::new(),
+                partner_kind: Some(Kind::Agent),
+            },
+        }
     );
     assert_eq!(a.status().await.rooms, 1);
 }
@@ -157,7 +176,13 @@ async fn every_error_code() {
         ErrorCode::UnknownRoom
     );
     assert_eq!(
-        error_code(a.request(Request::LeaveChat { room_id: nowhere }).await),
+        error_code(
+            a.request(Request::LeaveChat {
+                room_id: nowhere,
+                block: false
+            })
+            .await
+        ),
         ErrorCode::UnknownRoom
     );
     assert_eq!(
@@ -280,7 +305,7 @@ async fn handshake_is_checked() {
     no_hello
         .send(ClientMsg::Request {
             id: 1,
-            request: Request::EnterQueue,
+            request: Request::EnterQueue(Default::default()),
         })
         .await
         .unwrap();

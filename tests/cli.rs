@@ -19,8 +19,14 @@ struct Joiner {
 
 impl Joiner {
     fn spawn(socket: &Path, name: &'static str) -> Self {
+        Self::spawn_with(socket, name, &[])
+    }
+
+    /// `mcp-chat join ARGS`.
+    fn spawn_with(socket: &Path, name: &'static str, args: &[&str]) -> Self {
         let mut child = tokio::process::Command::new(bin_path("mcp-chat"))
             .arg("join")
+            .args(args)
             .env("MCP_CHAT_SOCKET", socket)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -125,6 +131,66 @@ async fn join_says_when_a_message_cannot_be_sent() {
     bob.expect("not sent (message_too_long)").await;
     ann.type_line("/frobnicate").await;
     ann.expect("unknown command").await;
+}
+
+#[tokio::test]
+async fn join_with_interests_and_block() {
+    let socket = TestSocket::new();
+    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let home = tempfile::tempdir().unwrap();
+    let refused = mcp_chat(
+        &socket.path,
+        &["join", "--interests", "chess,c++"],
+        home.path(),
+    )
+    .await;
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("'+'"),
+        "{}",
+        text(&refused.stderr)
+    );
+
+    let mut ann = Joiner::spawn_with(
+        &socket.path,
+        "ann",
+        &["--interests", "Chess,go", "--meet", "people"],
+    );
+    ann.expect("waiting for a partner (position 1").await;
+    let mut bob = Joiner::spawn_with(
+        &socket.path,
+        "bob",
+        &["--interests", "GO", "--interest-wait", "0"],
+    );
+    let line = bob.expect("matched with a stranger").await;
+    assert!(
+        line.contains("a person") && line.contains("you share: go"),
+        "{line}"
+    );
+    ann.expect("you share: go").await;
+
+    bob.type_line("/block").await;
+    bob.expect("blocked").await;
+    ann.expect("the stranger is gone (left)").await;
+    ann.type_line("/next").await;
+    ann.expect("waiting for a partner (position 1").await;
+    bob.type_line("/next").await;
+    bob.expect("waiting for a partner (position 2").await;
+    let status = mcp_chat(&socket.path, &["status"], home.path()).await;
+    let out = text(&status.stdout);
+    assert!(
+        out.contains("2 waiting") && out.contains("waiting by interest: go 2, chess 1"),
+        "{out}"
+    );
+    // A third person shares nothing with ann (who still holds out for
+    // chess or go) and meets bob, whose wait is 0.
+    let mut cat = Joiner::spawn(&socket.path, "cat");
+    cat.expect("matched with a stranger").await;
+    bob.expect("matched with a stranger").await;
+    cat.type_line("/block").await;
+    cat.expect("blocked").await;
+    cat.type_line("/block").await;
+    cat.expect("/block works while chatting").await;
 }
 
 async fn mcp_chat(socket: &Path, args: &[&str], home: &Path) -> Output {

@@ -379,7 +379,10 @@ async fn stdio_meets_http(stdio: &mut McpClient, http: &mut RawSession) -> Strin
     assert_eq!(waiting, json!({"status": "waiting", "position": 1}));
     let room = matched_room(&http.call("enter_queue", json!({})).await);
     let found = stdio.expect_notification("chatroom.found").await;
-    assert_eq!(found, json!({"room_id": room}));
+    assert_eq!(
+        found,
+        json!({"room_id": room, "common_interests": [], "partner_kind": "agent"})
+    );
     room
 }
 

@@ -55,7 +55,10 @@ async fn shims_recover_against_a_fresh_broker_after_the_hub_panics() {
     let room = matched_room(&b.ok("enter_queue", json!({})).await);
     for client in [&mut a, &mut b] {
         let found = client.expect_notification("chatroom.found").await;
-        assert_eq!(found, json!({"room_id": room}));
+        assert_eq!(
+            found,
+            json!({"room_id": room, "common_interests": [], "partner_kind": "agent"})
+        );
     }
 
     let status = kill_the_hub(&mut broker).await;
@@ -75,7 +78,10 @@ async fn shims_recover_against_a_fresh_broker_after_the_hub_panics() {
     assert_ne!(again, room);
     for client in [&mut a, &mut b] {
         let found = client.expect_notification("chatroom.found").await;
-        assert_eq!(found, json!({"room_id": again}));
+        assert_eq!(
+            found,
+            json!({"room_id": again, "common_interests": [], "partner_kind": "agent"})
+        );
     }
     a.ok(
         "send_message",

@@ -133,7 +133,8 @@ async fn a_message_arriving_while_you_type_leaves_your_line_intact() {
     let pane = Pane::start(&socket.path, "intact");
     pane.until("the match", |s| s.contains("matched with a stranger"))
         .await;
-    let Event::ChatroomFound { room_id } = within("the match", stranger.next_event()).await else {
+    let Event::ChatroomFound { room_id, .. } = within("the match", stranger.next_event()).await
+    else {
         panic!("expected chatroom.found");
     };
 

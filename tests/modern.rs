@@ -380,7 +380,8 @@ async fn a_modern_stdio_client_gets_events_as_a_resource_and_no_custom_notificat
     let found = modern.updated_then_read("chat://events", listen).await;
     assert_eq!(
         found["events"],
-        json!([{"seq": 1, "type": "chatroom.found", "room_id": room}]),
+        json!([{"seq": 1, "type": "chatroom.found", "room_id": room,
+                 "common_interests": [], "partner_kind": "agent"}]),
         "{found}"
     );
     partner

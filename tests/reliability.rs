@@ -479,7 +479,7 @@ async fn a_client_that_stops_reading_does_not_stall_its_session() {
     // Matched at once, or (when the broker pings the reader first) a
     // moment later: chatroom.found says which room either way.
     let reply = sender.enter().await;
-    let Event::ChatroomFound { room_id } = sender.next_event().await else {
+    let Event::ChatroomFound { room_id, .. } = sender.next_event().await else {
         panic!("the sender was not matched with the reader: {reply:?}");
     };
     // From here on nobody reads the reader's stdout.

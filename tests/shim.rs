@@ -30,7 +30,10 @@ async fn matched(a: &mut McpClient, b: &mut McpClient) -> String {
         assert_eq!(matched_room(&reply), room);
     }
     let params = b.expect_notification("chatroom.found").await;
-    assert_eq!(params, json!({"room_id": room}));
+    assert_eq!(
+        params,
+        json!({"room_id": room, "common_interests": [], "partner_kind": "agent"})
+    );
     room
 }
 
@@ -439,7 +442,7 @@ async fn enter_queue_wait_times_out_as_waiting() {
     let status = a.ok("chat_status", json!({})).await;
     assert_eq!(
         status,
-        json!({"state": "waiting", "position": 1, "online": 1, "waiting": 1, "rooms": 0})
+        json!({"state": "waiting", "position": 1, "online": 1, "waiting": 1, "rooms": 0, "busiest_interests": []})
     );
 }
 
@@ -492,7 +495,7 @@ async fn a_broker_restart_is_reported_and_tools_work_again() {
     assert_ne!(again, room);
     assert_eq!(
         b.expect_notification("chatroom.found").await,
-        json!({"room_id": again})
+        json!({"room_id": again, "common_interests": [], "partner_kind": "agent"})
     );
     a.ok("send_message", json!({"room_id": again, "message": "back"}))
         .await;

@@ -248,7 +248,7 @@ impl Client {
         match self.phase {
             Phase::Idle => {
                 self.phase = Phase::Queued;
-                Action::Send(Request::EnterQueue, Pending::Enter)
+                Action::Send(Request::EnterQueue(Default::default()), Pending::Enter)
             }
             Phase::InRoom(room) => self.in_room(room),
             Phase::Queued | Phase::Leaving | Phase::Closing | Phase::Done => Action::Wait,
@@ -259,7 +259,13 @@ impl Client {
         if self.pending.is_empty() {
             if self.fin_sent && self.fin_received {
                 self.phase = Phase::Closing;
-                return Action::Send(Request::LeaveChat { room_id: room }, Pending::Leave);
+                return Action::Send(
+                    Request::LeaveChat {
+                        room_id: room,
+                        block: false,
+                    },
+                    Pending::Leave,
+                );
             }
             if self.partner_gone {
                 // Our side of the dead room closes as we enter again.
@@ -270,7 +276,13 @@ impl Client {
                 self.leave_at.pop_front();
                 self.log.own_leaves += 1;
                 self.phase = Phase::Leaving;
-                return Action::Send(Request::LeaveChat { room_id: room }, Pending::Leave);
+                return Action::Send(
+                    Request::LeaveChat {
+                        room_id: room,
+                        block: false,
+                    },
+                    Pending::Leave,
+                );
             }
         }
         if self.partner_gone || self.pending.len() >= WINDOW {
@@ -398,7 +410,7 @@ impl Client {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::ChatroomFound { room_id } => {
+            Event::ChatroomFound { room_id, .. } => {
                 assert_eq!(self.phase, Phase::Queued, "client {}", self.id);
                 self.phase = Phase::InRoom(room_id);
                 self.log.rooms.insert(room_id);

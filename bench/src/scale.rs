@@ -1,6 +1,8 @@
 //! Many sessions at once, on a broker of its own so its memory starts
 //! clean: what each connected session costs the broker, and how fast it
-//! pairs up a crowd that enters the queue all at once.
+//! pairs up a crowd that enters the queue all at once: first plain FIFO,
+//! then (on a fresh broker, same crowd size) with the crowd spread evenly
+//! over [`INTERESTS`] interests, every pair sharing one.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use futures::{StreamExt, TryStreamExt};
-use mcp_chat_proto::{Reply, Request, RoomId};
+use mcp_chat_proto::{Entry, Reply, Request, RoomId};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -25,6 +27,8 @@ const TARGET_SESSIONS: usize = 10_000;
 /// File descriptors beyond one per session: the runtime, pipes, the
 /// listener, the broker's log.
 const FD_SLACK: usize = 256;
+/// Interests the crowd is spread over in the interests run.
+const INTERESTS: usize = 100;
 /// Handshakes in flight at once. Far below the listen backlog, so a connect
 /// never meets a full queue (which a Unix socket reports as EAGAIN).
 const CONNECT_CONCURRENCY: usize = 64;
@@ -54,7 +58,7 @@ pub async fn run(plan: &Plan, broker_bin: &Path, report: &mut Report) -> anyhow:
     }
     let rss_connected = sys::rss_bytes(pid)?;
 
-    let (clients, match_time) = match_all(clients).await?;
+    let (clients, match_time) = match_all(clients, |_| Entry::default()).await?;
     let pairs = sessions / 2;
     let rss_matched = sys::rss_bytes(pid)?;
     let rss_peak = sys::peak_rss_bytes(pid)?;
@@ -118,40 +122,98 @@ pub async fn run(plan: &Plan, broker_bin: &Path, report: &mut Report) -> anyhow:
         Row::new(SECTION, "queue enter + match rate", match_rate, "pairs/s")
             .target(Target::at_least(match_rate, 10_000.0, "≥ 10,000 pairs/s")),
     );
+
+    let interest_time = match_with_interests(broker_bin, sessions).await?;
+    let interest_rate = rate(pairs, interest_time);
+    let ratio = interest_rate / match_rate;
+    report.add(
+        Row::new(
+            SECTION,
+            format!("match rate, {INTERESTS} interests"),
+            interest_rate,
+            "pairs/s",
+        )
+        .target(Target::at_least(ratio, 0.5, "≥ 50% of the FIFO rate")),
+    );
+    report.note(format!(
+        "interests run: each session names one of {INTERESTS} interests, evenly spread, so every session pairs within its interest; {:.0}% of the plain FIFO rate measured just before",
+        ratio * 100.0
+    ));
     Ok(())
 }
 
-/// All sessions send `EnterQueue` at the same moment; returns once every
-/// one has its `ChatroomFound`, with the time from the start signal to the
-/// last match. Checks that the rooms are exactly pairs.
-async fn match_all(clients: Vec<Client>) -> anyhow::Result<(Vec<Client>, std::time::Duration)> {
+/// The same crowd on a fresh broker, session `i` naming interest
+/// `i mod INTERESTS`: checks every room shares its interest, and returns
+/// the time to the last match.
+async fn match_with_interests(
+    broker_bin: &Path,
+    sessions: usize,
+) -> anyhow::Result<std::time::Duration> {
+    let mut broker = BrokerChild::start(broker_bin, Some(sessions + 16)).await?;
+    let socket = broker.socket().to_owned();
+    let clients: Vec<Client> = futures::stream::iter(0..sessions)
+        .map(|_| Client::connect(&socket))
+        .buffer_unordered(CONNECT_CONCURRENCY)
+        .try_collect()
+        .await
+        .context("connecting the sessions for the interests run")?;
+    let (clients, time) = match_all(clients, |i| Entry {
+        interests: vec![interest(i)],
+        ..Entry::default()
+    })
+    .await?;
+    broker.check_alive()?;
+    broker.stop().await?;
+    drop(clients);
+    Ok(time)
+}
+
+fn interest(session: usize) -> String {
+    format!("topic-{}", session % INTERESTS)
+}
+
+/// All sessions send `EnterQueue` (session `i` with `entry(i)`) at the
+/// same moment; returns once every one has its `ChatroomFound`, with the
+/// time from the start signal to the last match. Checks that the rooms are
+/// exactly pairs, and that the two in each named the same entry.
+async fn match_all(
+    clients: Vec<Client>,
+    entry: impl Fn(usize) -> Entry,
+) -> anyhow::Result<(Vec<Client>, std::time::Duration)> {
     let sessions = clients.len();
     let (go, ready) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    for mut client in clients {
+    for (i, mut client) in clients.into_iter().enumerate() {
         let mut ready = ready.clone();
+        let entry = entry(i);
         tasks.spawn(async move {
             ready
                 .wait_for(|go| *go)
                 .await
                 .context("start signal lost")?;
-            client.send(Request::EnterQueue).await?;
+            client.send(Request::EnterQueue(entry.clone())).await?;
             let room_id = client.chatroom_found().await?;
-            anyhow::Ok((client, room_id, Instant::now()))
+            anyhow::Ok((client, room_id, Instant::now(), entry))
         });
     }
     go.send(true).context("start signal")?;
     let began = Instant::now();
     let mut last = began;
-    let mut rooms: HashMap<RoomId, usize> = HashMap::new();
+    let mut rooms: HashMap<RoomId, Vec<Entry>> = HashMap::new();
     let mut clients = Vec::with_capacity(sessions);
     while let Some(joined) = tasks.join_next().await {
-        let (client, room_id, matched_at) = joined.context("a session task panicked")??;
+        let (client, room_id, matched_at, entry) = joined.context("a session task panicked")??;
         last = last.max(matched_at);
-        *rooms.entry(room_id).or_default() += 1;
+        rooms.entry(room_id).or_default().push(entry);
         clients.push(client);
     }
-    if rooms.len() != sessions / 2 || rooms.values().any(|&members| members != 2) {
+    if rooms
+        .values()
+        .any(|members| members.len() == 2 && members[0] != members[1])
+    {
+        bail!("a room paired two sessions that named different interests");
+    }
+    if rooms.len() != sessions / 2 || rooms.values().any(|members| members.len() != 2) {
         bail!(
             "{sessions} sessions ended up in {} rooms, not {} rooms of two",
             rooms.len(),

@@ -34,6 +34,9 @@ pub struct Config {
     /// The file this broker logs to, reported in `Status` so that `mcp-chat
     /// doctor` can point at it; `None` when it logs to stderr.
     pub log_path: Option<PathBuf>,
+    /// Where blocks between installations are kept across broker
+    /// processes (see `block_file`); `None` keeps them in memory only.
+    pub blocks_path: Option<PathBuf>,
 }
 
 /// Every per-session rate limit; `None` lifts one.
@@ -164,6 +167,7 @@ impl Default for Config {
             byte_limit: Some(SendLimit::bytes()),
             request_limit: Some(SendLimit::requests()),
             log_path: None,
+            blocks_path: None,
         }
     }
 }

@@ -8,6 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::block_file::{BlockFile, Loaded};
 use crate::config::{Limits, Liveness};
 use crate::state::{Admitted, ConnectionId, SessionHandle, SessionId, State};
 
@@ -66,13 +67,21 @@ impl Hub {
         idle_exit: Option<Duration>,
         idle: CancellationToken,
         log_path: Option<&std::path::Path>,
+        blocks: Option<(BlockFile, Loaded)>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (commands, rx) = mpsc::channel(COMMAND_CAPACITY);
-        let state = State::new(max_sessions, liveness, limits).with_log_path(log_path);
+        let mut state = State::new(max_sessions, liveness, limits).with_log_path(log_path);
+        let block_file = match blocks {
+            Some((file, loaded)) => {
+                state = state.with_blocks(loaded);
+                Some(file)
+            }
+            None => None,
+        };
         // Armed here, before the caller announces it is listening, so a test
         // cannot signal before the hook is in place.
         let fault = fault::Trigger::arm();
-        let task = tokio::spawn(run(state, rx, idle_exit, idle, fault));
+        let task = tokio::spawn(run(state, rx, idle_exit, idle, fault, block_file));
         (Self { commands }, task)
     }
 
@@ -111,6 +120,7 @@ async fn run(
     idle_exit: Option<Duration>,
     idle: CancellationToken,
     mut fault: fault::Trigger,
+    mut block_file: Option<BlockFile>,
 ) {
     let mut idle_since = Some(Instant::now());
     loop {
@@ -122,6 +132,13 @@ async fn run(
             command = commands.recv() => {
                 let Some(command) = command else { break };
                 handle(&mut state, command);
+                // A block is rare and one short line: written here, in
+                // order, before the next command.
+                if let Some(file) = &mut block_file {
+                    for pair in state.take_new_blocks() {
+                        file.append(pair);
+                    }
+                }
                 idle_since = match (state.session_count(), idle_since) {
                     (0, None) => Some(Instant::now()),
                     (0, since) => since,
@@ -252,6 +269,7 @@ mod tests {
             Some(Duration::from_secs(60)),
             idle.clone(),
             None,
+            None,
         );
         let (h, _rx) = handle();
         let admitted = hub.register(h, None).await.unwrap();
@@ -279,6 +297,7 @@ mod tests {
             Limits::default(),
             None,
             idle.clone(),
+            None,
             None,
         );
         tokio::time::sleep(Duration::from_secs(86_400)).await;

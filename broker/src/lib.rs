@@ -15,14 +15,18 @@
 //! - `ledger`: how far each connection has written, so that a message
 //!   answered `sent` is either delivered or reported.
 //! - `hub`: the one task that owns all chat state, fed by a channel.
-//! - `state`: that state and its rules (FIFO matching, rooms, relay), pure and
-//!   synchronous, so it is tested without sockets.
+//! - `state`: that state and its rules (matching by interests, kinds and
+//!   blocks; rooms; relay), pure and synchronous, so it is tested without
+//!   sockets.
+//! - `block_file`: blocks between installations, kept across broker
+//!   processes as keyed hashes.
 //! - [`config`]: the knobs.
 //! - [`fd_limit`]: raising the descriptor limit and sizing the session cap
 //!   to it.
 //! - [`log_file`]: the auto-started broker's private, size-capped log file.
 //! - [`log_path`]: where that file is, the one place this rule lives.
 
+mod block_file;
 pub mod config;
 mod connection;
 pub mod fd_limit;

@@ -1,5 +1,5 @@
-//! Where an auto-started broker writes its log: the one place this rule
-//! lives. Shims never compute it; they learn it from the broker's status
+//! Where an auto-started broker writes its log (and where any broker keeps
+//! its blocks): the one place this rule lives. Shims never compute it; they learn it from the broker's status
 //! (`StatusInfo::log_path`), so `mcp-chat doctor` shows the file the running
 //! broker really writes.
 //!
@@ -29,11 +29,25 @@ pub fn state_dir_log(socket: &Path) -> Option<PathBuf> {
 
 /// `<dir>/<stem>.log` for `<dir>/<stem>.sock`.
 pub fn beside_socket(socket: &Path) -> PathBuf {
+    beside(socket, ".log")
+}
+
+/// Where a broker listening on `socket` keeps its blocks, by the same rule
+/// as its log: `blocks` in the state directory for the default socket,
+/// `<stem>.blocks` beside an overridden one. Unlike the log, in the
+/// foreground too: blocks are a promise to users, not a diagnostic.
+pub fn blocks_path(socket: &Path) -> PathBuf {
+    state_dir_log(socket)
+        .map(|log| log.with_file_name("blocks"))
+        .unwrap_or_else(|| beside(socket, ".blocks"))
+}
+
+fn beside(socket: &Path, extension: &str) -> PathBuf {
     let mut name = socket
         .file_stem()
         .map(|s| s.to_os_string())
         .unwrap_or_else(|| "broker".into());
-    name.push(".log");
+    name.push(extension);
     socket.with_file_name(name)
 }
 
@@ -46,5 +60,6 @@ mod tests {
         let socket = Path::new("/d/broker.sock");
         assert_eq!(beside_socket(socket), PathBuf::from("/d/broker.log"));
         assert_eq!(log_path(socket), PathBuf::from("/d/broker.log"));
+        assert_eq!(blocks_path(socket), PathBuf::from("/d/broker.blocks"));
     }
 }

@@ -141,6 +141,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         }),
         // Reported in `Status`, so `mcp-chat doctor` can show it.
         log_path: (!args.foreground).then(|| log_path::log_path(&socket)),
+        blocks_path: Some(log_path::blocks_path(&socket)),
         ..Config::default()
     };
 

@@ -78,6 +78,11 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let idle = CancellationToken::new();
     let hard_stop = CancellationToken::new();
+    let blocks = config.blocks_path.as_deref().and_then(|path| {
+        crate::block_file::BlockFile::open(path)
+            .inspect_err(|e| tracing::warn!(path = %path.display(), error = %e, "cannot keep blocks on disk; they hold until this broker exits"))
+            .ok()
+    });
     let (hub, mut hub_task) = Hub::spawn(
         config.max_sessions,
         config.liveness,
@@ -85,6 +90,7 @@ pub async fn run(
         config.idle_exit,
         idle.clone(),
         config.log_path.as_deref(),
+        blocks,
     );
     let connections = TaskTracker::new();
     let instance: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();

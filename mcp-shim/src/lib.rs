@@ -12,6 +12,7 @@
 //! - [`broker_client`]: one broker connection: handshake, requests, events.
 //! - [`autostart`]: finding the broker, and starting one when none runs.
 //! - [`end_reason`]: why a room ended, including what only a shim can see.
+//! - [`identity`]: the installation's pseudonymous id, kept for blocks.
 //! - [`cli`]: the human subcommands (`join`, `web`, `status`, `doctor`,
 //!   `register`).
 //! - [`untrusted`]: a partner's text made safe for a model or a person to
@@ -37,6 +38,7 @@ pub mod cli;
 pub mod end_reason;
 pub mod events;
 pub mod http;
+pub mod identity;
 pub mod modern;
 pub mod phase;
 pub mod server;

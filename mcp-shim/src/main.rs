@@ -31,7 +31,7 @@ enum Command {
     /// Streamable HTTP with `--http ADDR`.
     Serve(mcp_chat_shim::http::ServeArgs),
     /// Chat yourself: join the roulette from this terminal (or a script).
-    Join,
+    Join(cli::join::JoinArgs),
     /// Chat yourself in your browser: serve the chat page on a free
     /// loopback port, print its address and open it.
     Web(cli::web::WebArgs),
@@ -72,7 +72,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             None => serve_stdio(),
         },
         Command::Register(register_args) => register::run(&register_args),
-        Command::Join => block_on(cli::join::run(&socket)),
+        Command::Join(join_args) => block_on(cli::join::run(&socket, join_args)),
         Command::Web(web) => cli::web::run(&web, &socket),
         Command::Status { json } => block_on(cli::status::run(&socket, json)),
         Command::Doctor => block_on(cli::doctor::run(&socket)),
@@ -111,7 +111,8 @@ fn serve_stdio() -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let result = runtime.block_on(async {
-        let server = ChatServer::new(default_socket_path());
+        let server = ChatServer::new(default_socket_path())
+            .with_block_id(mcp_chat_shim::identity::installation_id());
         let running = match server.serve(rmcp::transport::stdio_pipes()).await {
             Ok(running) => running,
             // Input ended before any client spoke (Ctrl-D in a terminal):

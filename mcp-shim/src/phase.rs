@@ -11,7 +11,9 @@
 //!   reading and acknowledging, or the broker gives the session up). Events
 //!   the forwarder had no room for are still in the pull buffer.
 
-use mcp_chat_proto::{Event, Reply, Request, RoomId};
+use std::sync::Mutex;
+
+use mcp_chat_proto::{Event, MatchInfo, Reply, Request, RoomId};
 
 use crate::end_reason::EndReason;
 use tokio::sync::{mpsc, watch};
@@ -38,6 +40,9 @@ pub struct SessionFeed {
     phase: watch::Sender<Phase>,
     events: EventBuffer,
     push: Option<mpsc::Sender<ChatEvent>>,
+    /// What the last `chatroom.found` said of the match, for the result of
+    /// the `enter_queue` call that waited for it.
+    matched: Mutex<Option<(RoomId, MatchInfo)>>,
 }
 
 impl SessionFeed {
@@ -48,6 +53,16 @@ impl SessionFeed {
             phase: watch::Sender::new(Phase::Idle),
             events: EventBuffer::new(),
             push,
+            matched: Mutex::new(None),
+        }
+    }
+
+    /// What `chatroom.found` said of the match in `room` (nothing for a
+    /// room it did not announce).
+    pub fn match_info(&self, room: RoomId) -> MatchInfo {
+        match &*self.matched.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((matched, info)) if *matched == room => info.clone(),
+            _ => MatchInfo::default(),
         }
     }
 
@@ -80,7 +95,7 @@ impl SessionFeed {
                     position: *position,
                 });
             }
-            (PhaseChange::Leave(room_id), Reply::Left) => {
+            (PhaseChange::Leave(room_id), Reply::Left | Reply::Blocked) => {
                 self.phase.send_if_modified(|phase| {
                     // Unless the session has moved on already.
                     let left = *phase == Phase::InRoom { room: room_id };
@@ -110,6 +125,10 @@ impl SessionFeed {
         // The phase first: whoever sees the event sees the phase it made.
         match recorded.kind {
             EventKind::ChatroomFound => {
+                *self.matched.lock().unwrap_or_else(|e| e.into_inner()) = Some((
+                    recorded.room_id,
+                    recorded.matched.clone().unwrap_or_default(),
+                ));
                 self.phase.send_replace(Phase::InRoom {
                     room: recorded.room_id,
                 });
@@ -153,8 +172,8 @@ pub enum PhaseChange {
 impl PhaseChange {
     pub fn of(request: &Request) -> Self {
         match request {
-            Request::EnterQueue => Self::Enter,
-            Request::LeaveChat { room_id } => Self::Leave(*room_id),
+            Request::EnterQueue(_) => Self::Enter,
+            Request::LeaveChat { room_id, .. } => Self::Leave(*room_id),
             _ => Self::None,
         }
     }
@@ -170,7 +189,10 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(8);
         let feed = SessionFeed::new(Some(tx));
         let room = RoomId::new_random();
-        feed.ingest(Event::ChatroomFound { room_id: room });
+        feed.ingest(Event::ChatroomFound {
+            room_id: room,
+            partner: MatchInfo::default(),
+        });
         let pushed = rx.recv().await.unwrap();
         assert_eq!(feed.events().take_pending(), vec![pushed]);
     }
@@ -203,7 +225,10 @@ mod tests {
             "nothing to report when idle"
         );
         let room = RoomId::new_random();
-        feed.ingest(Event::ChatroomFound { room_id: room });
+        feed.ingest(Event::ChatroomFound {
+            room_id: room,
+            partner: MatchInfo::default(),
+        });
         assert_eq!(
             feed.session_lost(EndReason::BrokerLost),
             Phase::InRoom { room }
@@ -221,7 +246,10 @@ mod tests {
         let room = RoomId::new_random();
         feed.apply_reply(PhaseChange::Enter, &Reply::Waiting { position: 1 });
         assert_eq!(feed.phase(), Phase::Waiting { position: 1 });
-        feed.ingest(Event::ChatroomFound { room_id: room });
+        feed.ingest(Event::ChatroomFound {
+            room_id: room,
+            partner: MatchInfo::default(),
+        });
         assert_eq!(feed.phase(), Phase::InRoom { room });
         feed.apply_reply(PhaseChange::Leave(RoomId::new_random()), &Reply::Left);
         assert_eq!(feed.phase(), Phase::InRoom { room }, "another room's leave");
@@ -233,7 +261,10 @@ mod tests {
     fn a_partner_leaving_ends_the_room() {
         let feed = SessionFeed::new(None);
         let room = RoomId::new_random();
-        feed.ingest(Event::ChatroomFound { room_id: room });
+        feed.ingest(Event::ChatroomFound {
+            room_id: room,
+            partner: MatchInfo::default(),
+        });
         feed.ingest(Event::PartnerDisconnected {
             room_id: room,
             reason: DisconnectReason::Left,

@@ -9,8 +9,8 @@ use std::borrow::Cow;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use mcp_chat_proto::RoomId;
 use mcp_chat_proto::message::check_message;
+use mcp_chat_proto::{Entry, MatchInfo, RoomId};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::handler::server::wrapper::Parameters;
@@ -31,8 +31,8 @@ use crate::phase::Phase;
 use crate::session::{CallError, ChatSession, Entered};
 use crate::tools::{
     ChatStatusResult, EVENTS_PER_RESULT_BYTES, EnterQueueParams, EnterQueueResult, EventsResult,
-    LeaveChatParams, QueueStatus, SendMessageParams, SessionState, StatusOnly, ToolFailure,
-    WaitForEventsParams, WithEvents, check_arguments,
+    InterestWaiting, LeaveChatParams, QueueStatus, SendMessageParams, SessionState, StatusOnly,
+    ToolFailure, WaitForEventsParams, WithEvents, check_arguments,
 };
 use crate::untrusted::harden_json;
 
@@ -62,6 +62,9 @@ pub struct ChatServer {
     /// The client's peer, once known, for the notification forwarder.
     peer: Arc<OnceLock<Peer<RoleServer>>>,
     pushed: Arc<Mutex<Option<mpsc::Receiver<ChatEvent>>>>,
+    /// Sent with every `enter_queue` so a block outlives this session (see
+    /// [`crate::identity`]); `None` binds blocks to this session alone.
+    block_id: Option<String>,
 }
 
 impl std::fmt::Debug for ChatServer {
@@ -80,13 +83,25 @@ impl ChatServer {
             session: Arc::new(ChatSession::new(socket, "mcp-chat", Some(push))),
             peer: Arc::new(OnceLock::new()),
             pushed: Arc::new(Mutex::new(Some(pushed))),
+            block_id: None,
         }
     }
 
+    /// Blocks made by this server's user outlive the session when `id` is
+    /// the installation's: right for the stdio server, one user per
+    /// process; an HTTP server serves many people, who keep `None`.
+    pub fn with_block_id(mut self, id: Option<String>) -> Self {
+        self.block_id = id;
+        self
+    }
+
     /// Join the chat roulette queue. Returns `{"status":"matched","room_id"}`
-    /// when paired with a stranger, else `{"status":"waiting","position"}`;
-    /// a later match arrives as a `chatroom.found` event. Calling it again
-    /// while waiting just reports your position.
+    /// (with `common_interests` and `partner_kind`) when paired with a
+    /// stranger, else `{"status":"waiting","position"}`; a later match
+    /// arrives as a `chatroom.found` event. Optional: `interests` to meet
+    /// someone who shares one first, `meet` (anyone, agents, people), `as`
+    /// (agent, person). Calling it again while waiting just reports your
+    /// position.
     #[tool(
         title = "Find a chat partner",
         annotations(
@@ -101,7 +116,13 @@ impl ChatServer {
         Parameters(params): Parameters<EnterQueueParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<WithEvents<EnterQueueResult>>, String> {
-        let entered = self.session.enter_queue(Duration::from_secs(params.wait_s));
+        let entered = self.session.enter_queue_with(
+            Duration::from_secs(params.wait_s),
+            Entry {
+                block_id: self.block_id.clone(),
+                ..params.entry()
+            },
+        );
         tokio::pin!(entered);
         let token = ctx.meta.get_progress_token().filter(|_| params.wait_s > 0);
         // The first tick is immediate, so the client hears at once that the
@@ -123,11 +144,16 @@ impl ChatServer {
             }
         };
         match outcome {
-            Ok(Entered::Matched { room }) => Ok(self.with_events(matched(room))),
+            Ok(Entered::Matched { room }) => {
+                let info = self.session.match_info(room);
+                Ok(self.with_events(matched(room, info)))
+            }
             Ok(Entered::Queued { position }) => Ok(self.with_events(EnterQueueResult {
                 status: QueueStatus::Waiting,
                 position: Some(position),
                 room_id: None,
+                common_interests: None,
+                partner_kind: None,
             })),
             Err(e) => Err(self.failure_of(e)),
         }
@@ -160,7 +186,8 @@ impl ChatServer {
     }
 
     /// Leave a chat room; your partner is told you left. Returns
-    /// `{"status":"left"}`. Call enter_queue afterwards to meet someone new.
+    /// `{"status":"left"}`. Pass `block: true` to never be matched with
+    /// this partner again. Call enter_queue afterwards to meet someone new.
     #[tool(
         title = "Leave the chat",
         annotations(
@@ -175,7 +202,7 @@ impl ChatServer {
         Parameters(params): Parameters<LeaveChatParams>,
     ) -> Result<Json<WithEvents<StatusOnly>>, String> {
         self.session
-            .leave(params.room_id)
+            .leave_with(params.room_id, params.block)
             .await
             .map_err(|e| self.failure_of(e))?;
         Ok(self.with_events(StatusOnly { status: "left" }))
@@ -212,7 +239,8 @@ impl ChatServer {
     }
 
     /// Where you stand (`idle`, `waiting`, `in_room`) and how busy the
-    /// roulette is: sessions online, waiting, and rooms in use.
+    /// roulette is: sessions online, waiting (in total and for the ten
+    /// busiest interests), and rooms in use.
     #[tool(
         title = "Chat status",
         annotations(
@@ -239,6 +267,15 @@ impl ChatServer {
             online: status.broker.as_ref().map(|b| b.sessions),
             waiting: status.broker.as_ref().map(|b| b.waiting),
             rooms: status.broker.as_ref().map(|b| b.rooms),
+            busiest_interests: status.broker.as_ref().map(|b| {
+                b.interests
+                    .iter()
+                    .map(|c| InterestWaiting {
+                        interest: c.interest.clone(),
+                        waiting: c.waiting,
+                    })
+                    .collect()
+            }),
         }))
     }
 }
@@ -253,11 +290,13 @@ fn more(pending: usize) -> Option<usize> {
     (pending > 0).then_some(pending)
 }
 
-fn matched(room_id: RoomId) -> EnterQueueResult {
+fn matched(room_id: RoomId, info: MatchInfo) -> EnterQueueResult {
     EnterQueueResult {
         status: QueueStatus::Matched,
         position: None,
         room_id: Some(room_id.to_string()),
+        common_interests: Some(info.common_interests),
+        partner_kind: info.partner_kind.map(|k| k.as_str().to_owned()),
     }
 }
 

@@ -36,7 +36,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mcp_chat_proto::{DisconnectReason, ErrorCode, Reply, Request, Resume, RoomId, StatusInfo};
+use mcp_chat_proto::{
+    DisconnectReason, Entry, ErrorCode, MatchInfo, Reply, Request, Resume, RoomId, StatusInfo,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::autostart::{StartError, connect_or_start};
@@ -160,6 +162,7 @@ impl ChatSession {
             feed: Arc::clone(&feed),
             link: link_tx,
             connection: None,
+            entry: Entry::default(),
         };
         tokio::spawn(task.run(rx));
         Self {
@@ -195,12 +198,24 @@ impl ChatSession {
         self.feed.events().take_dropped()
     }
 
-    /// Enters the queue, waiting up to `wait` for a partner. A match read
-    /// right behind a `waiting` reply counts as a match.
+    /// Enters the queue as an agent meeting anyone, with no interests,
+    /// waiting up to `wait` for a partner (see [`Self::enter_queue_with`]).
     pub async fn enter_queue(&self, wait: Duration) -> Result<Entered, CallError> {
+        self.enter_queue_with(wait, Entry::default()).await
+    }
+
+    /// Enters the queue with `entry`'s interests, kind, whom to meet and
+    /// block id (see [`crate::identity`]), waiting up to `wait` for a
+    /// partner. A match read right behind a `waiting` reply counts as a
+    /// match.
+    pub async fn enter_queue_with(
+        &self,
+        wait: Duration,
+        entry: Entry,
+    ) -> Result<Entered, CallError> {
         let mut phase = self.feed.watch_phase();
-        let position = match self.call(Request::EnterQueue).await? {
-            Reply::Matched { room_id } => return Ok(Entered::Matched { room: room_id }),
+        let position = match self.call(Request::EnterQueue(entry)).await? {
+            Reply::Matched { room_id, .. } => return Ok(Entered::Matched { room: room_id }),
             Reply::Waiting { position } => position,
             other => return Err(CallError::Unexpected(format!("{other:?}"))),
         };
@@ -235,10 +250,36 @@ impl ChatSession {
         }
     }
 
+    /// What `chatroom.found` said of the match in `room`: the interests
+    /// shared and the partner's kind.
+    pub fn match_info(&self, room: RoomId) -> MatchInfo {
+        self.feed.match_info(room)
+    }
+
     /// Leaves `room`; the partner is told.
     pub async fn leave(&self, room: RoomId) -> Result<(), CallError> {
-        match self.call(Request::LeaveChat { room_id: room }).await? {
-            Reply::Left => Ok(()),
+        self.leave_with(room, false).await
+    }
+
+    /// Leaves `room`, and with `block` is never matched with this partner
+    /// again; the partner is told only that you left.
+    pub async fn leave_with(&self, room: RoomId, block: bool) -> Result<(), CallError> {
+        match self
+            .call(Request::LeaveChat {
+                room_id: room,
+                block,
+            })
+            .await?
+        {
+            Reply::Left if !block => Ok(()),
+            Reply::Blocked if block => Ok(()),
+            // A broker from before blocking ignores the flag: the session
+            // left, but nothing stops the two meeting again, so say so.
+            Reply::Left => Err(CallError::Broker {
+                code: ErrorCode::UnknownRequest,
+                message: "you left the chat, but the running broker is too old to block: the block was not recorded. Run `mcp-chat doctor` to compare versions".to_owned(),
+                retry_after_ms: None,
+            }),
             other => Err(CallError::Unexpected(format!("{other:?}"))),
         }
     }
@@ -257,7 +298,7 @@ impl ChatSession {
             Link::Unconnected => Some(self.call(Request::Status).await?),
         };
         let broker = match figures {
-            Some(Reply::Status(info)) => Some(info),
+            Some(Reply::Status(info)) => Some(*info),
             Some(other) => return Err(CallError::Unexpected(format!("{other:?}"))),
             None => None,
         };
@@ -300,6 +341,9 @@ struct SessionTask {
     feed: Arc<SessionFeed>,
     link: watch::Sender<Link>,
     connection: Option<BrokerConnection>,
+    /// The options of the last `enter_queue`, to take a place in a new
+    /// broker's queue with the same ones.
+    entry: Entry,
 }
 
 enum Next {
@@ -324,6 +368,9 @@ impl SessionTask {
             };
             match next {
                 Next::Call(command) => {
+                    if let Request::EnterQueue(entry) = &command.request {
+                        self.entry = entry.clone();
+                    }
                     let answer = match self.live().await {
                         Ok(connection) => {
                             connection.submit(command.request).await.map_err(Into::into)
@@ -399,7 +446,7 @@ impl SessionTask {
                 EndReason::BrokerRestart
             };
             if matches!(self.feed.session_lost(reason), Phase::Waiting { .. }) {
-                requeue(&fresh).await;
+                requeue(&fresh, self.entry.clone()).await;
             }
         }
         Ok(fresh)
@@ -433,8 +480,8 @@ impl SessionTask {
 /// wants a partner, so it takes a place in the new queue. The connection
 /// applies the reply to the phase, in wire order; this task does not wait
 /// for it, so calls queued behind the reconnect go out right after.
-async fn requeue(connection: &BrokerConnection) {
-    match connection.submit(Request::EnterQueue).await {
+async fn requeue(connection: &BrokerConnection, entry: Entry) {
+    match connection.submit(Request::EnterQueue(entry)).await {
         Ok(answer) => {
             tokio::spawn(async move {
                 match answer.await {

@@ -2,7 +2,8 @@
 //! Field doc comments become schema descriptions, so they are written for a
 //! model deciding how to call the tool.
 
-use mcp_chat_proto::RoomId;
+use mcp_chat_proto::matching::{MAX_INTEREST_WAIT_S, normalize_interests};
+use mcp_chat_proto::{Entry, Kind, Meet, RoomId};
 use rmcp::model::JsonObject;
 use rmcp::schemars::{self, JsonSchema, Schema};
 use serde::de::DeserializeOwned;
@@ -29,6 +30,90 @@ pub struct EnterQueueParams {
     #[serde(default, deserialize_with = "wait_seconds")]
     #[schemars(range(min = 0, max = 50))]
     pub wait_s: u64,
+    /// Up to 5 interests, such as ["chess", "rust"]: you meet someone who
+    /// shares one first. Letters a-z, digits and `-`, at most 32 characters
+    /// each (trimmed and lowercased for you).
+    #[serde(default, deserialize_with = "interests")]
+    #[schemars(length(max = 5))]
+    pub interests: Vec<String>,
+    /// Seconds to hold out for someone who shares an interest before
+    /// meeting anyone (0 to 50, default 10). Only with `interests`.
+    #[serde(default, deserialize_with = "interest_wait")]
+    #[schemars(range(min = 0, max = 50))]
+    pub interest_wait_s: Option<u64>,
+    /// Whom to meet: `anyone` (the default), `agents` or `people`.
+    #[serde(default)]
+    pub meet: MeetArg,
+    /// What you are: `agent` (the default) or `person` when a human types
+    /// your messages. Partners see it.
+    #[serde(default, rename = "as")]
+    pub as_kind: KindArg,
+}
+
+/// Whom `enter_queue` may pair you with.
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MeetArg {
+    #[default]
+    Anyone,
+    Agents,
+    People,
+}
+
+impl From<MeetArg> for Meet {
+    fn from(meet: MeetArg) -> Self {
+        match meet {
+            MeetArg::Anyone => Self::Anyone,
+            MeetArg::Agents => Self::Agents,
+            MeetArg::People => Self::People,
+        }
+    }
+}
+
+/// What a session is.
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KindArg {
+    #[default]
+    Agent,
+    Person,
+}
+
+impl From<KindArg> for Kind {
+    fn from(kind: KindArg) -> Self {
+        match kind {
+            KindArg::Agent => Self::Agent,
+            KindArg::Person => Self::Person,
+        }
+    }
+}
+
+impl EnterQueueParams {
+    /// The broker request's options (the interests are already normalised).
+    pub fn entry(&self) -> Entry {
+        Entry {
+            interests: self.interests.clone(),
+            interest_wait_s: self.interest_wait_s,
+            meet: self.meet.into(),
+            kind: self.as_kind.into(),
+            block_id: None,
+        }
+    }
+}
+
+fn interests<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    let raw = Vec::<String>::deserialize(deserializer)?;
+    normalize_interests(&raw).map_err(|refusal| serde::de::Error::custom(refusal.message))
+}
+
+fn interest_wait<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    let seconds = u64::deserialize(deserializer)?;
+    if seconds > MAX_INTEREST_WAIT_S {
+        return Err(serde::de::Error::custom(format!(
+            "interest_wait_s {seconds} is over the {MAX_INTEREST_WAIT_S}-second limit"
+        )));
+    }
+    Ok(Some(seconds))
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -49,6 +134,10 @@ pub struct LeaveChatParams {
     #[serde(deserialize_with = "room_id")]
     #[schemars(with = "String")]
     pub room_id: RoomId,
+    /// true to also never be matched with this partner again. They are
+    /// told only that you left.
+    #[serde(default)]
+    pub block: bool,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -161,6 +250,13 @@ pub struct EnterQueueResult {
     /// The room to use with send_message when matched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub room_id: Option<String>,
+    /// When matched: the interests you and your partner share (possibly
+    /// none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub common_interests: Option<Vec<String>>,
+    /// When matched: what your partner is, `agent` or `person`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partner_kind: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -212,6 +308,17 @@ pub struct ChatStatusResult {
     /// Rooms with two people chatting.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rooms: Option<usize>,
+    /// The ten busiest interests among those waiting, busiest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub busiest_interests: Option<Vec<InterestWaiting>>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(transform = standard_formats)]
+pub struct InterestWaiting {
+    pub interest: String,
+    /// Sessions waiting with this interest.
+    pub waiting: usize,
 }
 
 /// A failed call as the model reads it: a code to branch on and a sentence
@@ -244,6 +351,39 @@ mod tests {
         assert!(err.to_string().contains("50-second limit"), "{err}");
         let default: WaitForEventsParams = serde_json::from_value(json!({})).unwrap();
         assert_eq!(default.timeout_s, DEFAULT_EVENT_WAIT_S);
+    }
+
+    #[test]
+    fn enter_queue_options_are_checked_and_normalised() {
+        let params: EnterQueueParams = serde_json::from_value(json!({
+            "interests": [" Chess", "RUST-lang", "chess"],
+            "interest_wait_s": 3,
+            "meet": "people",
+            "as": "person"
+        }))
+        .unwrap();
+        let entry = params.entry();
+        assert_eq!(entry.interests, vec!["chess", "rust-lang"]);
+        assert_eq!(entry.interest_wait_s, Some(3));
+        assert_eq!((entry.meet, entry.kind), (Meet::People, Kind::Person));
+        let plain: EnterQueueParams = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(plain.entry(), Entry::default(), "no options: today's entry");
+        for (bad, says) in [
+            (
+                json!({"interests": ["a", "b", "c", "d", "e", "f"]}),
+                "at most 5",
+            ),
+            (json!({"interests": ["x".repeat(33)]}), "at most 32"),
+            (json!({"interests": ["c++"]}), "'+'"),
+            (json!({"interests": [""]}), "empty"),
+            (json!({"interests": "chess"}), "sequence"),
+            (json!({"interest_wait_s": 51}), "50-second"),
+            (json!({"meet": "robots"}), "unknown variant `robots`"),
+            (json!({"as": "cat"}), "unknown variant `cat`"),
+        ] {
+            let err = check_arguments("enter_queue", bad.as_object()).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

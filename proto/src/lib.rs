@@ -4,6 +4,8 @@
 //!   the events the broker pushes, each enum named by its direction.
 //! - [`codec`]: how it travels: a u32 big-endian length prefix and one JSON
 //!   document per frame, capped at [`limits::MAX_FRAME_BYTES`] both ways.
+//! - [`matching`]: the options of `enter_queue` (interests, kinds, whom
+//!   to meet), how both ends check them, and which kinds may meet.
 //! - [`limits`]: every size and version number both sides must agree on.
 //! - [`socket_path`]: where the broker listens, and the checks that keep
 //!   another user out of that directory.
@@ -32,6 +34,7 @@
 pub mod codec;
 pub mod error;
 pub mod limits;
+pub mod matching;
 pub mod message;
 mod raw;
 pub mod socket_path;
@@ -39,7 +42,8 @@ pub mod socket_path;
 pub use codec::{BrokerCodec, ClientCodec, JsonCodec};
 pub use error::{CodecError, SocketDirError};
 pub use limits::{MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
+pub use matching::{Entry, InterestCount, Kind, Meet};
 pub use message::{
-    BrokerMsg, ClientMsg, DisconnectReason, ErrorCode, Event, Refusal, Reply, Request, Resume,
-    RoomId, StatusInfo,
+    BrokerMsg, ClientMsg, DisconnectReason, ErrorCode, Event, MatchInfo, Refusal, Reply, Request,
+    Resume, RoomId, StatusInfo,
 };

@@ -12,6 +12,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::matching::{Entry, InterestCount, Kind};
+
 /// A chat room's id: a random UUID v4, so ids are unguessable and never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -80,13 +82,18 @@ pub struct Resume {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    EnterQueue,
+    /// Options travel beside `op`; an `enter_queue` without them is the
+    /// plain FIFO entry of brokers before options existed.
+    EnterQueue(Entry),
     SendMessage {
         room_id: RoomId,
         message: String,
     },
     LeaveChat {
         room_id: RoomId,
+        /// Leave and never be matched with this partner again.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        block: bool,
     },
     Status,
     Ping,
@@ -150,10 +157,18 @@ pub enum Reply {
     },
     Matched {
         room_id: RoomId,
+        #[serde(flatten)]
+        partner: MatchInfo,
     },
     Sent,
     Left,
-    Status(StatusInfo),
+    /// Left, and the two will never be matched again: the answer to
+    /// `leave_chat` with `block`. A broker that answers `left` instead is
+    /// too old to block, which the client must not take as a block.
+    Blocked,
+    /// Boxed: the largest reply by far, and every slot of every session's
+    /// outbox is as large as the largest message.
+    Status(Box<StatusInfo>),
     Pong,
     Error {
         code: ErrorCode,
@@ -194,6 +209,21 @@ pub struct StatusInfo {
     /// the foreground) or is older than this field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_path: Option<String>,
+    /// The busiest interests among waiting sessions, busiest first, at most
+    /// ten. Empty from brokers older than interests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interests: Vec<InterestCount>,
+}
+
+/// What a session learns about its match: the interests the two share
+/// (possibly none) and what the partner is. Never who the partner is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatchInfo {
+    #[serde(default)]
+    pub common_interests: Vec<String>,
+    /// `None` from brokers older than kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partner_kind: Option<Kind>,
 }
 
 /// Something that happened to a session without it asking.
@@ -202,6 +232,8 @@ pub struct StatusInfo {
 pub enum Event {
     ChatroomFound {
         room_id: RoomId,
+        #[serde(flatten)]
+        partner: MatchInfo,
     },
     MessageReceived {
         room_id: RoomId,
@@ -283,6 +315,9 @@ pub enum ErrorCode {
     ShuttingDown,
     /// Messages sent faster than the per-session limit.
     RateLimited,
+    /// A request's options were invalid (too many interests, an unknown
+    /// `meet`, ...); the message says which.
+    InvalidArguments,
     #[serde(other)]
     Unknown,
 }
@@ -303,6 +338,7 @@ impl ErrorCode {
             Self::BrokerFull => "broker_full",
             Self::ShuttingDown => "shutting_down",
             Self::RateLimited => "rate_limited",
+            Self::InvalidArguments => "invalid_arguments",
             Self::Unknown => "unknown",
         }
     }
@@ -361,6 +397,7 @@ pub fn check_message(message: &str) -> Result<(), Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::matching::Entry;
     use serde_json::json;
 
     #[test]
@@ -403,7 +440,7 @@ mod tests {
                 ..
             }
         ));
-        let status = Reply::Status(StatusInfo {
+        let status = Reply::Status(Box::new(StatusInfo {
             broker_version: "1".into(),
             pid: 1,
             uptime_s: 2,
@@ -412,9 +449,64 @@ mod tests {
             rooms: 5,
             detached: 6,
             log_path: Some("/tmp/broker.log".into()),
-        });
+            interests: vec![crate::matching::InterestCount {
+                interest: "chess".into(),
+                waiting: 7,
+            }],
+        }));
         let back: Reply = serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap();
         assert_eq!(back, status);
+    }
+
+    #[test]
+    fn matching_options_are_additive() {
+        // An old client's enter_queue and leave_chat read as the defaults,
+        // and the defaults write exactly what old clients wrote.
+        let old: ClientMsg =
+            serde_json::from_value(json!({"type":"request","id":1,"request":{"op":"enter_queue"}}))
+                .unwrap();
+        let plain = ClientMsg::Request {
+            id: 1,
+            request: Request::EnterQueue(Entry::default()),
+        };
+        assert_eq!(old, plain);
+        assert_eq!(
+            serde_json::to_value(&plain).unwrap(),
+            json!({"type":"request","id":1,"request":{"op":"enter_queue"}})
+        );
+        let room_id = RoomId::new_random();
+        let leave = Request::LeaveChat {
+            room_id,
+            block: false,
+        };
+        assert_eq!(
+            serde_json::to_value(&leave).unwrap(),
+            json!({"op":"leave_chat","room_id":room_id.to_string()})
+        );
+        // An old broker's chatroom_found and matched carry no match info.
+        let found: Event =
+            serde_json::from_value(json!({"event":"chatroom_found","room_id":room_id.to_string()}))
+                .unwrap();
+        assert_eq!(
+            found,
+            Event::ChatroomFound {
+                room_id,
+                partner: MatchInfo::default()
+            }
+        );
+        let matched = Reply::Matched {
+            room_id,
+            partner: MatchInfo {
+                common_interests: vec!["chess".into()],
+                partner_kind: Some(Kind::Person),
+            },
+        };
+        assert_eq!(
+            serde_json::to_value(&matched).unwrap(),
+            json!({"status":"matched","room_id":room_id.to_string(),"common_interests":["chess"],"partner_kind":"person"})
+        );
+        let back: Reply = serde_json::from_value(serde_json::to_value(&matched).unwrap()).unwrap();
+        assert_eq!(back, matched);
     }
 
     #[test]
@@ -465,6 +557,7 @@ mod tests {
             ErrorCode::BrokerFull,
             ErrorCode::ShuttingDown,
             ErrorCode::RateLimited,
+            ErrorCode::InvalidArguments,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), json!(code.as_str()));
         }

@@ -8,6 +8,7 @@
 
 use serde::Deserialize;
 
+use crate::matching::{Entry, Kind, Meet};
 use crate::message::{ClientMsg, Request, Resume, RoomId};
 
 #[derive(Deserialize)]
@@ -53,6 +54,12 @@ pub(crate) struct RawRequest {
     op: RequestKind,
     room_id: Option<RoomId>,
     message: Option<String>,
+    interests: Option<Vec<String>>,
+    interest_wait_s: Option<u64>,
+    meet: Option<Meet>,
+    kind: Option<Kind>,
+    block_id: Option<String>,
+    block: Option<bool>,
 }
 
 fn required<T>(value: Option<T>, field: &'static str) -> Result<T, String> {
@@ -91,13 +98,20 @@ impl TryFrom<RawRequest> for Request {
 
     fn try_from(raw: RawRequest) -> Result<Self, String> {
         Ok(match raw.op {
-            RequestKind::EnterQueue => Self::EnterQueue,
+            RequestKind::EnterQueue => Self::EnterQueue(Entry {
+                interests: raw.interests.unwrap_or_default(),
+                interest_wait_s: raw.interest_wait_s,
+                meet: raw.meet.unwrap_or_default(),
+                kind: raw.kind.unwrap_or_default(),
+                block_id: raw.block_id,
+            }),
             RequestKind::SendMessage => Self::SendMessage {
                 room_id: required(raw.room_id, "room_id")?,
                 message: required(raw.message, "message")?,
             },
             RequestKind::LeaveChat => Self::LeaveChat {
                 room_id: required(raw.room_id, "room_id")?,
+                block: raw.block.unwrap_or(false),
             },
             RequestKind::Status => Self::Status,
             RequestKind::Ping => Self::Ping,
@@ -113,6 +127,7 @@ mod tests {
     use serde_json::json;
 
     use super::{ClientKind, RequestKind};
+    use crate::matching::{Entry, Kind, Meet};
     use crate::message::{ClientMsg, Request, Resume, RoomId};
 
     /// One of every `ClientMsg` and every `Request`, as the derive writes
@@ -144,12 +159,26 @@ mod tests {
             ClientMsg::Ack { seq: 5 },
         ];
         for request in [
-            Request::EnterQueue,
+            Request::EnterQueue(Entry::default()),
+            Request::EnterQueue(Entry {
+                interests: vec!["chess".into(), "go".into()],
+                interest_wait_s: Some(3),
+                meet: Meet::People,
+                kind: Kind::Person,
+                block_id: Some("0123abcd".into()),
+            }),
             Request::SendMessage {
                 room_id,
                 message: "hi \"there\"\n".into(),
             },
-            Request::LeaveChat { room_id },
+            Request::LeaveChat {
+                room_id,
+                block: false,
+            },
+            Request::LeaveChat {
+                room_id,
+                block: true,
+            },
             Request::Status,
             Request::Ping,
         ] {
@@ -169,7 +198,7 @@ mod tests {
             ClientMsg::Request { request, .. } => (
                 "request",
                 Some(match request {
-                    Request::EnterQueue => "enter_queue",
+                    Request::EnterQueue(_) => "enter_queue",
                     Request::SendMessage { .. } => "send_message",
                     Request::LeaveChat { .. } => "leave_chat",
                     Request::Status => "status",

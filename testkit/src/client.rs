@@ -174,7 +174,7 @@ impl Client {
     /// Waits for `ChatroomFound`; any other event is an error.
     pub async fn chatroom_found(&mut self) -> anyhow::Result<RoomId> {
         match self.next_event().await? {
-            Event::ChatroomFound { room_id } => Ok(room_id),
+            Event::ChatroomFound { room_id, .. } => Ok(room_id),
             other => bail!("expected chatroom.found, got {other:?}"),
         }
     }
@@ -188,7 +188,7 @@ impl Client {
     }
 
     pub async fn enter(&mut self) -> anyhow::Result<Reply> {
-        self.request(Request::EnterQueue).await
+        self.request(Request::EnterQueue(Default::default())).await
     }
 
     pub async fn say(&mut self, room_id: RoomId, message: &str) -> anyhow::Result<Reply> {
@@ -201,7 +201,7 @@ impl Client {
 
     pub async fn status(&mut self) -> anyhow::Result<StatusInfo> {
         match self.request(Request::Status).await? {
-            Reply::Status(info) => Ok(info),
+            Reply::Status(info) => Ok(*info),
             other => bail!("status answered {other:?}"),
         }
     }
@@ -227,7 +227,13 @@ impl Client {
 
     /// Leaves `room_id`, so that closing afterwards tells nobody anything.
     pub async fn leave(&mut self, room_id: RoomId) -> anyhow::Result<()> {
-        match self.request(Request::LeaveChat { room_id }).await? {
+        match self
+            .request(Request::LeaveChat {
+                room_id,
+                block: false,
+            })
+            .await?
+        {
             Reply::Left => Ok(()),
             other => bail!("leave_chat answered {other:?}"),
         }
@@ -248,7 +254,7 @@ impl Client {
         let reply = b.enter().await?;
         let room_id = a.chatroom_found().await?;
         match reply {
-            Reply::Matched { room_id: r } if r == room_id => {}
+            Reply::Matched { room_id: r, .. } if r == room_id => {}
             Reply::Waiting { .. } => {}
             other => bail!("the second of two sessions was not matched into {room_id}: {other:?}"),
         }

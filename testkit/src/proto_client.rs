@@ -50,7 +50,7 @@ impl ProtoClient {
     }
 
     pub async fn enter(&mut self) -> Reply {
-        self.request(Request::EnterQueue).await
+        expect(self.client.enter().await, "entering the queue")
     }
 
     pub async fn say(&mut self, room_id: RoomId, message: &str) -> Reply {

@@ -63,7 +63,14 @@ impl McpClient {
 
     /// As [`Self::spawn`], with `broker` as the binary it auto-starts.
     pub async fn spawn_with_broker(socket: &Path, broker: &Path) -> Self {
+        Self::spawn_with_env(socket, broker, &[]).await
+    }
+
+    /// As [`Self::spawn_with_broker`], with more environment (a state
+    /// directory of its own makes it another installation).
+    pub async fn spawn_with_env(socket: &Path, broker: &Path, env: &[(&str, &Path)]) -> Self {
         let mut child = tokio::process::Command::new(bin_path("mcp-chat"))
+            .envs(env.iter().copied())
             .env("MCP_CHAT_SOCKET", socket)
             .env("MCP_CHAT_BROKER", broker)
             .env("MCP_CHAT_LOG", "info")

@@ -183,14 +183,18 @@ impl State {
         s.replay.forget_through(claim.last_seq);
         let resume_token = s.resume_token.clone();
         let written = s.written.clone();
-        if s.place == Place::Waiting {
+        let waiting = s.place == Place::Waiting;
+        if waiting {
             self.queue.set_attached(session, true);
+            self.pool.relist(session);
         }
         tracing::info!(session, replayed = missed.len(), "session resumed");
         for (seq, event) in missed {
             self.deliver(session, BrokerMsg::Event { seq, event });
         }
-        self.try_match();
+        if waiting {
+            self.seek(session, Instant::now());
+        }
         self.detach_slow_consumers();
         Ok(Admitted {
             session,
@@ -234,11 +238,11 @@ impl State {
             ?grace,
             "client unresponsive; holding its session for a resume"
         );
-        // A detached waiter is skipped by matching; others may pair now.
+        // A detached waiter is not matched until it resumes.
         if waiting {
             self.queue.set_attached(session, false);
+            self.pool.unlist(session);
         }
-        self.try_match();
     }
 
     /// The client holds every event up to `seq`: no need to keep them. A
@@ -262,7 +266,7 @@ impl State {
             s.last_seen = Instant::now();
             let was_probed = s.probe_deadline.take().is_some();
             if was_probed && s.place == Place::Waiting {
-                self.try_match();
+                self.seek(session, Instant::now());
                 self.detach_slow_consumers();
             }
         }
@@ -274,13 +278,24 @@ impl State {
     }
 
     /// Ends sessions whose resume grace ran out; detaches waiters that did
-    /// not answer the ping sent before matching them.
+    /// not answer the ping sent before matching them; opens waiters whose
+    /// interest wait is over to anyone compatible.
     pub(crate) fn expire(&mut self, now: Instant) {
         while let Some(&(at, session)) = self.deadlines.first() {
             if at > now {
                 break;
             }
             self.deadlines.pop_first();
+            // One entry may stand for several of a session's deadlines
+            // falling on the same instant: the interest wait is handled
+            // first, as the others may end the session.
+            if let Some(s) = self.sessions.get_mut(&session)
+                && s.interest_deadline == Some(at)
+            {
+                s.interest_deadline = None;
+                self.pool.open(session);
+                self.seek(session, now);
+            }
             let Some(s) = self.sessions.get(&session) else {
                 continue;
             };

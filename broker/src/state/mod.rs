@@ -14,23 +14,31 @@
 //! (`rate_limited`) instead of losing anything. See `liveness` for how the
 //! buffer, the outbox and slow consumers fit together.
 //!
-//! - `matching`: the FIFO queue, and pinging quiet waiters before matching.
+//! - `matching`: entering the queue, finding a partner, and pinging quiet
+//!   waiters before matching.
+//! - `rule`: the matching rule as pure functions (interests, kinds, whom
+//!   to meet, blocks), for any queue that applies it.
+//! - `pool`: the waiters indexed by class, interest and arrival, so a seek
+//!   looks at a few queue heads; `queue`: positions in the waiting line.
 //! - `rooms`: relaying messages (rate limited) and leaving.
 //! - `liveness`: dropped connections, resuming them, and the timers.
 //! - `rate`: the token bucket behind `rate_limited`.
 
 mod liveness;
 mod matching;
+mod pool;
 mod queue;
 mod rate;
 mod rooms;
+pub(crate) mod rule;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use mcp_chat_proto::{
-    BrokerMsg, DisconnectReason, ErrorCode, Event, Refusal, Reply, Request, RoomId, StatusInfo,
+    BrokerMsg, DisconnectReason, ErrorCode, Event, Kind, Refusal, Reply, Request, RoomId,
+    StatusInfo,
 };
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -40,8 +48,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Limits, Liveness};
 pub(crate) use liveness::REPLAY_EVENTS;
 use liveness::Replay;
+use pool::Pool;
 use queue::Queue;
 use rate::TokenBucket;
+use rule::{Blocks, Identity};
 
 pub(crate) type SessionId = u64;
 /// Tells one connection of a session from the next after a resume, so a late
@@ -111,6 +121,13 @@ struct BrokerSession {
     ending: bool,
     /// Delivery counts for the current room, beyond what the replay holds.
     tally: Tally,
+    /// What it said it is at its last `enter_queue`.
+    kind: Kind,
+    /// Keyed hash of its installation's id, for blocks; `None` when its
+    /// client sent none.
+    installation: Option<u64>,
+    /// When a waiter with interests stops waiting for a shared one.
+    interest_deadline: Option<Instant>,
 }
 
 /// Messages of the current room that the replay buffer no longer holds:
@@ -132,6 +149,16 @@ enum Place {
 #[derive(Debug)]
 struct Room {
     members: Vec<SessionId>,
+    /// Both who were matched, kept after one leaves so the other can
+    /// still block them.
+    parties: [RoomParty; 2],
+    common_interests: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RoomParty {
+    identity: Identity,
+    kind: Kind,
 }
 
 #[derive(Debug)]
@@ -139,6 +166,15 @@ pub(crate) struct State {
     sessions: HashMap<SessionId, BrokerSession>,
     by_token: HashMap<String, SessionId>,
     queue: Queue,
+    pool: Pool,
+    blocks: Blocks,
+    /// Keys the hash of installation ids, so the ids are never kept in the
+    /// clear: random, and kept with the blocks when they are kept on disk
+    /// (see `block_file`).
+    block_key: crate::block_file::BlockKey,
+    /// Blocks between installations made since the hub last took them, for
+    /// it to record.
+    new_blocks: Vec<(u64, u64)>,
     rooms: HashMap<RoomId, Room>,
     /// Rooms with both members still in them, kept as a count so `status`
     /// never scans.
@@ -166,6 +202,10 @@ impl State {
             sessions: HashMap::new(),
             by_token: HashMap::new(),
             queue: Queue::default(),
+            pool: Pool::default(),
+            blocks: Blocks::default(),
+            block_key: crate::block_file::random_key(),
+            new_blocks: Vec::new(),
             rooms: HashMap::new(),
             full_rooms: 0,
             detached: 0,
@@ -185,6 +225,20 @@ impl State {
     pub(crate) fn with_log_path(mut self, path: Option<&std::path::Path>) -> Self {
         self.log_path = path.map(|p| p.display().to_string());
         self
+    }
+
+    /// Blocks (and their key) kept from an earlier broker process.
+    pub(crate) fn with_blocks(mut self, loaded: crate::block_file::Loaded) -> Self {
+        self.block_key = loaded.key;
+        for pair in loaded.pairs {
+            self.blocks.restore(pair);
+        }
+        self
+    }
+
+    /// Blocks between installations made since the last call, to be kept.
+    pub(crate) fn take_new_blocks(&mut self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.new_blocks)
     }
 
     pub(crate) fn session_count(&self) -> usize {
@@ -244,6 +298,9 @@ impl State {
                 connection_done: false,
                 ending: false,
                 tally: Tally::default(),
+                kind: Kind::default(),
+                installation: None,
+                interest_deadline: None,
             },
         );
         Ok(Admitted {
@@ -278,12 +335,12 @@ impl State {
         s.requesting.spend(1.0);
         s.last_seen = now;
         let reply = match request {
-            Request::EnterQueue => self.enter_queue(session),
+            Request::EnterQueue(entry) => self.enter_queue(session, &entry),
             Request::SendMessage { room_id, message } => {
                 self.send_message(session, room_id, message, now)
             }
-            Request::LeaveChat { room_id } => self.leave_chat(session, room_id),
-            Request::Status => Reply::Status(self.status()),
+            Request::LeaveChat { room_id, block } => self.leave_chat(session, room_id, block),
+            Request::Status => Reply::Status(Box::new(self.status())),
             Request::Ping => Reply::Pong,
             Request::Unknown => Reply::error(
                 ErrorCode::UnknownRequest,
@@ -339,6 +396,7 @@ impl State {
         self.sessions.clear();
         self.by_token.clear();
         self.queue.clear();
+        self.pool.clear();
         self.rooms.clear();
         self.full_rooms = 0;
         self.detached = 0;
@@ -355,6 +413,7 @@ impl State {
             rooms: self.full_rooms,
             detached: self.detached,
             log_path: self.log_path.clone(),
+            interests: self.pool.busiest(),
         }
     }
 
@@ -383,8 +442,7 @@ impl State {
             Place::Idle => {}
             Place::Waiting => {
                 self.queue.remove(session);
-                // The one it was about to be matched with may now pair up.
-                self.try_match();
+                self.pool.remove(session);
             }
             Place::InRoom(room_id) => {
                 let counts = removed.delivery(room_id);
@@ -494,5 +552,7 @@ impl BrokerSession {
     }
 }
 
+#[cfg(test)]
+mod matching_tests;
 #[cfg(test)]
 mod tests;

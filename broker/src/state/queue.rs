@@ -48,6 +48,7 @@ impl Queue {
     }
 
     /// Waiters, oldest first.
+    #[cfg(test)]
     pub(super) fn iter(&self) -> impl Iterator<Item = SessionId> + '_ {
         self.order.values().copied()
     }

@@ -74,9 +74,18 @@ impl State {
         Reply::Sent
     }
 
-    pub(super) fn leave_chat(&mut self, session: SessionId, room_id: RoomId) -> Reply {
+    /// Leaves `room_id`; with `block`, this pair is never matched again,
+    /// even when the partner has already gone.
+    pub(super) fn leave_chat(&mut self, session: SessionId, room_id: RoomId, block: bool) -> Reply {
         if !self.is_member(session, room_id) {
             return unknown_room(room_id);
+        }
+        // A member's room is there: it is forgotten only once empty.
+        if block && let Some(room) = self.rooms.get(&room_id) {
+            let [a, b] = room.parties;
+            if let Some(pair) = self.blocks.block(a.identity, b.identity) {
+                self.new_blocks.push(pair);
+            }
         }
         // The leaver's connection is alive: what its partner sent it is
         // still on its way, so nothing is reported lost.
@@ -87,7 +96,7 @@ impl State {
             Delivery::default(),
         );
         self.set_place(session, Place::Idle);
-        Reply::Left
+        if block { Reply::Blocked } else { Reply::Left }
     }
 
     /// Takes `session` out of the room and tells the partner why, and what

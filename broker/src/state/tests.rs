@@ -5,20 +5,22 @@ use tokio_util::sync::CancellationToken;
 use super::{Admitted, SessionHandle, SessionId, State};
 use crate::config::Liveness;
 
-struct Client {
-    id: SessionId,
-    connection: u64,
+pub(super) struct Client {
+    pub(super) id: SessionId,
+    pub(super) connection: u64,
     token: String,
-    rx: mpsc::Receiver<BrokerMsg>,
+    pub(super) rx: mpsc::Receiver<BrokerMsg>,
     kick: CancellationToken,
 }
 
-fn new_state(max_sessions: usize) -> State {
+pub(super) fn new_state(max_sessions: usize) -> State {
     let config = crate::config::Config::default();
     State::new(max_sessions, Liveness::default(), config.limits())
 }
 
-fn handle(capacity: usize) -> (SessionHandle, mpsc::Receiver<BrokerMsg>, CancellationToken) {
+pub(super) fn handle(
+    capacity: usize,
+) -> (SessionHandle, mpsc::Receiver<BrokerMsg>, CancellationToken) {
     let (outbox, rx) = mpsc::channel(capacity);
     let kick = CancellationToken::new();
     (
@@ -31,7 +33,7 @@ fn handle(capacity: usize) -> (SessionHandle, mpsc::Receiver<BrokerMsg>, Cancell
     )
 }
 
-fn join(state: &mut State, capacity: usize) -> Client {
+pub(super) fn join(state: &mut State, capacity: usize) -> Client {
     let (handle, rx, kick) = handle(capacity);
     let Admitted {
         session,
@@ -48,7 +50,11 @@ fn join(state: &mut State, capacity: usize) -> Client {
     }
 }
 
-fn ask(state: &mut State, client: &mut Client, request: Request) -> (Reply, Vec<(u64, Event)>) {
+pub(super) fn ask(
+    state: &mut State,
+    client: &mut Client,
+    request: Request,
+) -> (Reply, Vec<(u64, Event)>) {
     state.handle_request(client.id, 9, request);
     let mut reply = None;
     let mut events = Vec::new();
@@ -62,7 +68,7 @@ fn ask(state: &mut State, client: &mut Client, request: Request) -> (Reply, Vec<
     (reply.expect("a reply"), events)
 }
 
-fn events(client: &mut Client) -> Vec<Event> {
+pub(super) fn events(client: &mut Client) -> Vec<Event> {
     std::iter::from_fn(|| client.rx.try_recv().ok())
         .map(|m| match m {
             BrokerMsg::Event { event, .. } => event,
@@ -74,9 +80,9 @@ fn events(client: &mut Client) -> Vec<Event> {
 fn pair(state: &mut State) -> (Client, Client, mcp_chat_proto::RoomId) {
     let mut a = join(state, 64);
     let mut b = join(state, 64);
-    ask(state, &mut a, Request::EnterQueue);
-    let (reply, _) = ask(state, &mut b, Request::EnterQueue);
-    let Reply::Matched { room_id } = reply else {
+    ask(state, &mut a, Request::EnterQueue(Default::default()));
+    let (reply, _) = ask(state, &mut b, Request::EnterQueue(Default::default()));
+    let Reply::Matched { room_id, .. } = reply else {
         panic!("{reply:?}")
     };
     events(&mut a);
@@ -89,7 +95,7 @@ fn fifo_pairs_the_two_longest_waiting() {
     let mut clients: Vec<Client> = (0..5).map(|_| join(&mut state, 64)).collect();
     let mut replies = Vec::new();
     for c in clients.iter_mut() {
-        replies.push(ask(&mut state, c, Request::EnterQueue).0);
+        replies.push(ask(&mut state, c, Request::EnterQueue(Default::default())).0);
     }
     assert_eq!(replies[0], Reply::Waiting { position: 1 });
     assert!(matches!(replies[1], Reply::Matched { .. }));
@@ -97,13 +103,13 @@ fn fifo_pairs_the_two_longest_waiting() {
     assert!(matches!(replies[3], Reply::Matched { .. }));
     assert_eq!(replies[4], Reply::Waiting { position: 1 });
     let found = |c: &mut Client| match events(c).as_slice() {
-        [Event::ChatroomFound { room_id }] => *room_id,
+        [Event::ChatroomFound { room_id, .. }] => *room_id,
         other => panic!("{other:?}"),
     };
     let r0 = found(&mut clients[0]);
-    assert_eq!(Reply::Matched { room_id: r0 }, replies[1]);
+    assert!(matches!(replies[1], Reply::Matched { room_id, .. } if room_id == r0));
     let r2 = found(&mut clients[2]);
-    assert_eq!(Reply::Matched { room_id: r2 }, replies[3]);
+    assert!(matches!(replies[3], Reply::Matched { room_id, .. } if room_id == r2));
     assert_ne!(r0, r2);
     assert_eq!(r0.0.get_version_num(), 4);
     let status = state.status();
@@ -115,16 +121,16 @@ fn entering_twice_is_idempotent_and_in_room_is_refused() {
     let mut state = new_state(100);
     let mut a = join(&mut state, 64);
     assert_eq!(
-        ask(&mut state, &mut a, Request::EnterQueue).0,
+        ask(&mut state, &mut a, Request::EnterQueue(Default::default())).0,
         Reply::Waiting { position: 1 }
     );
     assert_eq!(
-        ask(&mut state, &mut a, Request::EnterQueue).0,
+        ask(&mut state, &mut a, Request::EnterQueue(Default::default())).0,
         Reply::Waiting { position: 1 }
     );
     let mut state = new_state(100);
     let (mut x, _, room_id) = pair(&mut state);
-    let (reply, _) = ask(&mut state, &mut x, Request::EnterQueue);
+    let (reply, _) = ask(&mut state, &mut x, Request::EnterQueue(Default::default()));
     let Reply::Error { code, message, .. } = reply else {
         panic!()
     };
@@ -189,7 +195,8 @@ fn error_codes() {
                 &mut state,
                 &mut a,
                 Request::LeaveChat {
-                    room_id: stranger_room
+                    room_id: stranger_room,
+                    block: false,
                 }
             )
             .0
@@ -201,7 +208,15 @@ fn error_codes() {
         ErrorCode::UnknownRequest
     );
     assert_eq!(
-        ask(&mut state, &mut b, Request::LeaveChat { room_id }).0,
+        ask(
+            &mut state,
+            &mut b,
+            Request::LeaveChat {
+                room_id,
+                block: false
+            }
+        )
+        .0,
         Reply::Left
     );
     assert_eq!(
@@ -220,7 +235,15 @@ fn leave_notifies_partner_and_both_can_requeue() {
     let mut state = new_state(100);
     let (mut a, mut b, room_id) = pair(&mut state);
     assert_eq!(
-        ask(&mut state, &mut a, Request::LeaveChat { room_id }).0,
+        ask(
+            &mut state,
+            &mut a,
+            Request::LeaveChat {
+                room_id,
+                block: false
+            }
+        )
+        .0,
         Reply::Left
     );
     assert_eq!(
@@ -233,12 +256,12 @@ fn leave_notifies_partner_and_both_can_requeue() {
         }]
     );
     assert_eq!(
-        ask(&mut state, &mut a, Request::EnterQueue).0,
+        ask(&mut state, &mut a, Request::EnterQueue(Default::default())).0,
         Reply::Waiting { position: 1 }
     );
     // b's half-empty room is closed for it when it re-enters.
     assert!(matches!(
-        ask(&mut state, &mut b, Request::EnterQueue).0,
+        ask(&mut state, &mut b, Request::EnterQueue(Default::default())).0,
         Reply::Matched { .. }
     ));
     assert_eq!(state.status().rooms, 1);
@@ -249,7 +272,7 @@ fn leave_notifies_partner_and_both_can_requeue() {
 fn disconnect_cleans_queue_and_room() {
     let mut state = new_state(100);
     let mut w = join(&mut state, 64);
-    ask(&mut state, &mut w, Request::EnterQueue);
+    ask(&mut state, &mut w, Request::EnterQueue(Default::default()));
     state.disconnect(w.id, w.connection);
     assert_eq!(state.status().waiting, 0);
     let (a, mut b, room_id) = pair(&mut state);
@@ -272,11 +295,11 @@ async fn slow_consumer_is_detached_and_may_resume() {
     let mut state = new_state(100);
     let mut a = join(&mut state, 64);
     let b = join(&mut state, 2);
-    ask(&mut state, &mut a, Request::EnterQueue);
-    state.handle_request(b.id, 1, Request::EnterQueue);
+    ask(&mut state, &mut a, Request::EnterQueue(Default::default()));
+    state.handle_request(b.id, 1, Request::EnterQueue(Default::default()));
     // b's outbox now holds its reply and chatroom.found: full. b never reads.
     let room_id = match events(&mut a).as_slice() {
-        [Event::ChatroomFound { room_id }] => *room_id,
+        [Event::ChatroomFound { room_id, .. }] => *room_id,
         other => panic!("{other:?}"),
     };
     let (reply, events_seen) = ask(&mut state, &mut a, send(room_id, "hello?"));
@@ -405,7 +428,7 @@ fn shutdown_tells_everyone() {
     let mut state = new_state(100);
     let (mut a, _b, room_id) = pair(&mut state);
     let mut w = join(&mut state, 8);
-    ask(&mut state, &mut w, Request::EnterQueue);
+    ask(&mut state, &mut w, Request::EnterQueue(Default::default()));
     state.shutdown();
     assert_eq!(
         events(&mut a),
@@ -525,17 +548,17 @@ async fn partner_is_told_when_the_grace_runs_out() {
 async fn a_quiet_waiter_is_pinged_before_it_is_matched() {
     let mut state = new_state(100);
     let mut w = join(&mut state, 16);
-    ask(&mut state, &mut w, Request::EnterQueue);
+    ask(&mut state, &mut w, Request::EnterQueue(Default::default()));
     tokio::time::advance(Liveness::default().fresh * 2).await;
     let mut n = join(&mut state, 16);
     assert_eq!(
-        ask(&mut state, &mut n, Request::EnterQueue).0,
+        ask(&mut state, &mut n, Request::EnterQueue(Default::default())).0,
         Reply::Waiting { position: 2 }
     );
     assert!(matches!(w.rx.try_recv(), Ok(BrokerMsg::Ping { .. })));
     state.alive(w.id, w.connection);
     let found = |c: &mut Client| match events(c).as_slice() {
-        [Event::ChatroomFound { room_id }] => *room_id,
+        [Event::ChatroomFound { room_id, .. }] => *room_id,
         other => panic!("{other:?}"),
     };
     assert_eq!(found(&mut w), found(&mut n));
@@ -545,10 +568,14 @@ async fn a_quiet_waiter_is_pinged_before_it_is_matched() {
 async fn a_frozen_waiter_is_never_matched() {
     let mut state = new_state(100);
     let mut frozen = join(&mut state, 16);
-    ask(&mut state, &mut frozen, Request::EnterQueue);
+    ask(
+        &mut state,
+        &mut frozen,
+        Request::EnterQueue(Default::default()),
+    );
     tokio::time::advance(Liveness::default().fresh * 2).await;
     let mut n = join(&mut state, 16);
-    ask(&mut state, &mut n, Request::EnterQueue);
+    ask(&mut state, &mut n, Request::EnterQueue(Default::default()));
     tokio::time::advance(Liveness::default().probe_timeout).await;
     state.expire(tokio::time::Instant::now());
     assert!(frozen.kick.is_cancelled(), "its connection is dropped");
@@ -556,13 +583,13 @@ async fn a_frozen_waiter_is_never_matched() {
     // client does, and is matched with the next newcomer.
     let mut m = join(&mut state, 16);
     assert_eq!(
-        ask(&mut state, &mut m, Request::EnterQueue).0,
+        ask(&mut state, &mut m, Request::EnterQueue(Default::default())).0,
         Reply::Waiting { position: 2 }
     );
     assert!(matches!(n.rx.try_recv(), Ok(BrokerMsg::Ping { .. })));
     state.alive(n.id, n.connection);
     let room = |c: &mut Client| match events(c).as_slice() {
-        [Event::ChatroomFound { room_id }] => *room_id,
+        [Event::ChatroomFound { room_id, .. }] => *room_id,
         other => panic!("{other:?}"),
     };
     assert_eq!(room(&mut n), room(&mut m));
@@ -608,7 +635,7 @@ async fn every_request_counts_against_a_budget() {
             Reply::Status(_)
         ));
     }
-    match ask(&mut state, &mut a, Request::EnterQueue).0 {
+    match ask(&mut state, &mut a, Request::EnterQueue(Default::default())).0 {
         Reply::Error {
             code: ErrorCode::RateLimited,
             retry_after_ms: Some(20),
@@ -619,7 +646,7 @@ async fn every_request_counts_against_a_budget() {
     assert_eq!(state.queue.len(), 0, "the refused request did nothing");
     tokio::time::advance(std::time::Duration::from_millis(20)).await;
     assert_eq!(
-        ask(&mut state, &mut a, Request::EnterQueue).0,
+        ask(&mut state, &mut a, Request::EnterQueue(Default::default())).0,
         Reply::Waiting { position: 1 }
     );
 }
@@ -629,11 +656,11 @@ fn waiting_positions_skip_detached_waiters() {
     let mut state = new_state(100);
     let mut a = join(&mut state, 16);
     let mut b = join(&mut state, 16);
-    ask(&mut state, &mut a, Request::EnterQueue);
+    ask(&mut state, &mut a, Request::EnterQueue(Default::default()));
     state.unresponsive(a.id, a.connection);
     // a keeps its place for a resume but is not counted ahead of b.
     assert_eq!(
-        ask(&mut state, &mut b, Request::EnterQueue).0,
+        ask(&mut state, &mut b, Request::EnterQueue(Default::default())).0,
         Reply::Waiting { position: 1 }
     );
     assert_eq!(state.status().waiting, 2);

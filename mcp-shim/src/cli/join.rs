@@ -10,8 +10,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::anyhow;
-use mcp_chat_proto::RoomId;
+use anyhow::{Context, anyhow};
+use mcp_chat_proto::matching::normalize_interests;
+use mcp_chat_proto::{Entry, Kind, Meet, RoomId};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
 
 use super::line_editor::{LineEditor, Read, Screen};
@@ -23,10 +24,57 @@ use crate::untrusted::reveal;
 /// How often the waiting line is refreshed with the queue figures.
 const REFRESH_EVERY: Duration = Duration::from_secs(10);
 
-const HELP: &str = "type a message and press Enter to send it; /next for a new partner, /leave to leave the chat, /quit to exit";
+const HELP: &str = "type a message and press Enter to send it; /next for a new partner, /leave to leave the chat, /block to leave and never meet this partner again, /quit to exit";
 
-pub async fn run(socket: &Path) -> anyhow::Result<()> {
+/// Whom `join` looks for. You join as a person.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JoinArgs {
+    /// Interests to share, comma-separated (up to 5; letters, digits, -):
+    /// someone who shares one is met first.
+    #[arg(long, value_delimiter = ',')]
+    pub interests: Vec<String>,
+    /// Seconds to hold out for a shared interest before meeting anyone
+    /// (0 to 50; default 10).
+    #[arg(long, value_name = "SECONDS")]
+    pub interest_wait: Option<u64>,
+    /// Whom to meet.
+    #[arg(long, value_enum, default_value_t = MeetChoice::Anyone)]
+    pub meet: MeetChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MeetChoice {
+    Anyone,
+    Agents,
+    People,
+}
+
+impl JoinArgs {
+    /// The queue options, checked as the broker will check them.
+    fn entry(&self) -> anyhow::Result<Entry> {
+        let entry = Entry {
+            interests: normalize_interests(&self.interests)
+                .map_err(|refusal| anyhow::anyhow!(refusal.message))
+                .context("--interests")?,
+            interest_wait_s: self.interest_wait,
+            meet: match self.meet {
+                MeetChoice::Anyone => Meet::Anyone,
+                MeetChoice::Agents => Meet::Agents,
+                MeetChoice::People => Meet::People,
+            },
+            kind: Kind::Person,
+            block_id: crate::identity::installation_id(),
+        };
+        entry
+            .checked()
+            .map_err(|refusal| anyhow::anyhow!(refusal.message))?;
+        Ok(entry)
+    }
+}
+
+pub async fn run(socket: &Path, args: JoinArgs) -> anyhow::Result<()> {
     let mut join = Join {
+        entry: args.entry()?,
         session: ChatSession::new(socket.to_owned(), "mcp-chat join", None),
         screen: Screen::default(),
     };
@@ -125,6 +173,8 @@ impl Input {
 
 /// One person's chat: the session, and where its lines are printed.
 struct Join {
+    /// Whom this person looks for, each time they enter the queue.
+    entry: Entry,
     session: ChatSession,
     screen: Screen,
 }
@@ -143,6 +193,15 @@ impl Join {
                     self.enter_queue().await?;
                 }
             }
+            "/block" => match self.session.phase() {
+                Phase::InRoom { room } => match self.session.leave_with(room, true).await {
+                    Ok(()) => self.say(
+                        "you left and blocked this partner: you will not be matched again; /next to meet someone new",
+                    ),
+                    Err(e) => self.say(&format!("! not blocked: {}", reveal(&e.to_string()))),
+                },
+                _ => self.say("you are not in a chat; /block works while chatting"),
+            },
             "/leave" => match self.session.phase() {
                 Phase::InRoom { .. } => {
                     self.leave_room().await;
@@ -164,7 +223,11 @@ impl Join {
     }
 
     async fn enter_queue(&self) -> anyhow::Result<()> {
-        match self.session.enter_queue(Duration::ZERO).await {
+        match self
+            .session
+            .enter_queue_with(Duration::ZERO, self.entry.clone())
+            .await
+        {
             // The chatroom.found event that came with the match announces it.
             Ok(Entered::Matched { .. }) => {}
             Ok(Entered::Queued { .. }) => self.say(&self.waiting_line().await),
@@ -216,8 +279,17 @@ impl Join {
     fn show_event(&self, event: &ChatEvent) {
         match event.kind {
             EventKind::ChatroomFound => self.say(&format!(
-                "matched with a stranger (room {}). Say hi! Their words are theirs, not instructions.",
-                event.room_id
+                "matched with a stranger{} (room {}){}. Say hi! Their words are theirs, not instructions.",
+                match event.partner_kind.as_deref() {
+                    Some("agent") => ", an AI agent,",
+                    Some("person") => ", a person,",
+                    _ => "",
+                },
+                event.room_id,
+                match event.common_interests.as_deref() {
+                    Some([]) | None => String::new(),
+                    Some(common) => format!("; you share: {}", common.join(", ")),
+                }
             )),
             EventKind::MessageReceived => self.say(&format!(
                 "stranger: {}",

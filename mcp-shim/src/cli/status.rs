@@ -19,6 +19,8 @@ struct StatusReport<'a> {
     sessions: usize,
     waiting: usize,
     rooms: usize,
+    /// The ten busiest interests among those waiting.
+    busiest_interests: &'a [mcp_chat_proto::InterestCount],
 }
 
 /// Asks the broker on `socket` for its figures.
@@ -27,7 +29,7 @@ pub async fn query(socket: &Path) -> Result<StatusInfo, QueryError> {
     let feed = std::sync::Arc::new(SessionFeed::new(None));
     let connection = BrokerConnection::start(transport, welcome, feed, 0);
     match connection.request(Request::Status).await {
-        Ok(Reply::Status(info)) => Ok(info),
+        Ok(Reply::Status(info)) => Ok(*info),
         Ok(other) => Err(QueryError::Unexpected(format!("{other:?}"))),
         Err(_) => Err(QueryError::Unexpected("connection lost".into())),
     }
@@ -60,6 +62,7 @@ pub async fn run(socket: &Path, json: bool) -> anyhow::Result<()> {
         sessions: info.sessions.saturating_sub(1),
         waiting: info.waiting,
         rooms: info.rooms,
+        busiest_interests: &info.interests,
     };
     let text = if json {
         serde_json::to_string_pretty(&report)?
@@ -73,10 +76,22 @@ pub async fn run(socket: &Path, json: bool) -> anyhow::Result<()> {
             report.sessions,
             report.waiting,
             report.rooms
-        )
+        ) + &busiest(report.busiest_interests)
     };
     println!("{text}"); // stdout-ok
     Ok(())
+}
+
+/// `\nwaiting by interest: chess 3, rust 2`, or nothing.
+fn busiest(interests: &[mcp_chat_proto::InterestCount]) -> String {
+    if interests.is_empty() {
+        return String::new();
+    }
+    let counts: Vec<String> = interests
+        .iter()
+        .map(|c| format!("{} {}", c.interest, c.waiting))
+        .collect();
+    format!("\nwaiting by interest: {}", counts.join(", "))
 }
 
 fn uptime(seconds: u64) -> String {

@@ -175,7 +175,7 @@ async function flow(url, bin, socket) {
 
     for (const inbox of [inboxH, inboxS]) {
       const p = await inbox.waitFor("chatroom.found", (p) => p.room_id === room, `for room ${room}`);
-      exactKeys(p, ["room_id"], `${inbox.name} chatroom.found`);
+      exactKeys(p, ["room_id", "common_interests", "partner_kind"], `${inbox.name} chatroom.found`);
     }
     passed("H received chatroom.found on its HTTP event stream (and S over stdio)");
 

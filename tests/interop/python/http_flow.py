@@ -39,6 +39,7 @@ from seed_flow import (
     CALL_TIMEOUT_S,
     CHANNEL_METHOD,
     ChatNotifications,
+    FOUND_KEYS,
     CheckFailed,
     Inbox,
     call,
@@ -112,7 +113,7 @@ async def http_flow(url: str, bin_path: str, socket: str) -> None:
 
             for inbox in (inbox_h, inbox_s):
                 p = await inbox.wait_for("chatroom.found", lambda p: p.room_id == room, f"for room {room}")
-                exact_keys(p, {"room_id"}, f"{inbox.name} chatroom.found")
+                exact_keys(p, FOUND_KEYS, f"{inbox.name} chatroom.found")
             passed("H received chatroom.found on its HTTP event stream (and S over stdio)")
 
             msg_s = "hello over stdio"

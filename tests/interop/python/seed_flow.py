@@ -73,6 +73,10 @@ class _Params(BaseModel):
 
 class ChatroomFound(_Params):
     room_id: str
+    common_interests: list[str]
+    partner_kind: str
+
+FOUND_KEYS = {"room_id", "common_interests", "partner_kind"}
 
 
 class MessageReceived(_Params):
@@ -164,7 +168,7 @@ async def matched_room(res: dict[str, Any], first: "Inbox", what: str, known: tu
     before matching it, so the result says `waiting` and the match follows,
     announced by chatroom.found to the first entrant (`first`)."""
     if res.get("status") == "matched":
-        check(set(res) == {"status", "room_id"}, what, res)
+        check(set(res) == {"status", "room_id", "common_interests", "partner_kind"}, what, res)
         return res["room_id"]
     check(res.get("status") == "waiting", what, res)
     p = await first.wait_for("chatroom.found", lambda p: p.room_id not in known, f"{what}: the delayed match")
@@ -275,8 +279,9 @@ async def seed_flow(bin_path: str, socket: str) -> None:
         # Both receive chatroom.found for that room (in whatever order the SDK hands them over).
         for inbox in (inbox_a, inbox_b):
             p = await inbox.wait_for("chatroom.found", lambda p: p.room_id == room_id, f"for room {room_id}")
-            exact_keys(p, {"room_id"}, f"{inbox.name} chatroom.found")
-        passed("A and B both received chatroom.found {room_id} with the matched room_id")
+            exact_keys(p, FOUND_KEYS, f"{inbox.name} chatroom.found")
+            check(p.common_interests == [] and p.partner_kind == "agent", f"{inbox.name} chatroom.found", p)
+        passed("A and B both received chatroom.found {room_id, common_interests: [], partner_kind: agent}")
 
         # A -> B.
         msg_a = "hello from A"
@@ -338,6 +343,58 @@ async def seed_flow(bin_path: str, socket: str) -> None:
         check(isinstance(err, dict) and err.get("error") == "unknown_room" and isinstance(err.get("message"), str),
               "unknown_room error JSON", err)
         passed("send_message to an unknown room -> isError with {error: 'unknown_room', message}")
+
+        await interests_and_blocking(a, b, inbox_a, inbox_b, known=(room_id,))
+
+
+async def interests_and_blocking(a: Client, b: Client, inbox_a: Inbox, inbox_b: Inbox, known: tuple[str, ...]) -> None:
+    """Interests, `meet`, argument errors and blocking, through the same SDK."""
+    # B holds out for a shared interest; A shares "go" and meets agents only.
+    res = without_events(
+        tool_payload(await call(b, "enter_queue", {"interests": [" Chess", "GO"], "interest_wait_s": 50}), "B enter_queue"),
+        "B enter_queue",
+    )
+    check(res == {"status": "waiting", "position": 1}, "B enter_queue with interests", res)
+    res = without_events(
+        tool_payload(await call(a, "enter_queue", {"interests": ["go"], "meet": "agents"}), "A enter_queue"),
+        "A enter_queue",
+    )
+    room_id = await matched_room(res, inbox_b, "A enter_queue with interests", known)
+    if res.get("status") == "matched":
+        check(res["common_interests"] == ["go"] and res["partner_kind"] == "agent", "A matched", res)
+    p = await inbox_b.wait_for("chatroom.found", lambda p: p.room_id == room_id, f"for room {room_id}")
+    exact_keys(p, FOUND_KEYS, "B chatroom.found")
+    check(p.common_interests == ["go"] and p.partner_kind == "agent", "B chatroom.found", p.model_dump())
+    passed("interests: B (chess, go; waiting up to 50 s) met A (go) at once; both told common_interests ['go']")
+
+    # Bad arguments are tool errors naming the mistake, never a silent truncation.
+    for args, says in (
+        ({"interests": ["a", "b", "c", "d", "e", "f"]}, "at most 5"),
+        ({"interests": ["x" * 33]}, "at most 32"),
+        ({"interests": ["c++"]}, "'+'"),
+        ({"meet": "robots"}, "robots"),
+        ({"interest_wait_s": 51}, "50-second"),
+    ):
+        r = await call(a, "enter_queue", args)
+        check(r.is_error, f"enter_queue {args} must be isError", r)
+        err = json.loads([c.text for c in r.content if getattr(c, "type", None) == "text"][0])
+        check(err.get("error") == "invalid_arguments" and says in err.get("message", ""), f"enter_queue {args}", err)
+    passed("too many interests, a long one, a bad character, an unknown meet, a long wait: invalid_arguments")
+
+    # A blocks B: even as the only two waiting, they are not matched again.
+    res = without_events(
+        tool_payload(await call(a, "leave_chat", {"room_id": room_id, "block": True}), "A leave_chat"), "A leave_chat"
+    )
+    check(res == {"status": "left"}, "A leave_chat block", res)
+    p = await inbox_b.wait_for("partner.disconnected", lambda p: p.room_id == room_id, f"for room {room_id}")
+    check(p.reason == "left", "B is told only that A left", p.model_dump())
+    res = without_events(tool_payload(await call(a, "enter_queue", {}), "A enter_queue"), "A enter_queue")
+    check(res == {"status": "waiting", "position": 1}, "A enter_queue after blocking", res)
+    res = without_events(tool_payload(await call(b, "enter_queue", {}), "B enter_queue"), "B enter_queue")
+    check(res == {"status": "waiting", "position": 2}, "B, blocked, waits behind A", res)
+    status = without_events(tool_payload(await call(a, "chat_status", {}), "A chat_status"), "A chat_status")
+    check(status.get("state") == "waiting" and status.get("waiting") == 2, "both wait", status)
+    passed("A leave_chat {block: true}; A and B, the only two waiting, are not matched again")
 
 
 # --- broker cleanup ----------------------------------------------------------------------

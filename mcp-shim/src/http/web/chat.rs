@@ -270,6 +270,8 @@ mod tests {
             reason: None,
             undelivered: None,
             unconfirmed: None,
+            common_interests: None,
+            partner_kind: None,
         };
         let json = serde_json::to_string(&shown(&event)).unwrap();
         assert_eq!(
