@@ -40,6 +40,18 @@ use crate::untrusted::harden_json;
 /// client. Past this the client is not reading, and further events wait in
 /// the pull buffer only (see [`crate::phase`]).
 const PUSH_CAPACITY: usize = 1024;
+/// Returns once `phase` is `Waiting`, or its session is gone.
+async fn until_waiting(phase: &mut tokio::sync::watch::Receiver<Phase>) {
+    loop {
+        if matches!(*phase.borrow_and_update(), Phase::Waiting { .. }) {
+            return;
+        }
+        if phase.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// How often a waiting `enter_queue` reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -125,14 +137,24 @@ impl ChatServer {
         );
         tokio::pin!(entered);
         let token = ctx.meta.get_progress_token().filter(|_| params.wait_s > 0);
-        // The first tick is immediate, so the client hears at once that the
-        // call is waiting rather than stuck.
+        // Progress means "you are in line": it starts only once the broker
+        // has queued this call, so a client that hears it can count on its
+        // place. The first tick then comes at once.
+        let mut phase = self.session.watch_phase();
+        let mut queued = false;
         let mut ticks = tokio::time::interval(PROGRESS_EVERY);
         let started = tokio::time::Instant::now();
         let outcome = loop {
             tokio::select! {
                 outcome = &mut entered => break outcome,
-                _ = ticks.tick(), if token.is_some() => {
+                () = until_waiting(&mut phase), if token.is_some() && !queued =>
+                {
+                    // (A closed watch means the session is gone, which
+                    // `entered` reports next.)
+                    queued = true;
+                    ticks.reset_immediately();
+                }
+                _ = ticks.tick(), if queued => {
                     if let Some(token) = &token {
                         let elapsed = started.elapsed().as_secs_f64().floor();
                         let progress = ProgressNotificationParam::new(token.clone(), elapsed)

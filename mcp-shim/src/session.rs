@@ -177,6 +177,11 @@ impl ChatSession {
         self.feed.phase()
     }
 
+    /// Every change of [`Self::phase`], as it happens.
+    pub fn watch_phase(&self) -> tokio::sync::watch::Receiver<Phase> {
+        self.feed.watch_phase()
+    }
+
     /// The pull buffer, for callers that read events their own way
     /// (`join` shows them all, `doctor` waits for one).
     pub fn events(&self) -> &EventBuffer {
