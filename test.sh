@@ -57,4 +57,8 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
+# Shims started by tests keep their installation id (and brokers their logs
+# and block lists) here, not in the state directory of whoever runs the tests.
+export XDG_STATE_HOME="$PWD/target/test-state"
+mkdir -p "$XDG_STATE_HOME"
 cargo nextest run --workspace --no-fail-fast "$@"
