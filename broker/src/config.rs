@@ -34,6 +34,8 @@ pub struct Config {
     /// The file this broker logs to, reported in `Status` so that `mcp-chat
     /// doctor` can point at it; `None` when it logs to stderr.
     pub log_path: Option<PathBuf>,
+    /// The realm to join over NATS; `None` keeps the broker to this machine.
+    pub federation: Option<crate::federation::FederationConfig>,
 }
 
 /// Every per-session rate limit; `None` lifts one.
@@ -164,6 +166,7 @@ impl Default for Config {
             byte_limit: Some(SendLimit::bytes()),
             request_limit: Some(SendLimit::requests()),
             log_path: None,
+            federation: None,
         }
     }
 }

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Limits, Liveness};
+use crate::federation::{FromLink, LinkPort};
 use crate::state::{Admitted, ConnectionId, SessionHandle, SessionId, State};
 
 /// Commands buffered before connection tasks wait their turn. A full channel
@@ -66,13 +67,17 @@ impl Hub {
         idle_exit: Option<Duration>,
         idle: CancellationToken,
         log_path: Option<&std::path::Path>,
+        federation: Option<LinkPort>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (commands, rx) = mpsc::channel(COMMAND_CAPACITY);
-        let state = State::new(max_sessions, liveness, limits).with_log_path(log_path);
+        let (to_link, from_link) = federation.map(|p| (p.to_link, p.from_link)).unzip();
+        let state = State::new(max_sessions, liveness, limits)
+            .with_log_path(log_path)
+            .with_federation(to_link);
         // Armed here, before the caller announces it is listening, so a test
         // cannot signal before the hook is in place.
         let fault = fault::Trigger::arm();
-        let task = tokio::spawn(run(state, rx, idle_exit, idle, fault));
+        let task = tokio::spawn(run(state, rx, from_link, idle_exit, idle, fault));
         (Self { commands }, task)
     }
 
@@ -108,6 +113,7 @@ impl Hub {
 async fn run(
     mut state: State,
     mut commands: mpsc::Receiver<Command>,
+    mut from_link: Option<mpsc::Receiver<FromLink>>,
     idle_exit: Option<Duration>,
     idle: CancellationToken,
     mut fault: fault::Trigger,
@@ -128,6 +134,7 @@ async fn run(
                     _ => None,
                 };
             }
+            Some(msg) = recv_link(&mut from_link) => state.link_report(msg),
             () = sleep_until(state.next_deadline()) => state.expire(Instant::now()),
             () = fault.fired(), if fault::ENABLED => panic!("injected fault (SIGUSR1, fault-injection build)"),
             () = sleep_until(idle_deadline) => {
@@ -220,6 +227,14 @@ mod fault {
     }
 }
 
+/// The link's next report; never, without federation (or once it is gone).
+async fn recv_link(link: &mut Option<mpsc::Receiver<FromLink>>) -> Option<FromLink> {
+    match link {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -252,6 +267,7 @@ mod tests {
             Some(Duration::from_secs(60)),
             idle.clone(),
             None,
+            None,
         );
         let (h, _rx) = handle();
         let admitted = hub.register(h, None).await.unwrap();
@@ -279,6 +295,7 @@ mod tests {
             Limits::default(),
             None,
             idle.clone(),
+            None,
             None,
         );
         tokio::time::sleep(Duration::from_secs(86_400)).await;

@@ -18,6 +18,8 @@
 //! - `state`: that state and its rules (FIFO matching, rooms, relay), pure and
 //!   synchronous, so it is tested without sockets.
 //! - [`config`]: the knobs.
+//! - [`federation`]: joining a realm of brokers over NATS JetStream, so that
+//!   sessions on different machines meet (off unless configured).
 //! - [`fd_limit`]: raising the descriptor limit and sizing the session cap
 //!   to it.
 //! - [`log_file`]: the auto-started broker's private, size-capped log file.
@@ -26,6 +28,7 @@
 pub mod config;
 mod connection;
 pub mod fd_limit;
+pub mod federation;
 mod hub;
 mod ledger;
 pub mod listener;

@@ -78,6 +78,26 @@ struct Args {
     /// must know when to connect without reading the log.
     #[arg(long)]
     print_ready: bool,
+    /// Join a realm of brokers on other machines through this NATS server
+    /// (`nats://host:4222`; several comma-separated), overriding the
+    /// `[federation] url` of the config file. Credentials never go here: use
+    /// the config's `credentials` file, or MCP_CHAT_NATS_USER and
+    /// MCP_CHAT_NATS_PASSWORD.
+    #[arg(long, value_name = "URL")]
+    federation: Option<String>,
+    /// The realm to join, overriding the config file's `[federation] realm`.
+    #[arg(long, value_name = "NAME")]
+    realm: Option<String>,
+    /// The config file [default: <config dir>/mcp-chat/config.toml].
+    #[arg(long, value_name = "PATH", env = "MCP_CHAT_CONFIG")]
+    config: Option<PathBuf>,
+    /// How long remote rooms survive a lost NATS link or a silent partner
+    /// broker, in milliseconds. For tests and diagnosis.
+    #[arg(long, value_name = "MS", hide = true)]
+    federation_grace_ms: Option<u64>,
+    /// Replicas of the realm's stream and bucket (3 on a 3-node cluster).
+    #[arg(long, value_name = "N", hide = true)]
+    federation_replicas: Option<usize>,
     /// Log more: -v for per-session events, -vv for everything.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -142,6 +162,24 @@ fn run(args: Args) -> anyhow::Result<()> {
         // Reported in `Status`, so `mcp-chat doctor` can show it.
         log_path: (!args.foreground).then(|| log_path::log_path(&socket)),
         ..Config::default()
+    };
+
+    let federation = mcp_chat_broker::federation::config::load(
+        args.config
+            .clone()
+            .or_else(mcp_chat_broker::federation::config::default_path)
+            .as_deref(),
+        &mcp_chat_broker::federation::config::Overrides {
+            url: args.federation.clone(),
+            realm: args.realm.clone(),
+            grace: args.federation_grace_ms.map(Duration::from_millis),
+            replicas: args.federation_replicas,
+        },
+    )
+    .context("federation settings")?;
+    let config = Config {
+        federation,
+        ..config
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -40,6 +40,6 @@ pub use codec::{BrokerCodec, ClientCodec, JsonCodec};
 pub use error::{CodecError, SocketDirError};
 pub use limits::{MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
 pub use message::{
-    BrokerMsg, ClientMsg, DisconnectReason, ErrorCode, Event, Refusal, Reply, Request, Resume,
-    RoomId, StatusInfo,
+    BrokerMsg, ClientMsg, DisconnectReason, ErrorCode, Event, FederationStatus, Refusal, Reply,
+    Request, Resume, RoomId, StatusInfo,
 };

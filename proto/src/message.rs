@@ -194,6 +194,34 @@ pub struct StatusInfo {
     /// the foreground) or is older than this field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_path: Option<String>,
+    /// The link to a realm of brokers over NATS; `None` when federation is
+    /// off (or the broker is older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<FederationStatus>,
+}
+
+/// What `mcp-chat status` and `doctor` show of a broker's federation link.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FederationStatus {
+    /// The NATS server(s) configured, without credentials.
+    pub server: String,
+    pub realm: String,
+    /// Connected to NATS with the realm's queue and stream set up: waiting
+    /// sessions go through the realm.
+    pub connected: bool,
+    /// Since when the link has been in its current state (connected or
+    /// not), in seconds since the Unix epoch.
+    pub since: u64,
+    /// Sessions waiting in the whole realm, as this broker last saw it.
+    pub waiting_in_realm: usize,
+    /// This broker's rooms whose partner is on another broker.
+    pub remote_rooms: usize,
+    /// Inbound federation messages dropped as malformed, oversized, too fast
+    /// or not from the room's partner broker.
+    #[serde(default)]
+    pub rejected: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// Something that happened to a session without it asking.
@@ -239,6 +267,9 @@ pub enum DisconnectReason {
     Disconnected,
     /// The broker is shutting down.
     Shutdown,
+    /// The partner was on another broker of the realm, and this broker lost
+    /// its link to the realm for longer than the grace.
+    FederationLost,
     #[serde(other)]
     Unknown,
 }
@@ -249,6 +280,7 @@ impl DisconnectReason {
             Self::Left => "left",
             Self::Disconnected => "disconnected",
             Self::Shutdown => "shutdown",
+            Self::FederationLost => "federation_lost",
             Self::Unknown => "unknown",
         }
     }
@@ -412,6 +444,12 @@ mod tests {
             rooms: 5,
             detached: 6,
             log_path: Some("/tmp/broker.log".into()),
+            federation: Some(FederationStatus {
+                server: "nats://127.0.0.1:4222".into(),
+                realm: "team".into(),
+                connected: true,
+                ..FederationStatus::default()
+            }),
         });
         let back: Reply = serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap();
         assert_eq!(back, status);
@@ -472,6 +510,7 @@ mod tests {
             DisconnectReason::Left,
             DisconnectReason::Disconnected,
             DisconnectReason::Shutdown,
+            DisconnectReason::FederationLost,
         ] {
             assert_eq!(
                 serde_json::to_value(reason).unwrap(),

@@ -185,6 +185,7 @@ impl State {
         let written = s.written.clone();
         if s.place == Place::Waiting {
             self.queue.set_attached(session, true);
+            self.realm_resume(session);
         }
         tracing::info!(session, replayed = missed.len(), "session resumed");
         for (seq, event) in missed {
@@ -237,6 +238,7 @@ impl State {
         // A detached waiter is skipped by matching; others may pair now.
         if waiting {
             self.queue.set_attached(session, false);
+            self.realm_detach(session);
         }
         self.try_match();
     }

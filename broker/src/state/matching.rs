@@ -12,7 +12,9 @@ impl State {
         };
         match place {
             Place::Waiting => return self.waiting_reply(session),
-            Place::InRoom(room_id) if self.partner_of(session, room_id).is_some() => {
+            Place::InRoom(room_id)
+                if self.partner_of(session, room_id).is_some() || self.is_remote_room(room_id) =>
+            {
                 return Reply::error(
                     ErrorCode::AlreadyInRoom,
                     format!("you are already chatting in room {room_id}; call leave_chat first"),

@@ -18,11 +18,14 @@
 //! - `rooms`: relaying messages (rate limited) and leaving.
 //! - `liveness`: dropped connections, resuming them, and the timers.
 //! - `rate`: the token bucket behind `rate_limited`.
+//! - `federated`: waiting through a realm of brokers, and rooms whose
+//!   partner is on another broker (see `crate::federation`).
 
+mod federated;
 mod liveness;
 mod matching;
 mod queue;
-mod rate;
+pub(crate) mod rate;
 mod rooms;
 
 use std::collections::{BTreeSet, HashMap};
@@ -158,6 +161,8 @@ pub(crate) struct State {
     slow_consumers: Vec<SessionId>,
     /// Reported in `Status` (see `Config::log_path`).
     log_path: Option<String>,
+    /// The link to a realm of brokers, when federation is on.
+    federated: Option<federated::Federated>,
 }
 
 impl State {
@@ -178,6 +183,7 @@ impl State {
             shutting_down: false,
             slow_consumers: Vec::new(),
             log_path: None,
+            federated: None,
         }
     }
 
@@ -277,6 +283,11 @@ impl State {
         }
         s.requesting.spend(1.0);
         s.last_seen = now;
+        if matches!(request, Request::EnterQueue) && self.realm_enter(session, id) {
+            // Answered when the realm has placed or matched it.
+            self.detach_slow_consumers();
+            return;
+        }
         let reply = match request {
             Request::EnterQueue => self.enter_queue(session),
             Request::SendMessage { room_id, message } => {
@@ -319,6 +330,13 @@ impl State {
         self.shutting_down = true;
         let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         for id in &ids {
+            match self.sessions.get(id).map(|s| s.place) {
+                Some(Place::InRoom(room_id)) => {
+                    self.end_remote(room_id, DisconnectReason::Shutdown)
+                }
+                Some(Place::Waiting) => self.realm_withdraw(*id),
+                _ => {}
+            }
             if let Some(Place::InRoom(room_id)) = self.sessions.get(id).map(|s| s.place)
                 && self.partner_of(*id, room_id).is_some()
             {
@@ -355,6 +373,7 @@ impl State {
             rooms: self.full_rooms,
             detached: self.detached,
             log_path: self.log_path.clone(),
+            federation: self.federation_status(),
         }
     }
 
@@ -383,6 +402,7 @@ impl State {
             Place::Idle => {}
             Place::Waiting => {
                 self.queue.remove(session);
+                self.realm_withdraw(session);
                 // The one it was about to be matched with may now pair up.
                 self.try_match();
             }

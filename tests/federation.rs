@@ -1,0 +1,258 @@
+//! Brokers federated over NATS JetStream (issue 12): separate broker
+//! processes, each on its own socket (three machines in all but name), on
+//! one real `nats-server` with JetStream, all on loopback. Every wait is on
+//! an event (a reply, a frame, a status round trip, a process exit).
+//!
+//! The server binary comes from `./test.sh` (see `mcp_chat_testkit::nats`).
+
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
+
+use std::path::Path;
+
+use futures::future::join_all;
+use mcp_chat_proto::{DisconnectReason, Event, Reply, RoomId, StatusInfo};
+use mcp_chat_testkit::nats::NatsServer;
+use mcp_chat_testkit::proto_client::wait_for_status;
+use mcp_chat_tests::{BrokerProcess, ProtoClient, TestSocket, within};
+
+/// One realm: a server, and brokers joined to it.
+struct Realm {
+    nats: NatsServer,
+    name: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Realm {
+    async fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("mcp-chat-nats")
+            .tempdir()
+            .unwrap();
+        let nats = NatsServer::start(dir.path()).await.unwrap();
+        Self {
+            nats,
+            name: "test".into(),
+            _dir: dir,
+        }
+    }
+
+    /// A broker joined to the realm, with `grace_ms` for remote rooms, once
+    /// its status says it is connected.
+    async fn broker(&self, socket: &TestSocket, grace_ms: u64) -> BrokerProcess {
+        let grace = grace_ms.to_string();
+        let url = self.nats.url();
+        let broker = BrokerProcess::start(
+            &socket.path,
+            &[
+                "--federation",
+                &url,
+                "--realm",
+                &self.name,
+                "--federation-grace-ms",
+                &grace,
+            ],
+        )
+        .await;
+        connected(&socket.path).await;
+        broker
+    }
+}
+
+async fn connected(socket: &Path) -> StatusInfo {
+    wait_for_status(socket, "the broker to join the realm", |s| {
+        s.federation.as_ref().is_some_and(|f| f.connected)
+    })
+    .await
+}
+
+async fn found(client: &mut ProtoClient) -> RoomId {
+    match client.next_event().await {
+        Event::ChatroomFound { room_id } => room_id,
+        other => panic!("expected chatroom.found, got {other:?}"),
+    }
+}
+
+async fn received(client: &mut ProtoClient) -> String {
+    match client.next_event().await {
+        Event::MessageReceived { message, .. } => message,
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+async fn ended(client: &mut ProtoClient) -> DisconnectReason {
+    match client.next_event().await {
+        Event::PartnerDisconnected { reason, .. } => reason,
+        other => panic!("expected partner.disconnected, got {other:?}"),
+    }
+}
+
+/// `a` waits, then `b` (on another broker) is matched with it.
+async fn pair(a: &mut ProtoClient, b: &mut ProtoClient) -> RoomId {
+    assert_eq!(a.enter().await, Reply::Waiting { position: 1 });
+    let reply = b.enter().await;
+    let room = found(a).await;
+    assert_eq!(reply, Reply::Matched { room_id: room });
+    assert_eq!(found(b).await, room);
+    room
+}
+
+#[tokio::test]
+async fn three_brokers_match_fifo_chat_and_leave() {
+    let realm = Realm::start().await;
+    let sockets = [TestSocket::new(), TestSocket::new(), TestSocket::new()];
+    let _brokers = join_all(sockets.iter().map(|s| realm.broker(s, 20_000))).await;
+    let [sa, sb, sc] = &sockets;
+
+    // The first waiter, on A, is the one B's session meets.
+    let mut a1 = ProtoClient::connect(&sa.path).await;
+    let mut b1 = ProtoClient::connect(&sb.path).await;
+    let room = pair(&mut a1, &mut b1).await;
+    let status = wait_for_status(&sa.path, "A to count its remote room", |s| {
+        s.federation.as_ref().is_some_and(|f| f.remote_rooms == 1)
+    })
+    .await;
+    assert_eq!(status.rooms, 0, "a remote room is not a local room");
+
+    // Chat both ways, in order.
+    for i in 0..20 {
+        assert_eq!(a1.say(room, &format!("a{i}")).await, Reply::Sent);
+        assert_eq!(b1.say(room, &format!("b{i}")).await, Reply::Sent);
+    }
+    for i in 0..20 {
+        assert_eq!(received(&mut b1).await, format!("a{i}"));
+        assert_eq!(received(&mut a1).await, format!("b{i}"));
+    }
+
+    // FIFO across brokers: C's waiter came first, so A's newcomer meets it,
+    // not the B waiter that follows.
+    let mut c1 = ProtoClient::connect(&sc.path).await;
+    assert_eq!(c1.enter().await, Reply::Waiting { position: 1 });
+    wait_for_status(&sb.path, "B to see C's waiter", |s| {
+        s.federation
+            .as_ref()
+            .is_some_and(|f| f.waiting_in_realm == 1)
+    })
+    .await;
+    let mut a2 = ProtoClient::connect(&sa.path).await;
+    let reply = a2.enter().await;
+    let room2 = found(&mut c1).await;
+    assert_eq!(reply, Reply::Matched { room_id: room2 });
+    assert_eq!(found(&mut a2).await, room2);
+    let mut b2 = ProtoClient::connect(&sb.path).await;
+    assert_eq!(b2.enter().await, Reply::Waiting { position: 1 });
+
+    // Two sessions of the same broker also meet through the realm.
+    let mut b3 = ProtoClient::connect(&sb.path).await;
+    let reply = b3.enter().await;
+    let room3 = found(&mut b2).await;
+    assert_eq!(reply, Reply::Matched { room_id: room3 });
+    assert_eq!(b2.say(room3, "local").await, Reply::Sent);
+    found(&mut b3).await;
+    assert_eq!(received(&mut b3).await, "local");
+
+    // Leaving tells the remote partner.
+    assert_eq!(
+        a1.request(mcp_chat_proto::Request::LeaveChat { room_id: room })
+            .await,
+        Reply::Left
+    );
+    assert_eq!(ended(&mut b1).await, DisconnectReason::Left);
+    match b1.say(room, "anyone?").await {
+        Reply::Error { code, .. } => assert_eq!(code, mcp_chat_proto::ErrorCode::PartnerGone),
+        other => panic!("{other:?}"),
+    }
+    // And a disconnect, too.
+    drop(c1);
+    assert_eq!(ended(&mut a2).await, DisconnectReason::Disconnected);
+}
+
+#[tokio::test]
+async fn a_killed_broker_is_reported_to_its_remote_partners() {
+    let realm = Realm::start().await;
+    let (sa, sb) = (TestSocket::new(), TestSocket::new());
+    let _a = realm.broker(&sa, 3_000).await;
+    let b = realm.broker(&sb, 3_000).await;
+    let mut a1 = ProtoClient::connect(&sa.path).await;
+    let mut b1 = ProtoClient::connect(&sb.path).await;
+    let room = pair(&mut a1, &mut b1).await;
+    assert_eq!(b1.say(room, "before").await, Reply::Sent);
+    assert_eq!(received(&mut a1).await, "before");
+    b.signal(rustix::process::Signal::KILL);
+    assert_eq!(ended(&mut a1).await, DisconnectReason::Disconnected);
+    // A serves on: its next session waits (the killed broker's waiters, if
+    // any, are claimed in vain and dropped).
+    let mut a2 = ProtoClient::connect(&sa.path).await;
+    assert_eq!(a2.enter().await, Reply::Waiting { position: 1 });
+}
+
+#[tokio::test]
+async fn restarting_nats_mid_chat_loses_nothing() {
+    let mut realm = Realm::start().await;
+    let (sa, sb) = (TestSocket::new(), TestSocket::new());
+    let _a = realm.broker(&sa, 60_000).await;
+    let _b = realm.broker(&sb, 60_000).await;
+    let mut a1 = ProtoClient::connect(&sa.path).await;
+    let mut b1 = ProtoClient::connect(&sb.path).await;
+    let room = pair(&mut a1, &mut b1).await;
+    for i in 0..10 {
+        assert_eq!(a1.say(room, &format!("m{i}")).await, Reply::Sent);
+    }
+    realm.nats.restart().await.unwrap();
+    // Sent while the brokers are still reconnecting: held, then delivered.
+    for i in 10..20 {
+        assert_eq!(a1.say(room, &format!("m{i}")).await, Reply::Sent);
+    }
+    for i in 0..20 {
+        assert_eq!(received(&mut b1).await, format!("m{i}"));
+    }
+    connected(&sa.path).await;
+    connected(&sb.path).await;
+    assert_eq!(b1.say(room, "back").await, Reply::Sent);
+    assert_eq!(received(&mut a1).await, "back");
+    // Matching through the realm works again.
+    let mut a2 = ProtoClient::connect(&sa.path).await;
+    let mut b2 = ProtoClient::connect(&sb.path).await;
+    pair(&mut a2, &mut b2).await;
+}
+
+#[tokio::test]
+async fn a_burst_of_entrants_on_three_brokers_is_matched_exactly_once() {
+    const PER_BROKER: usize = 100;
+    let realm = Realm::start().await;
+    let sockets = [TestSocket::new(), TestSocket::new(), TestSocket::new()];
+    let _brokers = join_all(sockets.iter().map(|s| realm.broker(s, 20_000))).await;
+    let mut clients = Vec::new();
+    for socket in &sockets {
+        for _ in 0..PER_BROKER {
+            clients.push(ProtoClient::connect(&socket.path).await);
+        }
+    }
+    // All at once: every session enters concurrently, then waits for its
+    // room (an even number of sessions: after the burst, none may be left).
+    let rooms = join_all(clients.into_iter().map(|mut c| async move {
+        let reply = c.enter().await;
+        let room = found(&mut c).await;
+        match reply {
+            Reply::Matched { room_id } => assert_eq!(room_id, room),
+            Reply::Waiting { .. } => {}
+            other => panic!("{other:?}"),
+        }
+        (room, c)
+    }))
+    .await;
+    let mut count = std::collections::HashMap::<RoomId, usize>::new();
+    for (room, _) in &rooms {
+        *count.entry(*room).or_default() += 1;
+    }
+    assert_eq!(count.len(), PER_BROKER * 3 / 2, "every session in one room");
+    assert!(count.values().all(|&n| n == 2), "each room has exactly two");
+    for socket in &sockets {
+        wait_for_status(&socket.path, "the realm queue to be empty", |s| {
+            s.federation
+                .as_ref()
+                .is_some_and(|f| f.waiting_in_realm == 0)
+        })
+        .await;
+    }
+    within("the clients to close", async { drop(rooms) }).await;
+}
