@@ -256,3 +256,124 @@ async fn a_burst_of_entrants_on_three_brokers_is_matched_exactly_once() {
     }
     within("the clients to close", async { drop(rooms) }).await;
 }
+
+#[tokio::test]
+async fn losing_nats_keeps_local_chat_and_ends_remote_rooms_after_the_grace() {
+    let mut realm = Realm::start().await;
+    let (sa, sb) = (TestSocket::new(), TestSocket::new());
+    let _a = realm.broker(&sa, 2_000).await;
+    let _b = realm.broker(&sb, 2_000).await;
+    let mut a1 = ProtoClient::connect(&sa.path).await;
+    let mut b1 = ProtoClient::connect(&sb.path).await;
+    pair(&mut a1, &mut b1).await;
+    realm.nats.kill().await.unwrap();
+    assert_eq!(ended(&mut a1).await, DisconnectReason::FederationLost);
+    assert_eq!(ended(&mut b1).await, DisconnectReason::FederationLost);
+    // Local matching and local rooms go on without NATS.
+    let status = wait_for_status(&sa.path, "A to notice", |s| {
+        s.federation.as_ref().is_some_and(|f| !f.connected)
+    })
+    .await;
+    assert_eq!(status.federation.unwrap().remote_rooms, 0);
+    let mut a2 = ProtoClient::connect(&sa.path).await;
+    let mut a3 = ProtoClient::connect(&sa.path).await;
+    let room = pair(&mut a2, &mut a3).await;
+    assert_eq!(a2.say(room, "still here").await, Reply::Sent);
+    assert_eq!(received(&mut a3).await, "still here");
+    // NATS back: both brokers re-join the realm by themselves.
+    realm.nats.start_again().await.unwrap();
+    connected(&sa.path).await;
+    connected(&sb.path).await;
+    let mut a4 = ProtoClient::connect(&sa.path).await;
+    let mut b2 = ProtoClient::connect(&sb.path).await;
+    let room = pair(&mut a4, &mut b2).await;
+    assert_eq!(b2.say(room, "across again").await, Reply::Sent);
+    assert_eq!(received(&mut a4).await, "across again");
+}
+
+/// A raw NATS client on the realm's subjects: it can read the subjects (so
+/// it learns room ids and broker ids), and publishes oversized, malformed,
+/// wrong-room, wrong-secret, replayed and flood messages, bad claims and
+/// bad presence. The brokers drop and count all of it, and the clients see
+/// only what their partners sent.
+#[tokio::test]
+async fn a_hostile_nats_publisher_cannot_reach_the_clients() {
+    let realm = Realm::start().await;
+    let (sa, sb) = (TestSocket::new(), TestSocket::new());
+    let _a = realm.broker(&sa, 20_000).await;
+    let _b = realm.broker(&sb, 20_000).await;
+    let mut a1 = ProtoClient::connect(&sa.path).await;
+    let mut b1 = ProtoClient::connect(&sb.path).await;
+    let room = pair(&mut a1, &mut b1).await;
+
+    let nats = async_nats::connect(realm.nats.url()).await.unwrap();
+    let mut spy = nats.subscribe("mcpchat.test.room.*").await.unwrap();
+    nats.flush().await.unwrap();
+    assert_eq!(a1.say(room, "legit 1").await, Reply::Sent);
+    assert_eq!(received(&mut b1).await, "legit 1");
+    let captured = within("the spy to see a room message", futures::StreamExt::next(&mut spy))
+        .await
+        .unwrap();
+    let subject = captured.subject.clone();
+    let legit: serde_json::Value = serde_json::from_slice(&captured.payload).unwrap();
+    let from = legit["from"].as_str().unwrap().to_owned();
+
+    let forged = |room: &str, secret: &str, seq: u64, text: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "room": room, "secret": secret, "from": from, "seq": seq,
+            "body": {"kind": "text", "text": text, "sent_at": 0},
+        }))
+        .unwrap()
+    };
+    let wrong_secret = "0123456789abcdef0123456789abcdef";
+    let real_secret = legit["secret"].as_str().unwrap();
+    let mut hostile: Vec<Vec<u8>> = vec![
+        b"{not json".to_vec(),
+        br#"{"room": 7, "seq": "x"}"#.to_vec(),
+        // Just over the broker's own bound, under the server's.
+        vec![b'x'; 16 * 1024 * 6 + 2048],
+        forged(&RoomId::new_random().to_string(), wrong_secret, 2, "wrong room"),
+        forged(&room.to_string(), wrong_secret, 2, "wrong secret"),
+        // The real secret, but text a client could never send.
+        forged(&room.to_string(), real_secret, 2, "   "),
+        forged(&room.to_string(), real_secret, 2, &"y".repeat(16 * 1024 + 1)),
+        // Replayed: the captured message again, verbatim.
+        captured.payload.to_vec(),
+    ];
+    for i in 0..2_000 {
+        hostile.push(forged(&room.to_string(), wrong_secret, 2 + i, "flood"));
+    }
+    let sent = hostile.len() as u64;
+    for payload in hostile {
+        nats.publish(subject.clone(), payload.into()).await.unwrap();
+    }
+    // Claims and presence are untrusted too.
+    let claim_subject = format!("mcpchat.test.claim.{from}");
+    for payload in [
+        b"junk".to_vec(),
+        serde_json::to_vec(&serde_json::json!({
+            "key": "nobody", "room": RoomId::new_random(), "claimer": wrong_secret, "secret": wrong_secret,
+        }))
+        .unwrap(),
+    ] {
+        let answer = nats.request(claim_subject.clone(), payload.into()).await;
+        let answer: serde_json::Value = serde_json::from_slice(&answer.unwrap().payload).unwrap();
+        assert_eq!(answer["matched"], false);
+    }
+    nats.publish("mcpchat.test.presence", "garbage".into())
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+
+    // The next thing b1 sees is a1's next message: nothing hostile came
+    // through (ProtoClient also checks that event seqs stay contiguous).
+    assert_eq!(a1.say(room, "legit 2").await, Reply::Sent);
+    assert_eq!(received(&mut b1).await, "legit 2");
+    assert_eq!(b1.say(room, "reply").await, Reply::Sent);
+    assert_eq!(received(&mut a1).await, "reply");
+    // Every hostile room message that the stream stored was counted.
+    wait_for_status(&sb.path, "B to count the rejected messages", |s| {
+        s.federation.as_ref().is_some_and(|f| f.rejected >= sent)
+    })
+    .await;
+}

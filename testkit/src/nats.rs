@@ -67,6 +67,11 @@ impl NatsServer {
     /// Kills the server and starts it again on the same ports and store.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill().await?;
+        self.start_again().await
+    }
+
+    /// Starts a killed server again on the same ports and store.
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
         let again = Self::spawn(
             &self.dir,
             Some((self.port, self.http_port)),

@@ -551,17 +551,20 @@ impl Link {
             return;
         };
         let claim = match wire::parse::<Claim>(&msg.payload) {
-            Ok(c) if wire::is_id(&c.claimer) && wire::is_id(&c.secret) => c,
+            Ok(c) if wire::is_id(&c.claimer) && wire::is_id(&c.secret) => Some(c),
             Ok(_) => {
                 self.reject(Rejected::Malformed, "claim");
-                return;
+                None
             }
             Err(why) => {
                 self.reject(why, "claim");
-                return;
+                None
             }
         };
-        let Some(session) = self.keys.remove(&claim.key) else {
+        // A bad claim is answered too, so its sender does not wait.
+        let Some((claim, session)) =
+            claim.and_then(|c| self.keys.remove(&c.key).map(|s| (c, s)))
+        else {
             // Left, or never ours.
             let _ = self
                 .client

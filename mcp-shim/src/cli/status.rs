@@ -19,6 +19,8 @@ struct StatusReport<'a> {
     sessions: usize,
     waiting: usize,
     rooms: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    federation: Option<mcp_chat_proto::FederationStatus>,
 }
 
 /// Asks the broker on `socket` for its figures.
@@ -60,11 +62,12 @@ pub async fn run(socket: &Path, json: bool) -> anyhow::Result<()> {
         sessions: info.sessions.saturating_sub(1),
         waiting: info.waiting,
         rooms: info.rooms,
+        federation: info.federation,
     };
     let text = if json {
         serde_json::to_string_pretty(&report)?
     } else {
-        format!(
+        let mut text = format!(
             "socket:   {}\nbroker:   pid {}, version {}, up {}\nsessions: {} online, {} waiting, {} rooms",
             report.socket.display(),
             report.broker_pid,
@@ -73,10 +76,29 @@ pub async fn run(socket: &Path, json: bool) -> anyhow::Result<()> {
             report.sessions,
             report.waiting,
             report.rooms
-        )
+        );
+        if let Some(f) = &report.federation {
+            text.push('\n');
+            text.push_str(&federation(f));
+        }
+        text
     };
     println!("{text}"); // stdout-ok
     Ok(())
+}
+
+/// The federation lines: server, realm, state and since when, the realm's
+/// queue, rooms across machines, and what went wrong last.
+fn federation(f: &mcp_chat_proto::FederationStatus) -> String {
+    let state = if f.connected { "connected" } else { "NOT connected" };
+    let mut text = format!(
+        "realm:    {} on {}, {state} since {} (Unix time)\n          {} waiting in the realm, {} rooms across machines, {} inbound messages rejected",
+        f.realm, f.server, f.since, f.waiting_in_realm, f.remote_rooms, f.rejected
+    );
+    if let Some(e) = &f.last_error {
+        text.push_str(&format!("\n          last error: {e}"));
+    }
+    text
 }
 
 fn uptime(seconds: u64) -> String {
