@@ -311,9 +311,12 @@ async fn a_hostile_nats_publisher_cannot_reach_the_clients() {
     nats.flush().await.unwrap();
     assert_eq!(a1.say(room, "legit 1").await, Reply::Sent);
     assert_eq!(received(&mut b1).await, "legit 1");
-    let captured = within("the spy to see a room message", futures::StreamExt::next(&mut spy))
-        .await
-        .unwrap();
+    let captured = within(
+        "the spy to see a room message",
+        futures::StreamExt::next(&mut spy),
+    )
+    .await
+    .unwrap();
     let subject = captured.subject.clone();
     let legit: serde_json::Value = serde_json::from_slice(&captured.payload).unwrap();
     let from = legit["from"].as_str().unwrap().to_owned();
@@ -332,11 +335,21 @@ async fn a_hostile_nats_publisher_cannot_reach_the_clients() {
         br#"{"room": 7, "seq": "x"}"#.to_vec(),
         // Just over the broker's own bound, under the server's.
         vec![b'x'; 16 * 1024 * 6 + 2048],
-        forged(&RoomId::new_random().to_string(), wrong_secret, 2, "wrong room"),
+        forged(
+            &RoomId::new_random().to_string(),
+            wrong_secret,
+            2,
+            "wrong room",
+        ),
         forged(&room.to_string(), wrong_secret, 2, "wrong secret"),
         // The real secret, but text a client could never send.
         forged(&room.to_string(), real_secret, 2, "   "),
-        forged(&room.to_string(), real_secret, 2, &"y".repeat(16 * 1024 + 1)),
+        forged(
+            &room.to_string(),
+            real_secret,
+            2,
+            &"y".repeat(16 * 1024 + 1),
+        ),
         // Replayed: the captured message again, verbatim.
         captured.payload.to_vec(),
     ];
@@ -376,4 +389,116 @@ async fn a_hostile_nats_publisher_cannot_reach_the_clients() {
         s.federation.as_ref().is_some_and(|f| f.rejected >= sent)
     })
     .await;
+}
+
+/// The README's private realm: `examples/nats/private-realm.conf` gives the
+/// team's brokers their own NATS account. Brokers configured by file (the
+/// default `<config dir>/mcp-chat/config.toml`, or `--config`) with their
+/// password in the environment meet; an outsider's account cannot reach
+/// the realm; a wrong password shows in `status`, and `mcp-chat status` and
+/// `doctor` show the realm.
+#[tokio::test]
+async fn a_private_realm_with_nats_accounts_configured_by_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = mcp_chat_tests::repo_root().join("examples/nats/private-realm.conf");
+    let conf = conf.to_str().unwrap();
+    let nats = NatsServer::start_with(dir.path(), &["-c", conf])
+        .await
+        .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let config_dir = home.path().join(".config/mcp-chat");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::write(
+        config_dir.join("config.toml"),
+        format!("[federation]\nurl = \"{}\"\nrealm = \"team\"\n", nats.url()),
+    )
+    .unwrap();
+    let start = |socket: &TestSocket, user: &str, password: &str| {
+        let mut command = mcp_chat_testkit::BrokerChild::command(
+            &mcp_chat_tests::bin_path("mcp-chat-broker"),
+            &socket.path,
+        );
+        command
+            .env("XDG_CONFIG_HOME", home.path().join(".config"))
+            .env("MCP_CHAT_NATS_USER", user)
+            .env("MCP_CHAT_NATS_PASSWORD", password);
+        let path = socket.path.clone();
+        async move {
+            mcp_chat_testkit::BrokerChild::start(command, &path)
+                .await
+                .unwrap()
+        }
+    };
+    let (sa, sb, sc) = (TestSocket::new(), TestSocket::new(), TestSocket::new());
+    let _a = start(&sa, "alice", "alice-change-me").await;
+    let _b = start(&sb, "bob", "bob-change-me").await;
+    let _c = start(&sc, "bob", "not-the-password").await;
+    connected(&sa.path).await;
+    connected(&sb.path).await;
+    let mut a1 = ProtoClient::connect(&sa.path).await;
+    let mut b1 = ProtoClient::connect(&sb.path).await;
+    let room = pair(&mut a1, &mut b1).await;
+    assert_eq!(a1.say(room, "just us").await, Reply::Sent);
+    assert_eq!(received(&mut b1).await, "just us");
+
+    // Another account on the same server: the realm's subjects are not
+    // there (nobody answers a claim), and its JetStream is its own.
+    let outsider = async_nats::ConnectOptions::with_user_and_password(
+        "outsider".into(),
+        "outsider-change-me".into(),
+    )
+    .connect(nats.url())
+    .await
+    .unwrap();
+    let status = wait_for_status(&sa.path, "A's broker id", |s| s.federation.is_some()).await;
+    assert_eq!(status.federation.unwrap().realm, "team");
+    let answer = outsider
+        .request(
+            "mcpchat.team.claim.0123456789abcdef0123456789abcdef",
+            "x".into(),
+        )
+        .await;
+    assert_eq!(
+        answer.unwrap_err().kind(),
+        async_nats::RequestErrorKind::NoResponders
+    );
+    let js = async_nats::jetstream::new(outsider);
+    assert!(js.get_stream("MCPCHAT_ROOMS_team").await.is_err());
+
+    // A wrong password: the broker serves locally and says why.
+    let status = wait_for_status(&sc.path, "C to report its login failure", |s| {
+        s.federation
+            .as_ref()
+            .is_some_and(|f| f.last_error.is_some())
+    })
+    .await;
+    let f = status.federation.unwrap();
+    assert!(!f.connected);
+
+    // The human subcommands show the realm.
+    let run = |args: &'static [&'static str]| {
+        tokio::process::Command::new(mcp_chat_tests::bin_path("mcp-chat"))
+            .args(args)
+            .env("MCP_CHAT_SOCKET", &sa.path)
+            .env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join(".config"))
+            .stdin(std::process::Stdio::null())
+            .output()
+    };
+    let out = within("mcp-chat status", run(&["status"])).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("realm:    team on nats://127.0.0.1:"),
+        "{text}"
+    );
+    assert!(text.contains("connected since"), "{text}");
+    let out = within("mcp-chat status --json", run(&["status", "--json"]))
+        .await
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["federation"]["realm"], "team");
+    assert_eq!(json["federation"]["remote_rooms"], 1);
+    let out = within("mcp-chat doctor", run(&["doctor"])).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ok    federation: realm team"), "{text}");
 }

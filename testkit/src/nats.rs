@@ -101,9 +101,7 @@ impl NatsServer {
         };
         let mut command = Command::new(bin);
         command.args(["-a", "127.0.0.1", "-p", &port, "-m", &http]);
-        if !extra.iter().any(|a| a == "-c") {
-            command.arg("-js").arg("-sd").arg(dir.join("store"));
-        }
+        command.arg("-js").arg("-sd").arg(dir.join("store"));
         let mut child = command
             .args(&extra)
             .arg("--ports_file_dir")

@@ -48,6 +48,8 @@ enum Internal {
         reply: async_nats::Subject,
     },
     Inbound(bytes::Bytes),
+    /// Setting the realm up failed (it is retried): for `status`.
+    Problem(String),
     /// Enter `session` again after a failed attempt.
     Retry(SessionId),
 }
@@ -238,6 +240,7 @@ impl Link {
                     Ok(store) => break store,
                     Err(e) => {
                         tracing::debug!(error = %e, "federation: realm not ready yet");
+                        let _ = internal.send(Internal::Problem(e)).await;
                         tokio::select! {
                             () = stop_setup.cancelled() => return,
                             () = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -379,6 +382,7 @@ impl Link {
                 }
             }
             Internal::Inbound(payload) => self.inbound(&payload).await,
+            Internal::Problem(e) => self.last_error = Some(e),
             Internal::Retry(session) => {
                 if self.waiters.contains_key(&session) && self.connected {
                     self.enter(session);
@@ -562,8 +566,7 @@ impl Link {
             }
         };
         // A bad claim is answered too, so its sender does not wait.
-        let Some((claim, session)) =
-            claim.and_then(|c| self.keys.remove(&c.key).map(|s| (c, s)))
+        let Some((claim, session)) = claim.and_then(|c| self.keys.remove(&c.key).map(|s| (c, s)))
         else {
             // Left, or never ours.
             let _ = self

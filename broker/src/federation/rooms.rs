@@ -36,7 +36,7 @@ const OUTBOX: usize = 1024;
 /// The rooms stream keeps messages this long at most…
 pub const STREAM_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// …and this many bytes, dropping the oldest beyond.
-pub const STREAM_MAX_BYTES: i64 = 1024 * 1024 * 1024;
+pub const STREAM_MAX_BYTES: i64 = 256 * 1024 * 1024;
 /// A broker's consumer is removed this long after the broker stops reading.
 pub const CONSUMER_INACTIVE: Duration = Duration::from_secs(600);
 

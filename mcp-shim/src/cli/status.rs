@@ -90,7 +90,11 @@ pub async fn run(socket: &Path, json: bool) -> anyhow::Result<()> {
 /// The federation lines: server, realm, state and since when, the realm's
 /// queue, rooms across machines, and what went wrong last.
 fn federation(f: &mcp_chat_proto::FederationStatus) -> String {
-    let state = if f.connected { "connected" } else { "NOT connected" };
+    let state = if f.connected {
+        "connected"
+    } else {
+        "NOT connected"
+    };
     let mut text = format!(
         "realm:    {} on {}, {state} since {} (Unix time)\n          {} waiting in the realm, {} rooms across machines, {} inbound messages rejected",
         f.realm, f.server, f.since, f.waiting_in_realm, f.remote_rooms, f.rejected
