@@ -502,3 +502,38 @@ async fn a_private_realm_with_nats_accounts_configured_by_file() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("ok    federation: realm team"), "{text}");
 }
+
+/// The official Python MCP SDK drives two stdio sessions, each through its
+/// own `mcp-chat` on its own broker, through the seed flow (enter, match,
+/// chat both ways, leave): a shim cannot tell a remote partner from a local
+/// one.
+#[tokio::test]
+async fn python_sdk_seed_flow_across_two_brokers() {
+    let realm = Realm::start().await;
+    let (sa, sb) = (TestSocket::new(), TestSocket::new());
+    let _a = realm.broker(&sa, 20_000).await;
+    let _b = realm.broker(&sb, 20_000).await;
+    let script = mcp_chat_tests::repo_root().join("tests/interop/python/seed_flow.py");
+    let run = tokio::process::Command::new(mcp_chat_tests::interop_python())
+        .arg(&script)
+        .env("MCP_CHAT_BIN", mcp_chat_tests::bin_path("mcp-chat"))
+        .env(
+            "MCP_CHAT_BROKER",
+            mcp_chat_tests::bin_path("mcp-chat-broker"),
+        )
+        .env("MCP_CHAT_SOCKET", &sa.path)
+        .env("MCP_CHAT_SOCKET_B", &sb.path)
+        .kill_on_drop(true)
+        .output();
+    let output = within("the Python seed flow across brokers", run)
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "seed_flow.py failed ({})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    assert!(stdout.contains("seed flow: all checks passed"), "{stdout}");
+}

@@ -18,6 +18,8 @@ Environment:
   MCP_CHAT_BIN     path to the `mcp-chat` binary (required)
   MCP_CHAT_SOCKET  broker socket path, e.g. <fresh tmp dir>/sock/broker.sock (required)
   MCP_CHAT_BROKER  broker binary for the auto-start (optional; default: next to mcp-chat)
+  MCP_CHAT_SOCKET_B  a second broker's socket for client B (optional): two brokers
+                   federated over NATS, started beforehand (tests/federation.rs)
 
 Exit status 0 when every check passed, 1 on a failed check, 2 on bad usage.
 A broker auto-started during the run (pid in `<socket stem>.lock` beside the
@@ -243,11 +245,14 @@ async def seed_flow(bin_path: str, socket: str) -> None:
     if broker := os.environ.get("MCP_CHAT_BROKER"):
         env["MCP_CHAT_BROKER"] = broker  # optional override of the broker binary the shim auto-starts
     params = StdioServerParameters(command=bin_path, args=[], env=env)
+    params_b = params
+    if socket_b := os.environ.get("MCP_CHAT_SOCKET_B"):
+        params_b = StdioServerParameters(command=bin_path, args=[], env={**env, "MCP_CHAT_SOCKET": socket_b})
     inbox_a, inbox_b = Inbox("A"), Inbox("B")
 
     # Default connect mode on purpose: no `mode=` argument.
     client_a = Client(params, extensions=[ChatNotifications(inbox_a)], read_timeout_seconds=CALL_TIMEOUT_S)
-    client_b = Client(params, extensions=[ChatNotifications(inbox_b)], read_timeout_seconds=CALL_TIMEOUT_S)
+    client_b = Client(params_b, extensions=[ChatNotifications(inbox_b)], read_timeout_seconds=CALL_TIMEOUT_S)
 
     async with client_a as a, client_b as b:
         check_handshake(a, "A")
