@@ -537,3 +537,118 @@ async fn python_sdk_seed_flow_across_two_brokers() {
     );
     assert!(stdout.contains("seed flow: all checks passed"), "{stdout}");
 }
+
+/// A free loopback port (bound, read, released: another process could take
+/// it in between, which would fail the test loudly, not wrongly).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A 3-node NATS cluster with the realm's stream and bucket replicated 3
+/// times; one node is killed while 100 cross-broker pairs exchange 100
+/// messages each: nothing is lost, duplicated or reordered.
+#[tokio::test]
+async fn a_cluster_node_dies_mid_chat_and_nothing_is_lost() {
+    const PAIRS: usize = 100;
+    const MESSAGES: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let route_list = routes
+        .iter()
+        .map(|p| format!("nats-route://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut nodes = Vec::new();
+    for (i, route) in routes.iter().enumerate() {
+        let node_dir = dir.path().join(format!("n{i}"));
+        std::fs::create_dir_all(&node_dir).unwrap();
+        let conf = node_dir.join("node.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "server_name: n{i}\ncluster {{ name: test, listen: 127.0.0.1:{route}, routes: [{route_list}] }}\n"
+            ),
+        )
+        .unwrap();
+        let conf = conf.to_str().unwrap().to_owned();
+        nodes.push(
+            NatsServer::start_with(&node_dir, &["-c", &conf])
+                .await
+                .unwrap(),
+        );
+    }
+    let urls = nodes
+        .iter()
+        .map(NatsServer::url)
+        .collect::<Vec<_>>()
+        .join(",");
+    let (sa, sb) = (TestSocket::new(), TestSocket::new());
+    let mut args = vec![
+        "--federation",
+        &urls,
+        "--realm",
+        "test",
+        "--federation-replicas",
+        "3",
+    ];
+    args.extend_from_slice(mcp_chat_tests::UNTHROTTLED);
+    let _a = BrokerProcess::start(&sa.path, &args).await;
+    let _b = BrokerProcess::start(&sb.path, &args).await;
+    connected(&sa.path).await;
+    connected(&sb.path).await;
+
+    let mut pairs = Vec::new();
+    for _ in 0..PAIRS {
+        let mut a = ProtoClient::connect(&sa.path).await;
+        let mut b = ProtoClient::connect(&sb.path).await;
+        let room = pair(&mut a, &mut b).await;
+        pairs.push((a, b, room));
+    }
+    let (halfway_tx, mut halfway) = tokio::sync::mpsc::channel(PAIRS);
+    let (killed_tx, killed) = tokio::sync::watch::channel(false);
+    let chats = pairs
+        .into_iter()
+        .enumerate()
+        .map(|(i, (mut a, mut b, room))| {
+            let halfway_tx = halfway_tx.clone();
+            let mut killed = killed.clone();
+            async move {
+                let send = async {
+                    for k in 0..MESSAGES {
+                        if k == MESSAGES / 2 {
+                            halfway_tx.send(()).await.unwrap();
+                            killed.wait_for(|k| *k).await.unwrap();
+                        }
+                        assert_eq!(a.say(room, &format!("{i}:{k}")).await, Reply::Sent);
+                    }
+                    // A last marker: a duplicate anywhere before it would
+                    // show up instead of it.
+                    assert_eq!(a.say(room, "end").await, Reply::Sent);
+                };
+                let receive = async {
+                    for k in 0..MESSAGES {
+                        assert_eq!(received(&mut b).await, format!("{i}:{k}"));
+                    }
+                    assert_eq!(received(&mut b).await, "end");
+                };
+                tokio::join!(send, receive);
+            }
+        });
+    let run = async {
+        let kill = async {
+            for _ in 0..PAIRS {
+                halfway.recv().await.unwrap();
+            }
+            nodes[0].kill().await.unwrap();
+            killed_tx.send(true).unwrap();
+        };
+        tokio::join!(join_all(chats), kill);
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(120), run)
+        .await
+        .expect("the chats finish within 2 minutes");
+}
