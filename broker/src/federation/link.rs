@@ -29,6 +29,9 @@ use crate::config::Limits;
 use crate::state::SessionId;
 
 const PRESENCE_EVERY: Duration = Duration::from_secs(1);
+/// How long a room's late messages are expected after it ended: the
+/// partner's end, and messages that crossed ours.
+const ENDED_KEPT: Duration = Duration::from_secs(600);
 /// How long the hub has to accept a claimed waiter.
 const CONFIRM_WITHIN: Duration = Duration::from_secs(4);
 
@@ -36,12 +39,7 @@ const CONFIRM_WITHIN: Duration = Duration::from_secs(4);
 enum Internal {
     Nats(Event),
     Ready(Box<kv::Store>),
-    Entered {
-        session: SessionId,
-        key: String,
-        outcome: Result<Outcome, realm::EnterError>,
-        dangling: Vec<realm::Dangling>,
-    },
+    Entered(realm::Batch),
     Confirmed {
         room: RoomId,
         matched: bool,
@@ -79,6 +77,12 @@ struct Link {
     down_at: Option<Instant>,
     waiters: HashMap<SessionId, Waiter>,
     keys: HashMap<String, SessionId>,
+    /// Entered since the running attempt began: the next batch.
+    pending: Vec<SessionId>,
+    batch_running: bool,
+    /// Rooms ended lately: a message still on its way for one is expected,
+    /// not hostile.
+    ended: HashMap<RoomId, Instant>,
     /// Entries of waiters that left while NATS was away: deleted once back.
     stale: Vec<(String, u64)>,
     rooms: HashMap<RoomId, RemoteRoom>,
@@ -136,6 +140,9 @@ pub(super) async fn run(
         down_at: Some(Instant::now()),
         waiters: HashMap::new(),
         keys: HashMap::new(),
+        pending: Vec::new(),
+        batch_running: false,
+        ended: HashMap::new(),
         stale: Vec::new(),
         rooms: HashMap::new(),
         seen: HashMap::new(),
@@ -294,7 +301,7 @@ impl Link {
                 }
             }
             ToLink::End { room, reason } => {
-                if let Some(r) = self.rooms.remove(&room) {
+                if let Some(r) = self.take_room(room) {
                     r.send(rooms::end(reason));
                     r.close(true);
                 }
@@ -313,11 +320,24 @@ impl Link {
         ) {
             self.keys.remove(&old.key);
         }
-        self.keys.insert(key.clone(), session);
+        self.keys.insert(key, session);
+        self.pending.push(session);
+        self.run_batch();
+    }
+
+    /// Starts the next attempt over everyone pending, unless one runs.
+    fn run_batch(&mut self) {
+        if self.batch_running || self.pending.is_empty() {
+            return;
+        }
+        // The hub enters sessions only while the link is up.
         let Some(store) = self.store.clone() else {
-            // The hub enters sessions only while the link is up.
             return;
         };
+        let entrants: Vec<(SessionId, String)> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .filter_map(|s| self.waiters.get(&s).map(|w| (s, w.key.clone())))
+            .collect();
         let realm = Realm {
             client: self.client.clone(),
             store,
@@ -326,16 +346,10 @@ impl Link {
             me: self.me.clone(),
         };
         let internal = self.internal.clone();
+        self.batch_running = true;
         tokio::spawn(async move {
-            let (outcome, dangling) = realm::enter(realm, key.clone()).await;
-            let _ = internal
-                .send(Internal::Entered {
-                    session,
-                    key,
-                    outcome,
-                    dangling,
-                })
-                .await;
+            let batch = realm::enter_batch(realm, entrants).await;
+            let _ = internal.send(Internal::Entered(batch)).await;
         });
     }
 
@@ -362,12 +376,21 @@ impl Link {
                 tracing::info!(realm = %self.config.realm, "federation: realm ready");
                 self.set_up().await;
             }
-            Internal::Entered {
-                session,
-                key,
-                outcome,
-                dangling,
-            } => self.entered(session, key, outcome, dangling).await,
+            Internal::Entered(batch) => {
+                self.batch_running = false;
+                for d in batch.dangling {
+                    let room = self.open_room(d.room, d.partner, d.secret);
+                    room.send(rooms::end(DisconnectReason::Disconnected));
+                    room.close(true);
+                }
+                for (session, key, outcome) in batch.outcomes {
+                    self.entered(session, key, outcome).await;
+                }
+                for (first, second) in batch.pairs {
+                    self.paired(first, second).await;
+                }
+                self.run_batch();
+            }
             Internal::Confirmed {
                 room,
                 matched,
@@ -377,7 +400,7 @@ impl Link {
                 if let Err(e) = self.client.publish(reply, answer).await {
                     tracing::warn!(error = %e, "federation: could not answer a claim");
                 }
-                if !matched && let Some(r) = self.rooms.remove(&room) {
+                if !matched && let Some(r) = self.take_room(room) {
                     r.close(false);
                 }
             }
@@ -416,6 +439,7 @@ impl Link {
                 self.since = unix_now();
                 self.down_at = Some(Instant::now());
                 // The hub takes our waiters back into its local queue.
+                self.pending.clear();
                 for (_, w) in std::mem::take(&mut self.waiters) {
                     if let Some(rev) = w.rev {
                         self.stale.push((w.key, rev));
@@ -449,18 +473,34 @@ impl Link {
         self.report().await;
     }
 
+    /// Two of our entrants were paired with each other; one that left
+    /// meanwhile leaves the other to enter again.
+    async fn paired(&mut self, first: SessionId, second: SessionId) {
+        let here = |link: &Self, s: SessionId| link.waiters.contains_key(&s);
+        match (here(self, first), here(self, second)) {
+            (true, true) => {
+                for s in [first, second] {
+                    if let Some(w) = self.waiters.remove(&s) {
+                        self.keys.remove(&w.key);
+                    }
+                }
+                let _ = self
+                    .to_hub
+                    .send(FromLink::PairedLocally { first, second })
+                    .await;
+            }
+            (true, false) => self.pending.push(first),
+            (false, true) => self.pending.push(second),
+            (false, false) => {}
+        }
+    }
+
     async fn entered(
         &mut self,
         session: SessionId,
         key: String,
         outcome: Result<Outcome, realm::EnterError>,
-        dangling: Vec<realm::Dangling>,
     ) {
-        for d in dangling {
-            let room = self.open_room(d.room, d.partner, d.secret);
-            room.send(rooms::end(DisconnectReason::Disconnected));
-            room.close(true);
-        }
         let current = self.waiters.get(&session).is_some_and(|w| w.key == key);
         match outcome {
             Ok(Outcome::Waiting { rev, position }) => {
@@ -537,6 +577,15 @@ impl Link {
             secret,
             self.limits,
         )
+    }
+
+    /// Removes a room, remembering for a while that it ended.
+    fn take_room(&mut self, room: RoomId) -> Option<RemoteRoom> {
+        let taken = self.rooms.remove(&room);
+        if taken.is_some() {
+            self.ended.insert(room, Instant::now());
+        }
+        taken
     }
 
     /// A partner is counted as heard from when its room opens: its first
@@ -630,7 +679,12 @@ impl Link {
         };
         let room_id = msg.room;
         let Some(room) = self.rooms.get_mut(&room_id) else {
-            self.reject(Rejected::NotMember, "room message");
+            if self.ended.contains_key(&room_id) {
+                // Both sides ended at once, or a message crossed our end.
+                tracing::debug!(room = %room_id, "federation: a message for a room that just ended");
+            } else {
+                self.reject(Rejected::NotMember, "room message");
+            }
             return;
         };
         let delivered = match room.accept(msg, Instant::now()) {
@@ -653,7 +707,7 @@ impl Link {
                         .await;
                 }
                 RoomBody::End { reason } => {
-                    if let Some(r) = self.rooms.remove(&room_id) {
+                    if let Some(r) = self.take_room(room_id) {
                         r.close(false);
                     }
                     let _ = self
@@ -678,7 +732,7 @@ impl Link {
     }
 
     fn end_room(&mut self, room: RoomId, reason: DisconnectReason) {
-        if let Some(r) = self.rooms.remove(&room) {
+        if let Some(r) = self.take_room(room) {
             r.close(false);
             let hub = self.to_hub.clone();
             tokio::spawn(async move {
@@ -718,6 +772,8 @@ impl Link {
             }
             self.seen
                 .retain(|_, &mut at| now.duration_since(at) <= grace * 4);
+            self.ended
+                .retain(|_, &mut at| now.duration_since(at) <= ENDED_KEPT);
         }
         self.report().await;
     }

@@ -85,6 +85,13 @@ pub(crate) enum FromLink {
         local: bool,
         confirm: Option<oneshot::Sender<bool>>,
     },
+    /// Two sessions of this broker that entered at the same moment were
+    /// paired with each other (see `realm`): a local room, if both still
+    /// wait.
+    PairedLocally {
+        first: SessionId,
+        second: SessionId,
+    },
     /// Text from the remote partner of `room`, checked and in order.
     Message {
         room: RoomId,

@@ -36,6 +36,16 @@
 //! entry and withdrew instead of waiting: a contradiction. So once a burst
 //! settles, at most one waiter is left in the realm.
 //!
+//! Bursts: a broker runs one attempt at a time, over every session that
+//! entered since the last one began ([`enter_batch`]), oldest first. Its
+//! entrants first claim the realm's existing waiters, oldest first, one
+//! each (step 1 and 4 as above); those left are paired with each other in
+//! arrival order, since they entered at the same moment and any older
+//! waiter has been claimed already; one left over runs the protocol above.
+//! So each broker adds at most one waiter per attempt, and the argument
+//! above holds between those; and a burst of a thousand entrants costs a
+//! broker a handful of KV operations instead of a thousand racing ones.
+//!
 //! Dead brokers' entries are cleaned by the claims themselves (a claim to an
 //! owner that is gone gets no responders, and the entry is already deleted)
 //! and, as a backstop, by the bucket's `max_age`.
@@ -139,6 +149,63 @@ pub struct Realm {
     pub mirror: watch::Receiver<Mirror>,
     pub names: Names,
     pub me: String,
+}
+
+/// What one batch came to: per entrant, in order, and the local pairs.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub outcomes: Vec<(u64, String, Result<Outcome, EnterError>)>,
+    /// Entrants paired with each other (sessions of this broker).
+    pub pairs: Vec<(u64, u64)>,
+    pub dangling: Vec<Dangling>,
+}
+
+/// Runs one attempt for `entrants` (session, waiter key), oldest first: see
+/// the module docs.
+pub async fn enter_batch(realm: Realm, entrants: Vec<(u64, String)>) -> Batch {
+    let mut batch = Batch::default();
+    let mut rest: std::collections::VecDeque<(u64, String)> = entrants.into();
+    let mut lost: HashSet<u64> = HashSet::new();
+    // Step 1, while more than one is left: the last one runs the full
+    // protocol below, which claims as well.
+    while rest.len() > 1 {
+        let oldest = realm
+            .mirror
+            .borrow()
+            .entries
+            .iter()
+            .find(|(rev, _)| !lost.contains(rev))
+            .map(|(&rev, (k, owner))| (rev, k.clone(), owner.clone()));
+        let Some((rev, theirs, owner)) = oldest else {
+            break;
+        };
+        lost.insert(rev);
+        match realm.store.delete_expect_revision(&theirs, Some(rev)).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+            Err(e) => tracing::warn!(error = %e, "claiming a waiter failed"),
+        }
+        match confirm(&realm, theirs, &owner).await {
+            Confirmed::Yes(matched) => {
+                if let Some((session, key)) = rest.pop_front() {
+                    batch.outcomes.push((session, key, Ok(matched)));
+                }
+            }
+            Confirmed::Gone => {}
+            Confirmed::Unanswered(d) => batch.dangling.push(d),
+        }
+    }
+    while rest.len() > 1 {
+        if let (Some((a, _)), Some((b, _))) = (rest.pop_front(), rest.pop_front()) {
+            batch.pairs.push((a, b));
+        }
+    }
+    if let Some((session, key)) = rest.pop_front() {
+        let (outcome, dangling) = enter(realm, key.clone()).await;
+        batch.outcomes.push((session, key, outcome));
+        batch.dangling.extend(dangling);
+    }
+    batch
 }
 
 /// A claim whose owner never answered: it may have matched its waiter

@@ -223,6 +223,7 @@ impl State {
                     let _ = confirm.send(taken);
                 }
             }
+            FromLink::PairedLocally { first, second } => self.paired_locally(first, second),
             FromLink::Message {
                 room,
                 text,
@@ -346,6 +347,57 @@ impl State {
             });
         }
         false
+    }
+
+    /// Opens a local room for two realm waiters of ours, if both still
+    /// wait; one that does is entered again.
+    fn paired_locally(&mut self, first: SessionId, second: SessionId) {
+        let waiting = |state: &Self, s: SessionId| {
+            state
+                .sessions
+                .get(&s)
+                .is_some_and(|x| x.place == Place::Waiting)
+                && state
+                    .federated
+                    .as_ref()
+                    .is_some_and(|f| f.waiting.contains_key(&s))
+        };
+        match (waiting(self, first), waiting(self, second)) {
+            (true, true) => {
+                let pending: Vec<(SessionId, Option<u64>)> = [first, second]
+                    .into_iter()
+                    .map(|s| {
+                        let id = self
+                            .federated
+                            .as_mut()
+                            .and_then(|f| f.waiting.remove(&s))
+                            .flatten();
+                        (s, id)
+                    })
+                    .collect();
+                let room_id = self.open_room(first, second);
+                for (session, id) in pending {
+                    if let Some(id) = id {
+                        self.reply(session, id, Reply::Matched { room_id });
+                    }
+                }
+            }
+            (true, false) => self.reenter(first),
+            (false, true) => self.reenter(second),
+            (false, false) => {}
+        }
+    }
+
+    /// A realm waiter whose match fell through enters again, keeping any
+    /// unanswered `enter_queue`.
+    fn reenter(&mut self, session: SessionId) {
+        if let Some(f) = self.federated.as_ref()
+            && !f.tell(ToLink::Enter { session })
+        {
+            self.realm_withdraw(session);
+            self.queue.push(session, self.is_attached(session));
+            self.try_match();
+        }
     }
 
     /// Waiting goes through the realm: local waiters move there, in order.

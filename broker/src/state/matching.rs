@@ -72,7 +72,7 @@ impl State {
         Reply::Waiting { position }
     }
 
-    fn open_room(&mut self, first: SessionId, second: SessionId) -> RoomId {
+    pub(super) fn open_room(&mut self, first: SessionId, second: SessionId) -> RoomId {
         let room_id = RoomId::new_random();
         self.rooms.insert(
             room_id,
