@@ -80,14 +80,18 @@ impl RemoteRoom {
             rx,
             stop.clone(),
         ));
-        // A remote broker already applies these limits to its sender;
-        // twice them leaves room for bursts that queued during an outage.
-        let double = |l: Option<SendLimit>| {
+        // A remote broker already applies these limits to its sender; twice
+        // the rate, and a burst as large as a sender's whole outbox (what can
+        // pile up while NATS is away and arrive at once), so that a partner
+        // keeping the limits is never refused: a refused message leaves a
+        // gap that holds up the rest of the room.
+        let double = |l: Option<SendLimit>, backlog: f64| {
             l.map(|l| SendLimit {
                 per_second: l.per_second * 2.0,
-                burst: l.burst * 2.0,
+                burst: (l.burst * 2.0).max(backlog),
             })
         };
+        let most = mcp_chat_proto::MAX_MESSAGE_BYTES as f64 * OUTBOX as f64;
         Self {
             partner,
             secret,
@@ -95,8 +99,8 @@ impl RemoteRoom {
             stop,
             next_in: 1,
             ahead: BTreeMap::new(),
-            messages: TokenBucket::full(double(limits.messages)),
-            bytes: TokenBucket::full(double(limits.bytes)),
+            messages: TokenBucket::full(double(limits.messages, OUTBOX as f64)),
+            bytes: TokenBucket::full(double(limits.bytes, most)),
         }
     }
 
@@ -149,8 +153,13 @@ struct Envelope {
     from: String,
 }
 
-/// Publishes a room's outbound messages in order, each until the stream
-/// acknowledges it (the same message id on every retry), until `stop`.
+/// Publishes a room's outbound messages, until `stop`. Whatever is queued
+/// goes out at once (up to [`WINDOW`] messages), then their acks are
+/// awaited; one that failed is published again, with the same message id,
+/// until it is stored (so a retry that did reach the stream is not stored
+/// twice). A retry can land behind a later message of its batch: the
+/// receiver puts them back in `seq` order. The next batch waits for every
+/// ack of the one before.
 async fn publish(
     js: jetstream::Context,
     subject: String,
@@ -159,53 +168,86 @@ async fn publish(
     stop: CancellationToken,
 ) {
     let mut seq = 0;
-    while let Some(body) = tokio::select! {
+    while let Some(first) = tokio::select! {
         () = stop.cancelled() => None,
         body = rx.recv() => body,
     } {
-        seq += 1;
-        let end = matches!(body, RoomBody::End { .. });
-        let msg = RoomMsg {
-            room: envelope.room,
-            secret: envelope.secret.clone(),
-            from: envelope.from.clone(),
-            seq,
-            body,
-        };
-        let payload = wire::encode(&msg);
-        let id = msg.msg_id();
+        let mut batch = vec![first];
+        while batch.len() < WINDOW
+            && !matches!(batch.last(), Some(RoomBody::End { .. }))
+            && let Ok(body) = rx.try_recv()
+        {
+            batch.push(body);
+        }
+        let end = matches!(batch.last(), Some(RoomBody::End { .. }));
+        let mut pending: Vec<(bytes::Bytes, String)> = batch
+            .into_iter()
+            .map(|body| {
+                seq += 1;
+                let msg = RoomMsg {
+                    room: envelope.room,
+                    secret: envelope.secret.clone(),
+                    from: envelope.from.clone(),
+                    seq,
+                    body,
+                };
+                (wire::encode(&msg), msg.msg_id())
+            })
+            .collect();
         let mut backoff = Duration::from_millis(50);
-        loop {
-            let attempt = async {
-                js.send_publish(
-                    subject.clone(),
-                    PublishMessage::build()
-                        .payload(payload.clone())
-                        .message_id(&id),
-                )
-                .await?
-                .await
-            };
-            let done = tokio::select! {
+        while !pending.is_empty() {
+            let attempt = publish_all(&js, &subject, std::mem::take(&mut pending));
+            pending = tokio::select! {
                 () = stop.cancelled() => return,
-                done = attempt => done,
+                failed = attempt => failed,
             };
-            match done {
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, room = %envelope.room, seq, "room publish failed; retrying");
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+            if !pending.is_empty() {
+                tracing::debug!(room = %envelope.room, failed = pending.len(), "room publish failed; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
                 }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
         if end {
             return;
         }
     }
+}
+
+/// Messages published at once by one room's publisher, at most.
+const WINDOW: usize = 256;
+
+/// Publishes every message, then awaits the acks; returns those not stored.
+async fn publish_all(
+    js: &jetstream::Context,
+    subject: &str,
+    messages: Vec<(bytes::Bytes, String)>,
+) -> Vec<(bytes::Bytes, String)> {
+    let mut acks = Vec::with_capacity(messages.len());
+    for (payload, id) in messages {
+        let sent = js
+            .send_publish(
+                subject.to_owned(),
+                PublishMessage::build()
+                    .payload(payload.clone())
+                    .message_id(&id),
+            )
+            .await;
+        acks.push(((payload, id), sent));
+    }
+    let mut failed = Vec::new();
+    for (message, sent) in acks {
+        let stored = match sent {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        if !stored {
+            failed.push(message);
+        }
+    }
+    failed
 }
 
 /// The end a room's messages report, for a reason the partner may see.
