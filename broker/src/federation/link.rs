@@ -56,6 +56,9 @@ enum Internal {
 struct Waiter {
     key: String,
     rev: Option<u64>,
+    /// When its entry was made: it is made again before the bucket's
+    /// `max_age` would drop it.
+    since: Instant,
 }
 
 struct Link {
@@ -316,6 +319,7 @@ impl Link {
             Waiter {
                 key: key.clone(),
                 rev: None,
+                since: Instant::now(),
             },
         ) {
             self.keys.remove(&old.key);
@@ -774,8 +778,24 @@ impl Link {
                 .retain(|_, &mut at| now.duration_since(at) <= grace * 4);
             self.ended
                 .retain(|_, &mut at| now.duration_since(at) <= ENDED_KEPT);
+            self.renew_old_entries(now);
         }
         self.report().await;
+    }
+
+    /// A waiter waiting for half the bucket's `max_age` gets a fresh entry
+    /// (at the back, which costs nothing: a waiter that old is alone).
+    fn renew_old_entries(&mut self, now: Instant) {
+        let old: Vec<(SessionId, String, u64)> = self
+            .waiters
+            .iter()
+            .filter(|(_, w)| now.duration_since(w.since) > realm::QUEUE_MAX_AGE / 2)
+            .filter_map(|(&s, w)| w.rev.map(|rev| (s, w.key.clone(), rev)))
+            .collect();
+        for (session, key, rev) in old {
+            self.delete_entry(key, rev);
+            self.enter(session);
+        }
     }
 
     async fn report(&mut self) {
