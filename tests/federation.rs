@@ -652,3 +652,69 @@ async fn a_cluster_node_dies_mid_chat_and_nothing_is_lost() {
         .await
         .expect("the chats finish within 2 minutes");
 }
+
+/// The race across brokers through the full claim protocol: on each of 3
+/// brokers, 51 sessions enter one after another (each batch one entrant, so
+/// every entrant creates, withdraws and claims KV entries), the three
+/// brokers at once. Every session ends in exactly one room of two, except
+/// at most one still waiting.
+#[tokio::test]
+async fn entrants_racing_one_by_one_on_three_brokers_are_matched_exactly_once() {
+    const PER_BROKER: usize = 51;
+    let realm = Realm::start().await;
+    let sockets = [TestSocket::new(), TestSocket::new(), TestSocket::new()];
+    let _brokers = join_all(sockets.iter().map(|s| realm.broker(s, 20_000))).await;
+    let per_broker = join_all(sockets.iter().map(|socket| async move {
+        let mut clients = Vec::new();
+        for _ in 0..PER_BROKER {
+            let mut c = ProtoClient::connect(&socket.path).await;
+            let reply = c.enter().await;
+            assert!(
+                matches!(reply, Reply::Matched { .. } | Reply::Waiting { .. }),
+                "{reply:?}"
+            );
+            clients.push(c);
+        }
+        clients
+    }))
+    .await;
+    let mut clients: Vec<ProtoClient> = per_broker.into_iter().flatten().collect();
+    // Settled when all but one session are in rooms, as the brokers count
+    // them (a local room holds two, a room across brokers one per side).
+    let mut observers = Vec::new();
+    for socket in &sockets {
+        observers.push(ProtoClient::connect(&socket.path).await);
+    }
+    within("all but one session to be in rooms", async {
+        loop {
+            let mut in_rooms = 0;
+            for o in &mut observers {
+                let s = o.status().await;
+                in_rooms += 2 * s.rooms + s.federation.map_or(0, |f| f.remote_rooms);
+            }
+            if in_rooms == PER_BROKER * 3 - 1 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+    let mut rooms = std::collections::HashMap::<RoomId, usize>::new();
+    let mut waiting = 0;
+    for c in &mut clients {
+        // A session matched has its chatroom.found (pending from its reply
+        // or still to come); the one left waiting has none, and asking
+        // again tells it so.
+        match c.enter().await {
+            Reply::Error { code, .. } => {
+                assert_eq!(code, mcp_chat_proto::ErrorCode::AlreadyInRoom);
+                *rooms.entry(found(c).await).or_default() += 1;
+            }
+            Reply::Waiting { .. } => waiting += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(waiting, 1, "one of an odd number of sessions waits");
+    assert_eq!(rooms.len(), (PER_BROKER * 3 - 1) / 2);
+    assert!(rooms.values().all(|&n| n == 2), "each room has exactly two");
+}
