@@ -59,7 +59,17 @@ struct Waiter {
     /// When its entry was made: it is made again before the bucket's
     /// `max_age` would drop it.
     since: Instant,
+    /// Its entry was taken by a claimer (`Outcome::Taken`), whose request
+    /// is awaited.
+    taken: bool,
+    /// Since when its entry has been gone from the queue with no claim
+    /// request come: a claimer that died between its delete and its
+    /// request. Past [`ORPHAN_AFTER`] the waiter enters again.
+    orphaned_since: Option<Instant>,
 }
+
+/// Well past a claim's timeout: no claim request is still on its way.
+const ORPHAN_AFTER: Duration = Duration::from_secs(12);
 
 struct Link {
     me: String,
@@ -320,6 +330,8 @@ impl Link {
                 key: key.clone(),
                 rev: None,
                 since: Instant::now(),
+                taken: false,
+                orphaned_since: None,
             },
         ) {
             self.keys.remove(&old.key);
@@ -522,7 +534,11 @@ impl Link {
                 }
             }
             // The claimer's request decides (and finds us gone if we left).
-            Ok(Outcome::Taken) => {}
+            Ok(Outcome::Taken) => {
+                if current && let Some(w) = self.waiters.get_mut(&session) {
+                    w.taken = true;
+                }
+            }
             Ok(Outcome::Matched {
                 room,
                 partner,
@@ -779,6 +795,7 @@ impl Link {
             self.ended
                 .retain(|_, &mut at| now.duration_since(at) <= ENDED_KEPT);
             self.renew_old_entries(now);
+            self.reenter_orphans(now);
         }
         self.report().await;
     }
@@ -794,6 +811,31 @@ impl Link {
             .collect();
         for (session, key, rev) in old {
             self.delete_entry(key, rev);
+            self.enter(session);
+        }
+    }
+
+    /// Waiters whose entry left the queue with no claim request following
+    /// (see [`Waiter::orphaned_since`]) enter again.
+    fn reenter_orphans(&mut self, now: Instant) {
+        let mirror = self.mirror.borrow().clone();
+        let mut orphans = Vec::new();
+        for (&session, w) in &mut self.waiters {
+            let queued = w.rev.is_some() && mirror.contains(&w.key);
+            if (w.rev.is_some() || w.taken) && !queued {
+                let since = *w.orphaned_since.get_or_insert(now);
+                if now.duration_since(since) > ORPHAN_AFTER {
+                    orphans.push(session);
+                }
+            } else {
+                w.orphaned_since = None;
+            }
+        }
+        for session in orphans {
+            tracing::warn!(
+                session,
+                "federation: a claimed waiter heard no claim; entering it again"
+            );
             self.enter(session);
         }
     }

@@ -46,6 +46,11 @@
 //! above holds between those; and a burst of a thousand entrants costs a
 //! broker a handful of KV operations instead of a thousand racing ones.
 //!
+//! A claimer that dies between its delete and its claim request leaves a
+//! waiter without an entry: its broker notices (the entry is gone from the
+//! mirror and no claim came within a few claim timeouts) and enters it
+//! again (`link`).
+//!
 //! Dead brokers' entries are cleaned by the claims themselves (a claim to an
 //! owner that is gone gets no responders, and the entry is already deleted)
 //! and, as a backstop, by the bucket's `max_age`.
@@ -92,6 +97,10 @@ impl Mirror {
 
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.by_key.contains_key(key)
     }
 }
 
