@@ -164,19 +164,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         ..Config::default()
     };
 
-    let federation = mcp_chat_broker::federation::config::load(
-        args.config
-            .clone()
-            .or_else(mcp_chat_broker::federation::config::default_path)
-            .as_deref(),
-        &mcp_chat_broker::federation::config::Overrides {
-            url: args.federation.clone(),
-            realm: args.realm.clone(),
-            grace: args.federation_grace_ms.map(Duration::from_millis),
-            replicas: args.federation_replicas,
-        },
-    )
-    .context("federation settings")?;
+    let federation = federation_settings(&args)?;
     let config = Config {
         federation,
         ..config
@@ -197,6 +185,32 @@ fn run(args: Args) -> anyhow::Result<()> {
         .await?;
         anyhow::Ok(())
     })
+}
+
+/// The `[federation]` settings: the config file (`--config`, else the
+/// default path), then the flags. A default path this user may not read
+/// (a broker run as another user, with `HOME` still pointing at the
+/// caller's) counts as no file, with a warning; a named one must be read.
+fn federation_settings(
+    args: &Args,
+) -> anyhow::Result<Option<mcp_chat_broker::federation::FederationConfig>> {
+    use mcp_chat_broker::federation::config::{self, ConfigError, Overrides};
+    let overrides = Overrides {
+        url: args.federation.clone(),
+        realm: args.realm.clone(),
+        grace: args.federation_grace_ms.map(Duration::from_millis),
+        replicas: args.federation_replicas,
+    };
+    let path = args.config.clone().or_else(config::default_path);
+    match config::load(path.as_deref(), &overrides) {
+        Err(ConfigError::Read { path, source })
+            if args.config.is_none() && source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            tracing::warn!(path = %path.display(), "cannot read the config file; going on without it");
+            config::load(None, &overrides).context("federation settings")
+        }
+        loaded => loaded.context("federation settings"),
+    }
 }
 
 fn init_logging(args: &Args, socket: &Path) -> anyhow::Result<()> {
