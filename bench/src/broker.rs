@@ -18,6 +18,15 @@ impl BrokerChild {
     /// Starts a broker and returns once it is ready: told by its ready line,
     /// or, for a broker older than `--print-ready`, by a status round trip.
     pub async fn start(bin: &Path, max_sessions: Option<usize>) -> anyhow::Result<Self> {
+        Self::start_with(bin, max_sessions, &[]).await
+    }
+
+    /// As [`Self::start`], with more arguments (`--federation URL …`).
+    pub async fn start_with(
+        bin: &Path,
+        max_sessions: Option<usize>,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         let dir = temp_dir()?;
         // A subdirectory the broker creates itself, with the mode it insists on.
         let socket = dir.path().join("sock").join("broker.sock");
@@ -35,6 +44,7 @@ impl BrokerChild {
         if let Some(n) = max_sessions {
             command.args(["--max-sessions", &n.to_string()]);
         }
+        command.args(extra);
         // The per-session send limit protects people from floods; it would
         // turn every relay measurement into a measurement of the limit.
         for limit in ["--message-rate", "--byte-rate", "--request-rate"] {

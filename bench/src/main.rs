@@ -10,6 +10,9 @@
 //! - [`http`]: a `chat_status` round trip over `mcp-chat serve --http` (one
 //!   kept-alive connection) against the same over stdio.
 //! - [`scale`]: many concurrent sessions: broker memory and match rate.
+//! - [`federation`]: brokers federated over a real NATS JetStream server,
+//!   against NATS's own latency; the realm's match rate over 1, 2 and 4
+//!   brokers (skipped, with a note, when no `nats-server` is found).
 //!
 //! Support: [`broker`] runs the broker child, [`shim`] drives `mcp-chat`
 //! over stdio, [`stats`] computes percentiles, [`report`] prints. The raw
@@ -26,6 +29,7 @@ mod baseline;
 mod broker;
 mod broker_relay;
 mod end_to_end;
+mod federation;
 mod http;
 mod report;
 mod scale;
@@ -82,6 +86,7 @@ enum Section {
     Startup,
     Http,
     Scale,
+    Federation,
 }
 
 /// How much of everything to do; `--quick` shrinks it all.
@@ -314,6 +319,18 @@ async fn sections(
         scale::run(plan, &binaries.broker, report)
             .await
             .context("scale")?;
+    }
+    if wanted(Section::Federation) {
+        if mcp_chat_testkit::nats::server_bin().is_some() {
+            progress("federation: brokers over NATS JetStream, against NATS itself");
+            federation::run(plan, &binaries.broker, report)
+                .await
+                .context("federation")?;
+        } else {
+            report.note(
+                "federation section skipped: no nats-server (./test.sh installs it into .venv; or set MCP_CHAT_NATS_SERVER)",
+            );
+        }
     }
     Ok(())
 }

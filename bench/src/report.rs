@@ -42,6 +42,8 @@ pub const MILLIS: &str = "ms";
 /// Decimal megabytes (10^6 bytes), the unit the targets are written in.
 pub const MB: &str = "MB";
 pub const BYTES: &str = "bytes";
+/// A ratio of two figures of this run.
+pub const TIMES: &str = "×";
 
 #[derive(Debug, Serialize)]
 pub struct Target {
@@ -259,6 +261,7 @@ fn format_value(value: f64, unit: &str) -> String {
         MICROS => format!("{value:.1} {unit}"),
         MILLIS => format!("{value:.2} {unit}"),
         MB => format!("{value:.1} {unit}"),
+        TIMES => format!("{value:.2}{unit}"),
         _ => format!("{} {unit}", thousands(value)),
     }
 }

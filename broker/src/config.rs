@@ -37,6 +37,8 @@ pub struct Config {
     /// Where blocks between installations are kept across broker
     /// processes (see `block_file`); `None` keeps them in memory only.
     pub blocks_path: Option<PathBuf>,
+    /// The realm to join over NATS; `None` keeps the broker to this machine.
+    pub federation: Option<crate::federation::FederationConfig>,
 }
 
 /// Every per-session rate limit; `None` lifts one.
@@ -168,6 +170,7 @@ impl Default for Config {
             request_limit: Some(SendLimit::requests()),
             log_path: None,
             blocks_path: None,
+            federation: None,
         }
     }
 }

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::block_file::{BlockFile, Loaded};
 use crate::config::{Limits, Liveness};
+use crate::federation::{FromLink, LinkPort};
 use crate::state::{Admitted, ConnectionId, SessionHandle, SessionId, State};
 
 /// Commands buffered before connection tasks wait their turn. A full channel
@@ -51,6 +52,14 @@ pub(crate) enum Command {
     Shutdown,
 }
 
+/// What the hub reads and writes besides its connections: the block file
+/// (with the blocks loaded from it), and the link to a realm of brokers.
+#[derive(Default)]
+pub(crate) struct HubIo {
+    pub(crate) blocks: Option<(BlockFile, Loaded)>,
+    pub(crate) federation: Option<LinkPort>,
+}
+
 /// A cheap handle connection tasks use to reach the hub.
 #[derive(Clone, Debug)]
 pub(crate) struct Hub {
@@ -67,10 +76,14 @@ impl Hub {
         idle_exit: Option<Duration>,
         idle: CancellationToken,
         log_path: Option<&std::path::Path>,
-        blocks: Option<(BlockFile, Loaded)>,
+        io: HubIo,
     ) -> (Self, tokio::task::JoinHandle<()>) {
+        let HubIo { blocks, federation } = io;
         let (commands, rx) = mpsc::channel(COMMAND_CAPACITY);
-        let mut state = State::new(max_sessions, liveness, limits).with_log_path(log_path);
+        let (to_link, from_link) = federation.map(|p| (p.to_link, p.from_link)).unzip();
+        let mut state = State::new(max_sessions, liveness, limits)
+            .with_log_path(log_path)
+            .with_federation(to_link);
         let block_file = match blocks {
             Some((file, loaded)) => {
                 state = state.with_blocks(loaded);
@@ -81,7 +94,9 @@ impl Hub {
         // Armed here, before the caller announces it is listening, so a test
         // cannot signal before the hook is in place.
         let fault = fault::Trigger::arm();
-        let task = tokio::spawn(run(state, rx, idle_exit, idle, fault, block_file));
+        let task = tokio::spawn(run(
+            state, rx, from_link, idle_exit, idle, fault, block_file,
+        ));
         (Self { commands }, task)
     }
 
@@ -117,6 +132,7 @@ impl Hub {
 async fn run(
     mut state: State,
     mut commands: mpsc::Receiver<Command>,
+    mut from_link: Option<mpsc::Receiver<FromLink>>,
     idle_exit: Option<Duration>,
     idle: CancellationToken,
     mut fault: fault::Trigger,
@@ -145,6 +161,7 @@ async fn run(
                     _ => None,
                 };
             }
+            Some(msg) = recv_link(&mut from_link) => state.link_report(msg),
             () = sleep_until(state.next_deadline()) => state.expire(Instant::now()),
             () = fault.fired(), if fault::ENABLED => panic!("injected fault (SIGUSR1, fault-injection build)"),
             () = sleep_until(idle_deadline) => {
@@ -237,6 +254,14 @@ mod fault {
     }
 }
 
+/// The link's next report; never, without federation (or once it is gone).
+async fn recv_link(link: &mut Option<mpsc::Receiver<FromLink>>) -> Option<FromLink> {
+    match link {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -269,7 +294,7 @@ mod tests {
             Some(Duration::from_secs(60)),
             idle.clone(),
             None,
-            None,
+            HubIo::default(),
         );
         let (h, _rx) = handle();
         let admitted = hub.register(h, None).await.unwrap();
@@ -298,7 +323,7 @@ mod tests {
             None,
             idle.clone(),
             None,
-            None,
+            HubIo::default(),
         );
         tokio::time::sleep(Duration::from_secs(86_400)).await;
         assert!(!idle.is_cancelled());

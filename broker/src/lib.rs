@@ -21,6 +21,8 @@
 //! - `block_file`: blocks between installations, kept across broker
 //!   processes as keyed hashes.
 //! - [`config`]: the knobs.
+//! - [`federation`]: joining a realm of brokers over NATS JetStream, so that
+//!   sessions on different machines meet (off unless configured).
 //! - [`fd_limit`]: raising the descriptor limit and sizing the session cap
 //!   to it.
 //! - [`log_file`]: the auto-started broker's private, size-capped log file.
@@ -30,6 +32,7 @@ mod block_file;
 pub mod config;
 mod connection;
 pub mod fd_limit;
+pub mod federation;
 mod hub;
 mod ledger;
 pub mod listener;

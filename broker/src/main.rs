@@ -78,6 +78,26 @@ struct Args {
     /// must know when to connect without reading the log.
     #[arg(long)]
     print_ready: bool,
+    /// Join a realm of brokers on other machines through this NATS server
+    /// (`nats://host:4222`; several comma-separated), overriding the
+    /// `[federation] url` of the config file. Credentials never go here: use
+    /// the config's `credentials` file, or MCP_CHAT_NATS_USER and
+    /// MCP_CHAT_NATS_PASSWORD.
+    #[arg(long, value_name = "URL")]
+    federation: Option<String>,
+    /// The realm to join, overriding the config file's `[federation] realm`.
+    #[arg(long, value_name = "NAME")]
+    realm: Option<String>,
+    /// The config file [default: <config dir>/mcp-chat/config.toml].
+    #[arg(long, value_name = "PATH", env = "MCP_CHAT_CONFIG")]
+    config: Option<PathBuf>,
+    /// How long remote rooms survive a lost NATS link or a silent partner
+    /// broker, in milliseconds. For tests and diagnosis.
+    #[arg(long, value_name = "MS", hide = true)]
+    federation_grace_ms: Option<u64>,
+    /// Replicas of the realm's stream and bucket (3 on a 3-node cluster).
+    #[arg(long, value_name = "N", hide = true)]
+    federation_replicas: Option<usize>,
     /// Log more: -v for per-session events, -vv for everything.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -145,6 +165,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         ..Config::default()
     };
 
+    let federation = federation_settings(&args)?;
+    let config = Config {
+        federation,
+        ..config
+    };
+
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -160,6 +186,32 @@ fn run(args: Args) -> anyhow::Result<()> {
         .await?;
         anyhow::Ok(())
     })
+}
+
+/// The `[federation]` settings: the config file (`--config`, else the
+/// default path), then the flags. A default path this user may not read
+/// (a broker run as another user, with `HOME` still pointing at the
+/// caller's) counts as no file, with a warning; a named one must be read.
+fn federation_settings(
+    args: &Args,
+) -> anyhow::Result<Option<mcp_chat_broker::federation::FederationConfig>> {
+    use mcp_chat_broker::federation::config::{self, ConfigError, Overrides};
+    let overrides = Overrides {
+        url: args.federation.clone(),
+        realm: args.realm.clone(),
+        grace: args.federation_grace_ms.map(Duration::from_millis),
+        replicas: args.federation_replicas,
+    };
+    let path = args.config.clone().or_else(config::default_path);
+    match config::load(path.as_deref(), &overrides) {
+        Err(ConfigError::Read { path, source })
+            if args.config.is_none() && source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            tracing::warn!(path = %path.display(), "cannot read the config file; going on without it");
+            config::load(None, &overrides).context("federation settings")
+        }
+        loaded => loaded.context("federation settings"),
+    }
 }
 
 fn init_logging(args: &Args, socket: &Path) -> anyhow::Result<()> {

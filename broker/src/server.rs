@@ -83,6 +83,11 @@ pub async fn run(
             .inspect_err(|e| tracing::warn!(path = %path.display(), error = %e, "cannot keep blocks on disk; they hold until this broker exits"))
             .ok()
     });
+    let link_stop = CancellationToken::new();
+    let link = config
+        .federation
+        .clone()
+        .map(|f| crate::federation::spawn(f, config.limits(), link_stop.clone()));
     let (hub, mut hub_task) = Hub::spawn(
         config.max_sessions,
         config.liveness,
@@ -90,8 +95,14 @@ pub async fn run(
         config.idle_exit,
         idle.clone(),
         config.log_path.as_deref(),
-        blocks,
+        crate::hub::HubIo {
+            blocks,
+            federation: link.map(|(port, _)| port),
+        },
     );
+    // Cancelled on every way out, after the hub: the link then leaves the
+    // realm (its waiters' entries are deleted).
+    let _link_stop = link_stop.drop_guard();
     let connections = TaskTracker::new();
     let instance: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
     let slots = Arc::new(Semaphore::new(connection_slots(config.max_sessions)));

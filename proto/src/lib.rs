@@ -44,6 +44,6 @@ pub use error::{CodecError, SocketDirError};
 pub use limits::{MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
 pub use matching::{Entry, InterestCount, Kind, Meet};
 pub use message::{
-    BrokerMsg, ClientMsg, DisconnectReason, ErrorCode, Event, MatchInfo, Refusal, Reply, Request,
-    Resume, RoomId, StatusInfo,
+    BrokerMsg, ClientMsg, DisconnectReason, ErrorCode, Event, FederationStatus, MatchInfo, Refusal,
+    Reply, Request, Resume, RoomId, StatusInfo,
 };

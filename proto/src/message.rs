@@ -213,6 +213,10 @@ pub struct StatusInfo {
     /// ten. Empty from brokers older than interests.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interests: Vec<InterestCount>,
+    /// The link to a realm of brokers over NATS; `None` when federation is
+    /// off (or the broker is older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<FederationStatus>,
 }
 
 /// What a session learns about its match: the interests the two share
@@ -224,6 +228,30 @@ pub struct MatchInfo {
     /// `None` from brokers older than kinds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partner_kind: Option<Kind>,
+}
+
+/// What `mcp-chat status` and `doctor` show of a broker's federation link.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FederationStatus {
+    /// The NATS server(s) configured, without credentials.
+    pub server: String,
+    pub realm: String,
+    /// Connected to NATS with the realm's queue and stream set up: waiting
+    /// sessions go through the realm.
+    pub connected: bool,
+    /// Since when the link has been in its current state (connected or
+    /// not), in seconds since the Unix epoch.
+    pub since: u64,
+    /// Sessions waiting in the whole realm, as this broker last saw it.
+    pub waiting_in_realm: usize,
+    /// This broker's rooms whose partner is on another broker.
+    pub remote_rooms: usize,
+    /// Inbound federation messages dropped as malformed, oversized, too fast
+    /// or not from the room's partner broker.
+    #[serde(default)]
+    pub rejected: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// Something that happened to a session without it asking.
@@ -271,6 +299,9 @@ pub enum DisconnectReason {
     Disconnected,
     /// The broker is shutting down.
     Shutdown,
+    /// The partner was on another broker of the realm, and this broker lost
+    /// its link to the realm for longer than the grace.
+    FederationLost,
     #[serde(other)]
     Unknown,
 }
@@ -281,6 +312,7 @@ impl DisconnectReason {
             Self::Left => "left",
             Self::Disconnected => "disconnected",
             Self::Shutdown => "shutdown",
+            Self::FederationLost => "federation_lost",
             Self::Unknown => "unknown",
         }
     }
@@ -453,6 +485,12 @@ mod tests {
                 interest: "chess".into(),
                 waiting: 7,
             }],
+            federation: Some(FederationStatus {
+                server: "nats://127.0.0.1:4222".into(),
+                realm: "team".into(),
+                connected: true,
+                ..FederationStatus::default()
+            }),
         }));
         let back: Reply = serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap();
         assert_eq!(back, status);
@@ -565,6 +603,7 @@ mod tests {
             DisconnectReason::Left,
             DisconnectReason::Disconnected,
             DisconnectReason::Shutdown,
+            DisconnectReason::FederationLost,
         ] {
             assert_eq!(
                 serde_json::to_value(reason).unwrap(),

@@ -12,6 +12,7 @@
 //!   through its machine-readable ready line, never its log wording.
 //! - [`sys`]: `/proc` readers (memory, CPU, zombies, command lines), the
 //!   open-file limit, lock holders and signals.
+//! - [`nats`]: a real `nats-server` with JetStream, for federation.
 //! - [`token_bucket`]: client-side pacing under a broker's send limit.
 //!
 //! Vocabulary, as across the workspace: a *broker session* is what the
@@ -20,6 +21,7 @@
 
 pub mod broker;
 pub mod client;
+pub mod nats;
 pub mod proto_client;
 pub mod sys;
 pub mod token_bucket;

@@ -187,6 +187,7 @@ impl State {
         if waiting {
             self.queue.set_attached(session, true);
             self.pool.relist(session);
+            self.realm_resume(session);
         }
         tracing::info!(session, replayed = missed.len(), "session resumed");
         for (seq, event) in missed {
@@ -242,6 +243,7 @@ impl State {
         if waiting {
             self.queue.set_attached(session, false);
             self.pool.unlist(session);
+            self.realm_detach(session);
         }
     }
 

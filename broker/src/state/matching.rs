@@ -28,7 +28,9 @@ impl State {
             // Its options stand as first given: a repeated call only asks
             // where it is.
             Place::Waiting => return self.waiting_reply(session),
-            Place::InRoom(room_id) if self.partner_of(session, room_id).is_some() => {
+            Place::InRoom(room_id)
+                if self.partner_of(session, room_id).is_some() || self.is_remote_room(room_id) =>
+            {
                 return Reply::error(
                     ErrorCode::AlreadyInRoom,
                     format!("you are already chatting in room {room_id}; call leave_chat first"),
@@ -176,6 +178,7 @@ impl State {
             .parties
             .iter()
             .find(|p| p.identity.session != session)
+            .filter(|p| p.known)
             .map(|p| p.kind);
         MatchInfo {
             common_interests: room.common_interests.clone(),
@@ -183,17 +186,14 @@ impl State {
         }
     }
 
-    fn open_room(&mut self, first: SessionId, second: SessionId, common: Vec<String>) -> RoomId {
+    pub(super) fn open_room(
+        &mut self,
+        first: SessionId,
+        second: SessionId,
+        common: Vec<String>,
+    ) -> RoomId {
         let room_id = RoomId::new_random();
-        let party = |state: &Self, session| super::RoomParty {
-            identity: state.identity(session),
-            kind: state
-                .sessions
-                .get(&session)
-                .map(|s| s.kind)
-                .unwrap_or_default(),
-        };
-        let parties = [party(self, first), party(self, second)];
+        let parties = [self.room_party(first), self.room_party(second)];
         self.rooms.insert(
             room_id,
             Room {
@@ -210,6 +210,19 @@ impl State {
         }
         tracing::debug!(%room_id, first, second, "matched");
         room_id
+    }
+
+    /// `session` as a party to a room on this broker.
+    pub(super) fn room_party(&self, session: SessionId) -> super::RoomParty {
+        super::RoomParty {
+            identity: self.identity(session),
+            kind: self
+                .sessions
+                .get(&session)
+                .map(|s| s.kind)
+                .unwrap_or_default(),
+            known: true,
+        }
     }
 
     pub(super) fn set_place(&mut self, session: SessionId, place: Place) {

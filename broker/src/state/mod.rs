@@ -23,12 +23,15 @@
 //! - `rooms`: relaying messages (rate limited) and leaving.
 //! - `liveness`: dropped connections, resuming them, and the timers.
 //! - `rate`: the token bucket behind `rate_limited`.
+//! - `federated`: waiting through a realm of brokers, and rooms whose
+//!   partner is on another broker (see `crate::federation`).
 
+mod federated;
 mod liveness;
 mod matching;
 mod pool;
 mod queue;
-mod rate;
+pub(crate) mod rate;
 mod rooms;
 pub(crate) mod rule;
 
@@ -159,6 +162,9 @@ struct Room {
 struct RoomParty {
     identity: Identity,
     kind: Kind,
+    /// False for a partner on another broker: what it is, and who, is not
+    /// known here (see `federated`).
+    known: bool,
 }
 
 #[derive(Debug)]
@@ -194,6 +200,8 @@ pub(crate) struct State {
     slow_consumers: Vec<SessionId>,
     /// Reported in `Status` (see `Config::log_path`).
     log_path: Option<String>,
+    /// The link to a realm of brokers, when federation is on.
+    federated: Option<federated::Federated>,
 }
 
 impl State {
@@ -218,6 +226,7 @@ impl State {
             shutting_down: false,
             slow_consumers: Vec::new(),
             log_path: None,
+            federated: None,
         }
     }
 
@@ -334,6 +343,13 @@ impl State {
         }
         s.requesting.spend(1.0);
         s.last_seen = now;
+        if let Request::EnterQueue(entry) = &request
+            && self.realm_enter(session, id, entry)
+        {
+            // Answered when the realm has placed or matched it.
+            self.detach_slow_consumers();
+            return;
+        }
         let reply = match request {
             Request::EnterQueue(entry) => self.enter_queue(session, &entry),
             Request::SendMessage { room_id, message } => {
@@ -376,6 +392,13 @@ impl State {
         self.shutting_down = true;
         let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         for id in &ids {
+            match self.sessions.get(id).map(|s| s.place) {
+                Some(Place::InRoom(room_id)) => {
+                    self.end_remote(room_id, DisconnectReason::Shutdown)
+                }
+                Some(Place::Waiting) => self.realm_withdraw(*id),
+                _ => {}
+            }
             if let Some(Place::InRoom(room_id)) = self.sessions.get(id).map(|s| s.place)
                 && self.partner_of(*id, room_id).is_some()
             {
@@ -414,6 +437,7 @@ impl State {
             detached: self.detached,
             log_path: self.log_path.clone(),
             interests: self.pool.busiest(),
+            federation: self.federation_status(),
         }
     }
 
@@ -443,6 +467,7 @@ impl State {
             Place::Waiting => {
                 self.queue.remove(session);
                 self.pool.remove(session);
+                self.realm_withdraw(session);
             }
             Place::InRoom(room_id) => {
                 let counts = removed.delivery(room_id);

@@ -217,6 +217,15 @@ impl Pool {
         top
     }
 
+    /// Every waiter, first arrived first: for moving them elsewhere at
+    /// once (the realm, when its link comes up).
+    pub(super) fn in_arrival_order(&self) -> Vec<SessionId> {
+        let mut waiters: Vec<(u64, SessionId)> =
+            self.waiters.iter().map(|(&s, w)| (w.arrival, s)).collect();
+        waiters.sort_unstable();
+        waiters.into_iter().map(|(_, s)| s).collect()
+    }
+
     pub(super) fn clear(&mut self) {
         *self = Self::default();
     }

@@ -22,7 +22,7 @@ pub(super) fn rate_limited(wait: Duration, why: &str, then: &str) -> Reply {
 }
 
 #[derive(Debug)]
-pub(super) struct TokenBucket {
+pub(crate) struct TokenBucket {
     limit: Option<SendLimit>,
     tokens: f64,
     refilled: Instant,
@@ -30,7 +30,7 @@ pub(super) struct TokenBucket {
 
 impl TokenBucket {
     /// A full bucket; `None` never runs dry.
-    pub(super) fn full(limit: Option<SendLimit>) -> Self {
+    pub(crate) fn full(limit: Option<SendLimit>) -> Self {
         Self {
             limit,
             tokens: limit.map_or(0.0, |l| l.burst),
@@ -49,7 +49,7 @@ impl TokenBucket {
     /// Whether `cost` tokens are there now (after refilling), or how long
     /// until they are. A cost above the burst is held to the burst, so one
     /// large item waits for a full bucket rather than forever.
-    pub(super) fn wait_for(&mut self, now: Instant, cost: f64) -> Result<(), Duration> {
+    pub(crate) fn wait_for(&mut self, now: Instant, cost: f64) -> Result<(), Duration> {
         let Some(limit) = self.limit else {
             return Ok(());
         };
@@ -67,7 +67,7 @@ impl TokenBucket {
     }
 
     /// Spends what [`Self::wait_for`] found there.
-    pub(super) fn spend(&mut self, cost: f64) {
+    pub(crate) fn spend(&mut self, cost: f64) {
         if let Some(limit) = self.limit {
             self.tokens -= cost.min(limit.burst);
         }

@@ -38,6 +38,21 @@ impl State {
                 );
             }
         }
+        if self.is_remote_room(room_id) {
+            let sent_at = now_ms();
+            if !self.relay_remote(room_id, message, sent_at) {
+                return rate_limited(
+                    PARTNER_BACKLOG_RETRY,
+                    "the broker's link to your partner's machine is overloaded",
+                    "send again",
+                );
+            }
+            if let Some(s) = self.sessions.get_mut(&session) {
+                s.sending.spend(1.0);
+                s.sending_bytes.spend(bytes);
+            }
+            return Reply::Sent;
+        }
         let Some(partner) = self.partner_of(session, room_id) else {
             return Reply::error(
                 ErrorCode::PartnerGone,
@@ -60,9 +75,7 @@ impl State {
             s.sending.spend(1.0);
             s.sending_bytes.spend(bytes);
         }
-        let sent_at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let sent_at = now_ms();
         self.emit(
             partner,
             Event::MessageReceived {
@@ -79,6 +92,18 @@ impl State {
     pub(super) fn leave_chat(&mut self, session: SessionId, room_id: RoomId, block: bool) -> Reply {
         if !self.is_member(session, room_id) {
             return unknown_room(room_id);
+        }
+        if block
+            && self
+                .rooms
+                .get(&room_id)
+                .is_some_and(|room| room.parties.iter().any(|p| !p.known))
+        {
+            // Refused before leaving, so the caller can still choose.
+            return Reply::error(
+                ErrorCode::InvalidArguments,
+                "this partner is on another machine of the realm, and blocks do not cross machines yet; call leave_chat without block to leave",
+            );
         }
         // A member's room is there: it is forgotten only once empty.
         if block && let Some(room) = self.rooms.get(&room_id) {
@@ -109,6 +134,7 @@ impl State {
         reason: DisconnectReason,
         counts: Delivery,
     ) {
+        self.end_remote(room_id, reason);
         let partner = self.partner_of(session, room_id);
         let Some(room) = self.rooms.get_mut(&room_id) else {
             return;
@@ -148,6 +174,13 @@ impl State {
             .copied()
             .find(|&m| m != session)
     }
+}
+
+/// Now, in milliseconds since the Unix epoch (`sent_at`).
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// How long a sender is asked to wait when its partner's backlog is full.

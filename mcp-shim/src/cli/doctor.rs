@@ -41,6 +41,7 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
     let dir_ok = check_socket_dir(&mut report, socket);
     if dir_ok && check_broker(&mut report, socket).await {
         show_log(&report, socket).await;
+        show_federation(&mut report, socket).await;
         check_round_trip(&mut report, socket).await;
     }
     check_registrations(&mut report);
@@ -196,6 +197,37 @@ async fn show_log(report: &Report, socket: &Path) {
     }
 }
 
+/// The link to a realm of brokers, if configured: a link that is down is a
+/// failure (local chat works, strangers elsewhere are out of reach).
+async fn show_federation(report: &mut Report, socket: &Path) {
+    let Ok(info) = super::status::query(socket).await else {
+        return;
+    };
+    match info.federation {
+        None => report.note(
+            "federation",
+            "off: this broker matches sessions of this machine only (see README, \"Beyond one machine\")",
+        ),
+        Some(f) if f.connected => report.ok(
+            "federation",
+            format!(
+                "realm {} on {}, {} waiting in the realm, {} rooms across machines, {} inbound messages rejected",
+                f.realm, f.server, f.waiting_in_realm, f.remote_rooms, f.rejected
+            ),
+        ),
+        Some(f) => report.fail(
+            "federation",
+            format!(
+                "realm {} on {} is not reachable{}",
+                f.realm,
+                f.server,
+                f.last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default()
+            ),
+            "check that the NATS server runs with JetStream (nats-server -js) and the [federation] settings in config.toml",
+        ),
+    }
+}
+
 /// Two temporary sessions matched with each other and a message relayed.
 async fn check_round_trip(report: &mut Report, socket: &Path) {
     match tokio::time::timeout(ROUND_TRIP_DEADLINE, round_trip(socket)).await {
@@ -229,7 +261,10 @@ async fn round_trip(socket: &Path) -> Result<RoundTrip, String> {
         .await
         .map_err(failed)?
         .broker
-        .map_or(0, |info| info.waiting);
+        // With federation, the test sessions would meet the realm's waiters.
+        .map_or(0, |info| {
+            info.waiting + info.federation.map_or(0, |f| f.waiting_in_realm)
+        });
     if waiting > 0 {
         return Ok(RoundTrip::Skipped(waiting));
     }

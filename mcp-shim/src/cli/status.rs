@@ -21,6 +21,8 @@ struct StatusReport<'a> {
     rooms: usize,
     /// The ten busiest interests among those waiting.
     busiest_interests: &'a [mcp_chat_proto::InterestCount],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    federation: Option<mcp_chat_proto::FederationStatus>,
 }
 
 /// Asks the broker on `socket` for its figures.
@@ -63,11 +65,12 @@ pub async fn run(socket: &Path, json: bool) -> anyhow::Result<()> {
         waiting: info.waiting,
         rooms: info.rooms,
         busiest_interests: &info.interests,
+        federation: info.federation,
     };
     let text = if json {
         serde_json::to_string_pretty(&report)?
     } else {
-        format!(
+        let mut text = format!(
             "socket:   {}\nbroker:   pid {}, version {}, up {}\nsessions: {} online, {} waiting, {} rooms",
             report.socket.display(),
             report.broker_pid,
@@ -76,7 +79,12 @@ pub async fn run(socket: &Path, json: bool) -> anyhow::Result<()> {
             report.sessions,
             report.waiting,
             report.rooms
-        ) + &busiest(report.busiest_interests)
+        ) + &busiest(report.busiest_interests);
+        if let Some(f) = &report.federation {
+            text.push('\n');
+            text.push_str(&federation(f));
+        }
+        text
     };
     println!("{text}"); // stdout-ok
     Ok(())
@@ -92,6 +100,24 @@ fn busiest(interests: &[mcp_chat_proto::InterestCount]) -> String {
         .map(|c| format!("{} {}", c.interest, c.waiting))
         .collect();
     format!("\nwaiting by interest: {}", counts.join(", "))
+}
+
+/// The federation lines: server, realm, state and since when, the realm's
+/// queue, rooms across machines, and what went wrong last.
+fn federation(f: &mcp_chat_proto::FederationStatus) -> String {
+    let state = if f.connected {
+        "connected"
+    } else {
+        "NOT connected"
+    };
+    let mut text = format!(
+        "realm:    {} on {}, {state} since {} (Unix time)\n          {} waiting in the realm, {} rooms across machines, {} inbound messages rejected",
+        f.realm, f.server, f.since, f.waiting_in_realm, f.remote_rooms, f.rejected
+    );
+    if let Some(e) = &f.last_error {
+        text.push_str(&format!("\n          last error: {e}"));
+    }
+    text
 }
 
 fn uptime(seconds: u64) -> String {

@@ -1,0 +1,974 @@
+//! The link task: the broker's one connection to the realm. It owns the
+//! NATS client, this broker's waiters in the realm queue, the link side of
+//! remote rooms, and the presence of other brokers; the hub hears of all
+//! that only through [`FromLink`] messages.
+//!
+//! Liveness: every broker publishes its presence every second (core NATS).
+//! A room's partner broker silent for the grace ends the room with
+//! `disconnected`. While this broker has lost NATS it keeps its remote rooms
+//! for the grace (the client reconnects by itself), then ends them with
+//! `federation_lost`; local matching goes on meanwhile, and waiting sessions
+//! re-enter the realm when the link is back.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::{Event, ServerAddr};
+use futures::StreamExt;
+use mcp_chat_proto::{DisconnectReason, FederationStatus, RoomId};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::realm::{self, Mirror, Outcome, Realm};
+use super::rooms::{self, RemoteRoom};
+use super::wire::{self, Claim, ClaimAnswer, Names, Presence, Rejected, RoomBody, RoomMsg};
+use super::{FederationConfig, FromLink, ToLink};
+use crate::config::Limits;
+use crate::state::SessionId;
+
+const PRESENCE_EVERY: Duration = Duration::from_secs(1);
+/// How long a room's late messages are expected after it ended: the
+/// partner's end, and messages that crossed ours.
+const ENDED_KEPT: Duration = Duration::from_secs(600);
+/// How long the hub has to accept a claimed waiter.
+const CONFIRM_WITHIN: Duration = Duration::from_secs(4);
+
+/// What the link's helper tasks report to it.
+enum Internal {
+    Nats(Event),
+    Ready(Box<kv::Store>),
+    Entered(realm::Batch),
+    Confirmed {
+        room: RoomId,
+        matched: bool,
+        reply: async_nats::Subject,
+    },
+    Inbound(bytes::Bytes),
+    /// Setting the realm up failed (it is retried): for `status`.
+    Problem(String),
+    /// Enter `session` again after a failed attempt.
+    Retry(SessionId),
+}
+
+/// One of our sessions in the realm queue.
+struct Waiter {
+    key: String,
+    rev: Option<u64>,
+    /// When its entry was made: it is made again before the bucket's
+    /// `max_age` would drop it.
+    since: Instant,
+    /// Its entry was taken by a claimer (`Outcome::Taken`), whose request
+    /// is awaited.
+    taken: bool,
+    /// Since when its entry has been gone from the queue with no claim
+    /// request come: a claimer that died between its delete and its
+    /// request. Past [`ORPHAN_AFTER`] the waiter enters again.
+    orphaned_since: Option<Instant>,
+}
+
+/// Well past a claim's timeout: no claim request is still on its way.
+const ORPHAN_AFTER: Duration = Duration::from_secs(12);
+
+struct Link {
+    me: String,
+    names: Names,
+    config: FederationConfig,
+    limits: Limits,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    to_hub: mpsc::Sender<FromLink>,
+    internal: mpsc::Sender<Internal>,
+    mirror: watch::Receiver<Mirror>,
+    mirror_tx: Option<watch::Sender<Mirror>>,
+    store: Option<kv::Store>,
+    connected: bool,
+    /// Whether the hub was last told `Up`.
+    up: bool,
+    since: u64,
+    down_at: Option<Instant>,
+    waiters: HashMap<SessionId, Waiter>,
+    keys: HashMap<String, SessionId>,
+    /// Entered since the running attempt began: the next batch.
+    pending: Vec<SessionId>,
+    batch_running: bool,
+    /// Rooms ended lately: a message still on its way for one is expected,
+    /// not hostile.
+    ended: HashMap<RoomId, Instant>,
+    /// Entries of waiters that left while NATS was away: deleted once back.
+    stale: Vec<(String, u64)>,
+    rooms: HashMap<RoomId, RemoteRoom>,
+    seen: HashMap<String, Instant>,
+    rejected: u64,
+    last_error: Option<String>,
+    last_status: Option<FederationStatus>,
+}
+
+pub(super) async fn run(
+    config: FederationConfig,
+    limits: Limits,
+    mut from_hub: mpsc::Receiver<ToLink>,
+    to_hub: mpsc::Sender<FromLink>,
+    stop: CancellationToken,
+) {
+    let me = wire::fresh_id();
+    let names = Names {
+        realm: config.realm.clone(),
+    };
+    let (internal, mut internal_rx) = mpsc::channel(1024);
+    let client = match connect(&config, internal.clone()).await {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(error = %e, "federation: cannot use the NATS settings; federation stays off");
+            let _ = to_hub
+                .send(FromLink::Status(FederationStatus {
+                    server: config.urls.join(","),
+                    realm: config.realm.clone(),
+                    last_error: Some(e),
+                    ..FederationStatus::default()
+                }))
+                .await;
+            return;
+        }
+    };
+    tracing::info!(broker = %me, realm = %config.realm, "federation: joining the realm");
+    let js = jetstream::new(client.clone());
+    let (mirror_tx, mirror) = watch::channel(Mirror::default());
+    let mut link = Link {
+        me,
+        names,
+        config,
+        limits,
+        client,
+        js,
+        to_hub,
+        internal,
+        mirror,
+        mirror_tx: Some(mirror_tx),
+        store: None,
+        connected: false,
+        up: false,
+        since: unix_now(),
+        down_at: Some(Instant::now()),
+        waiters: HashMap::new(),
+        keys: HashMap::new(),
+        pending: Vec::new(),
+        batch_running: false,
+        ended: HashMap::new(),
+        stale: Vec::new(),
+        rooms: HashMap::new(),
+        seen: HashMap::new(),
+        rejected: 0,
+        last_error: None,
+        last_status: None,
+    };
+    link.start_tasks(stop.clone());
+    let mut claims = link.subscribe(link.names.claim(&link.me)).await;
+    let mut presence = link.subscribe(link.names.presence()).await;
+    let mut tick = tokio::time::interval(PRESENCE_EVERY);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            command = from_hub.recv() => match command {
+                Some(command) => link.command(command),
+                None => break,
+            },
+            Some(event) = internal_rx.recv() => link.internal(event).await,
+            Some(claim) = next(&mut claims) => link.claim(claim).await,
+            Some(beat) = next(&mut presence) => link.presence(&beat.payload),
+            _ = tick.tick() => link.tick().await,
+        }
+    }
+    // Leave the realm: our waiters go, so nobody claims them in vain.
+    if let Some(store) = &link.store {
+        for (_, w) in link.waiters.drain() {
+            if let Some(rev) = w.rev {
+                let _ = store.delete_expect_revision(&w.key, Some(rev)).await;
+            }
+        }
+    }
+    let _ = link.client.flush().await;
+}
+
+async fn next(sub: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
+    match sub {
+        Some(sub) => sub.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn connect(
+    config: &FederationConfig,
+    internal: mpsc::Sender<Internal>,
+) -> Result<async_nats::Client, String> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name("mcp-chat-broker")
+        .retry_on_initial_connect()
+        .ping_interval(Duration::from_secs(2))
+        .event_callback(move |event| {
+            let internal = internal.clone();
+            async move {
+                let _ = internal.send(Internal::Nats(event)).await;
+            }
+        });
+    if let Some(path) = &config.credentials {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|e| format!("reading credentials {}: {e}", path.display()))?;
+    }
+    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(ca) = &config.tls_ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    let addrs = config
+        .urls
+        .iter()
+        .map(|u| u.parse::<ServerAddr>().map_err(|e| format!("{u}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    options.connect(addrs).await.map_err(|e| e.to_string())
+}
+
+impl Link {
+    async fn subscribe(&mut self, subject: String) -> Option<async_nats::Subscriber> {
+        match self.client.subscribe(subject.clone()).await {
+            Ok(sub) => Some(sub),
+            Err(e) => {
+                tracing::error!(subject, error = %e, "federation: cannot subscribe");
+                self.last_error = Some(e.to_string());
+                None
+            }
+        }
+    }
+
+    /// Sets up the realm's stream and bucket (retrying until the server
+    /// answers), this broker's consumer, and its presence.
+    fn start_tasks(&mut self, stop: CancellationToken) {
+        let js = self.js.clone();
+        let names = self.names.clone();
+        let internal = self.internal.clone();
+        let replicas = self.config.replicas;
+        let me = self.me.clone();
+        let client = self.client.clone();
+        let stop_setup = stop.clone();
+        tokio::spawn(async move {
+            let store = loop {
+                match setup(&js, &names, replicas).await {
+                    Ok(store) => break store,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "federation: realm not ready yet");
+                        let _ = internal.send(Internal::Problem(e)).await;
+                        tokio::select! {
+                            () = stop_setup.cancelled() => return,
+                            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        }
+                    }
+                }
+            };
+            let _ = internal.send(Internal::Ready(Box::new(store))).await;
+            consume(js, names, me, internal, stop_setup).await;
+        });
+        let presence = wire::encode(&Presence {
+            broker: self.me.clone(),
+        });
+        let subject = self.names.presence();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(PRESENCE_EVERY);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = every.tick() => {
+                        let _ = client.publish(subject.clone(), presence.clone()).await;
+                    }
+                }
+            }
+        });
+    }
+
+    fn command(&mut self, command: ToLink) {
+        match command {
+            ToLink::Enter { session } => self.enter(session),
+            ToLink::Withdraw { session } => {
+                if let Some(w) = self.waiters.remove(&session) {
+                    self.keys.remove(&w.key);
+                    if let Some(rev) = w.rev {
+                        self.delete_entry(w.key, rev);
+                    }
+                }
+            }
+            ToLink::Send {
+                room,
+                text,
+                sent_at,
+            } => {
+                let sent = self
+                    .rooms
+                    .get(&room)
+                    .map(|r| r.send(RoomBody::Text { text, sent_at }));
+                if sent == Some(false) {
+                    tracing::warn!(%room, "federation: a room's messages piled up while NATS was away; ending it");
+                    self.end_room(room, DisconnectReason::FederationLost);
+                }
+            }
+            ToLink::End { room, reason } => {
+                if let Some(r) = self.take_room(room) {
+                    r.send(rooms::end(reason));
+                    r.close(true);
+                }
+            }
+        }
+    }
+
+    fn enter(&mut self, session: SessionId) {
+        let key = wire::fresh_id();
+        if let Some(old) = self.waiters.insert(
+            session,
+            Waiter {
+                key: key.clone(),
+                rev: None,
+                since: Instant::now(),
+                taken: false,
+                orphaned_since: None,
+            },
+        ) {
+            self.keys.remove(&old.key);
+        }
+        self.keys.insert(key, session);
+        self.pending.push(session);
+        self.run_batch();
+    }
+
+    /// Starts the next attempt over everyone pending, unless one runs.
+    fn run_batch(&mut self) {
+        if self.batch_running || self.pending.is_empty() {
+            return;
+        }
+        // The hub enters sessions only while the link is up.
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let entrants: Vec<(SessionId, String)> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .filter_map(|s| self.waiters.get(&s).map(|w| (s, w.key.clone())))
+            .collect();
+        let realm = Realm {
+            client: self.client.clone(),
+            store,
+            mirror: self.mirror.clone(),
+            names: self.names.clone(),
+            me: self.me.clone(),
+        };
+        let internal = self.internal.clone();
+        self.batch_running = true;
+        tokio::spawn(async move {
+            let batch = realm::enter_batch(realm, entrants).await;
+            let _ = internal.send(Internal::Entered(batch)).await;
+        });
+    }
+
+    fn delete_entry(&mut self, key: String, rev: u64) {
+        match (&self.store, self.connected) {
+            (Some(store), true) => {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let _ = store.delete_expect_revision(&key, Some(rev)).await;
+                });
+            }
+            _ => self.stale.push((key, rev)),
+        }
+    }
+
+    async fn internal(&mut self, event: Internal) {
+        match event {
+            Internal::Nats(event) => self.nats_event(event).await,
+            Internal::Ready(store) => {
+                if let Some(mirror) = self.mirror_tx.take() {
+                    tokio::spawn(realm::watch_queue((*store).clone(), mirror));
+                }
+                self.store = Some(*store);
+                tracing::info!(realm = %self.config.realm, "federation: realm ready");
+                self.set_up().await;
+            }
+            Internal::Entered(batch) => {
+                self.batch_running = false;
+                for d in batch.dangling {
+                    let room = self.open_room(d.room, d.partner, d.secret);
+                    room.send(rooms::end(DisconnectReason::Disconnected));
+                    room.close(true);
+                }
+                for (session, key, outcome) in batch.outcomes {
+                    self.entered(session, key, outcome).await;
+                }
+                for (first, second) in batch.pairs {
+                    self.paired(first, second).await;
+                }
+                self.run_batch();
+            }
+            Internal::Confirmed {
+                room,
+                matched,
+                reply,
+            } => {
+                let answer = wire::encode(&ClaimAnswer { matched });
+                if let Err(e) = self.client.publish(reply, answer).await {
+                    tracing::warn!(error = %e, "federation: could not answer a claim");
+                }
+                if !matched && let Some(r) = self.take_room(room) {
+                    r.close(false);
+                }
+            }
+            Internal::Inbound(payload) => self.inbound(&payload).await,
+            Internal::Problem(e) => self.last_error = Some(e),
+            Internal::Retry(session) => {
+                if self.waiters.contains_key(&session) && self.connected {
+                    self.enter(session);
+                }
+            }
+        }
+    }
+
+    async fn nats_event(&mut self, event: Event) {
+        match event {
+            Event::Connected => {
+                tracing::info!("federation: connected to NATS");
+                self.connected = true;
+                self.since = unix_now();
+                self.down_at = None;
+                // Silence while we were away says nothing about a partner.
+                let now = Instant::now();
+                for seen in self.seen.values_mut() {
+                    *seen = now;
+                }
+                for (key, rev) in std::mem::take(&mut self.stale) {
+                    self.delete_entry(key, rev);
+                }
+                self.set_up().await;
+            }
+            Event::Disconnected => {
+                tracing::warn!(
+                    "federation: lost NATS; local matching goes on, remote rooms are held"
+                );
+                self.connected = false;
+                self.since = unix_now();
+                self.down_at = Some(Instant::now());
+                // The hub takes our waiters back into its local queue.
+                self.pending.clear();
+                for (_, w) in std::mem::take(&mut self.waiters) {
+                    if let Some(rev) = w.rev {
+                        self.stale.push((w.key, rev));
+                    }
+                }
+                self.keys.clear();
+                self.set_up().await;
+            }
+            Event::ServerError(e) => {
+                tracing::warn!(error = %e, "federation: NATS server error");
+                self.last_error = Some(e.to_string());
+            }
+            Event::ClientError(e) => {
+                tracing::debug!(error = %e, "federation: NATS client error");
+                self.last_error = Some(e.to_string());
+            }
+            other => tracing::debug!(event = %other, "federation: NATS event"),
+        }
+    }
+
+    /// Tells the hub whether waiting sessions go through the realm.
+    async fn set_up(&mut self) {
+        let up = self.connected && self.store.is_some();
+        if up != self.up {
+            self.up = up;
+            let _ = self
+                .to_hub
+                .send(if up { FromLink::Up } else { FromLink::Down })
+                .await;
+        }
+        self.report().await;
+    }
+
+    /// Two of our entrants were paired with each other; one that left
+    /// meanwhile leaves the other to enter again.
+    async fn paired(&mut self, first: SessionId, second: SessionId) {
+        let here = |link: &Self, s: SessionId| link.waiters.contains_key(&s);
+        match (here(self, first), here(self, second)) {
+            (true, true) => {
+                for s in [first, second] {
+                    if let Some(w) = self.waiters.remove(&s) {
+                        self.keys.remove(&w.key);
+                    }
+                }
+                let _ = self
+                    .to_hub
+                    .send(FromLink::PairedLocally { first, second })
+                    .await;
+            }
+            (true, false) => self.pending.push(first),
+            (false, true) => self.pending.push(second),
+            (false, false) => {}
+        }
+    }
+
+    async fn entered(
+        &mut self,
+        session: SessionId,
+        key: String,
+        outcome: Result<Outcome, realm::EnterError>,
+    ) {
+        let current = self.waiters.get(&session).is_some_and(|w| w.key == key);
+        match outcome {
+            Ok(Outcome::Waiting { rev, position }) => {
+                if current {
+                    if let Some(w) = self.waiters.get_mut(&session) {
+                        w.rev = Some(rev);
+                    }
+                    let _ = self
+                        .to_hub
+                        .send(FromLink::Waiting { session, position })
+                        .await;
+                } else {
+                    // It left while entering.
+                    self.delete_entry(key, rev);
+                }
+            }
+            // The claimer's request decides (and finds us gone if we left).
+            Ok(Outcome::Taken) => {
+                if current && let Some(w) = self.waiters.get_mut(&session) {
+                    w.taken = true;
+                }
+            }
+            Ok(Outcome::Matched {
+                room,
+                partner,
+                secret,
+            }) => {
+                if current {
+                    self.waiters.remove(&session);
+                    self.keys.remove(&key);
+                }
+                let local = partner == self.me;
+                if !local {
+                    let r = self.open_room(room, partner, secret);
+                    self.insert_room(room, r);
+                }
+                // Even for a session that left meanwhile: the hub ends the
+                // room, which tells the waiter we took.
+                let _ = self
+                    .to_hub
+                    .send(FromLink::Matched {
+                        session,
+                        room,
+                        local,
+                        confirm: None,
+                    })
+                    .await;
+            }
+            Err(e) => {
+                tracing::warn!(session, error = %e, "federation: entering the realm failed");
+                self.last_error = Some(e.to_string());
+                if current {
+                    // Again shortly, with a fresh entry; the old one may
+                    // exist, and goes.
+                    self.keys.remove(&key);
+                    if let Some(store) = self.store.clone() {
+                        tokio::spawn(async move {
+                            let _ = store.delete(&key).await;
+                        });
+                    }
+                    let internal = self.internal.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let _ = internal.send(Internal::Retry(session)).await;
+                    });
+                }
+            }
+        }
+    }
+
+    fn open_room(&self, room: RoomId, partner: String, secret: String) -> RemoteRoom {
+        RemoteRoom::open(
+            &self.js,
+            &self.names,
+            &self.me,
+            room,
+            partner,
+            secret,
+            self.limits,
+        )
+    }
+
+    /// Removes a room, remembering for a while that it ended.
+    fn take_room(&mut self, room: RoomId) -> Option<RemoteRoom> {
+        let taken = self.rooms.remove(&room);
+        if taken.is_some() {
+            self.ended.insert(room, Instant::now());
+        }
+        taken
+    }
+
+    /// A partner is counted as heard from when its room opens: its first
+    /// heartbeat may not have reached us yet.
+    fn insert_room(&mut self, id: RoomId, room: RemoteRoom) {
+        self.seen
+            .entry(room.partner.clone())
+            .or_insert_with(Instant::now);
+        self.rooms.insert(id, room);
+    }
+
+    /// A claimer took one of our waiters out of the queue.
+    async fn claim(&mut self, msg: async_nats::Message) {
+        let Some(reply) = msg.reply.clone() else {
+            self.reject(Rejected::Malformed, "claim without a reply subject");
+            return;
+        };
+        let claim = match wire::parse::<Claim>(&msg.payload) {
+            Ok(c) if wire::is_id(&c.claimer) && wire::is_id(&c.secret) => Some(c),
+            Ok(_) => {
+                self.reject(Rejected::Malformed, "claim");
+                None
+            }
+            Err(why) => {
+                self.reject(why, "claim");
+                None
+            }
+        };
+        // A bad claim is answered too, so its sender does not wait.
+        let Some((claim, session)) = claim.and_then(|c| self.keys.remove(&c.key).map(|s| (c, s)))
+        else {
+            // Left, or never ours.
+            let _ = self
+                .client
+                .publish(reply, wire::encode(&ClaimAnswer { matched: false }))
+                .await;
+            return;
+        };
+        self.waiters.remove(&session);
+        let local = claim.claimer == self.me;
+        if !local {
+            let r = self.open_room(claim.room, claim.claimer, claim.secret);
+            self.insert_room(claim.room, r);
+        }
+        let (confirm, answer) = oneshot::channel();
+        let _ = self
+            .to_hub
+            .send(FromLink::Matched {
+                session,
+                room: claim.room,
+                local,
+                confirm: Some(confirm),
+            })
+            .await;
+        let internal = self.internal.clone();
+        let room = claim.room;
+        tokio::spawn(async move {
+            let matched = matches!(
+                tokio::time::timeout(CONFIRM_WITHIN, answer).await,
+                Ok(Ok(true))
+            );
+            let _ = internal
+                .send(Internal::Confirmed {
+                    room,
+                    matched,
+                    reply,
+                })
+                .await;
+        });
+    }
+
+    fn presence(&mut self, payload: &[u8]) {
+        match wire::parse::<Presence>(payload) {
+            Ok(p) if wire::is_id(&p.broker) => {
+                self.seen.insert(p.broker, Instant::now());
+            }
+            Ok(_) => self.reject(Rejected::Malformed, "presence"),
+            Err(why) => self.reject(why, "presence"),
+        }
+    }
+
+    async fn inbound(&mut self, payload: &[u8]) {
+        let msg = match wire::parse::<RoomMsg>(payload)
+            .and_then(|m| wire::check_room_msg(&m).map(|()| m))
+        {
+            Ok(m) => m,
+            Err(why) => {
+                self.reject(why, "room message");
+                return;
+            }
+        };
+        let room_id = msg.room;
+        let Some(room) = self.rooms.get_mut(&room_id) else {
+            if self.ended.contains_key(&room_id) {
+                // Both sides ended at once, or a message crossed our end.
+                tracing::debug!(room = %room_id, "federation: a message for a room that just ended");
+            } else {
+                self.reject(Rejected::NotMember, "room message");
+            }
+            return;
+        };
+        let delivered = match room.accept(msg, Instant::now()) {
+            Ok(d) => d,
+            Err(why) => {
+                self.reject(why, "room message");
+                return;
+            }
+        };
+        for body in delivered {
+            match body {
+                RoomBody::Text { text, sent_at } => {
+                    let _ = self
+                        .to_hub
+                        .send(FromLink::Message {
+                            room: room_id,
+                            text,
+                            sent_at,
+                        })
+                        .await;
+                }
+                RoomBody::End { reason } => {
+                    if let Some(r) = self.take_room(room_id) {
+                        r.close(false);
+                    }
+                    let _ = self
+                        .to_hub
+                        .send(FromLink::PartnerEnded {
+                            room: room_id,
+                            reason,
+                        })
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn reject(&mut self, why: Rejected, what: &str) {
+        self.rejected += 1;
+        // Counted always; logged sparingly, so a flood cannot fill the log.
+        if self.rejected <= 16 || self.rejected.is_power_of_two() {
+            tracing::warn!(reason = %why, what, total = self.rejected, "federation: dropped an inbound message");
+        }
+    }
+
+    fn end_room(&mut self, room: RoomId, reason: DisconnectReason) {
+        if let Some(r) = self.take_room(room) {
+            r.close(false);
+            let hub = self.to_hub.clone();
+            tokio::spawn(async move {
+                let _ = hub.send(FromLink::PartnerEnded { room, reason }).await;
+            });
+        }
+    }
+
+    async fn tick(&mut self) {
+        let now = Instant::now();
+        let grace = self.config.grace;
+        if let Some(down) = self.down_at {
+            if now.duration_since(down) > grace && !self.rooms.is_empty() {
+                tracing::warn!(
+                    rooms = self.rooms.len(),
+                    "federation: NATS away past the grace; ending remote rooms"
+                );
+                let ids: Vec<RoomId> = self.rooms.keys().copied().collect();
+                for room in ids {
+                    self.end_room(room, DisconnectReason::FederationLost);
+                }
+            }
+        } else {
+            let silent: Vec<RoomId> = self
+                .rooms
+                .iter()
+                .filter(|(_, r)| {
+                    self.seen
+                        .get(&r.partner)
+                        .is_none_or(|&at| now.duration_since(at) > grace)
+                })
+                .map(|(&id, _)| id)
+                .collect();
+            for room in silent {
+                tracing::warn!(%room, "federation: a partner's broker went silent; ending the room");
+                self.end_room(room, DisconnectReason::Disconnected);
+            }
+            self.seen
+                .retain(|_, &mut at| now.duration_since(at) <= grace * 4);
+            self.ended
+                .retain(|_, &mut at| now.duration_since(at) <= ENDED_KEPT);
+            self.renew_old_entries(now);
+            self.reenter_orphans(now);
+        }
+        self.report().await;
+    }
+
+    /// A waiter waiting for half the bucket's `max_age` gets a fresh entry
+    /// (at the back, which costs nothing: a waiter that old is alone).
+    fn renew_old_entries(&mut self, now: Instant) {
+        let old: Vec<(SessionId, String, u64)> = self
+            .waiters
+            .iter()
+            .filter(|(_, w)| now.duration_since(w.since) > realm::QUEUE_MAX_AGE / 2)
+            .filter_map(|(&s, w)| w.rev.map(|rev| (s, w.key.clone(), rev)))
+            .collect();
+        for (session, key, rev) in old {
+            self.delete_entry(key, rev);
+            self.enter(session);
+        }
+    }
+
+    /// Waiters whose entry left the queue with no claim request following
+    /// (see [`Waiter::orphaned_since`]) enter again.
+    fn reenter_orphans(&mut self, now: Instant) {
+        let mirror = self.mirror.borrow().clone();
+        let mut orphans = Vec::new();
+        for (&session, w) in &mut self.waiters {
+            let queued = w.rev.is_some() && mirror.contains(&w.key);
+            if (w.rev.is_some() || w.taken) && !queued {
+                let since = *w.orphaned_since.get_or_insert(now);
+                if now.duration_since(since) > ORPHAN_AFTER {
+                    orphans.push(session);
+                }
+            } else {
+                w.orphaned_since = None;
+            }
+        }
+        for session in orphans {
+            tracing::warn!(
+                session,
+                "federation: a claimed waiter heard no claim; entering it again"
+            );
+            self.enter(session);
+        }
+    }
+
+    async fn report(&mut self) {
+        let status = FederationStatus {
+            server: self.config.urls.join(","),
+            realm: self.config.realm.clone(),
+            // In the realm: connected, with its queue and stream set up.
+            connected: self.up,
+            since: self.since,
+            waiting_in_realm: self.mirror.borrow().len(),
+            remote_rooms: self.rooms.len(),
+            rejected: self.rejected,
+            last_error: self.last_error.clone(),
+        };
+        if self.last_status.as_ref() != Some(&status) {
+            self.last_status = Some(status.clone());
+            let _ = self.to_hub.send(FromLink::Status(status)).await;
+        }
+    }
+}
+
+/// Creates (or finds) the realm's rooms stream and queue bucket, both with
+/// limits, so that a realm cannot grow the server's disk without bound.
+async fn setup(
+    js: &jetstream::Context,
+    names: &Names,
+    replicas: usize,
+) -> Result<kv::Store, String> {
+    js.get_or_create_stream(stream::Config {
+        name: names.stream(),
+        subjects: vec![names.rooms_wildcard()],
+        max_age: rooms::STREAM_MAX_AGE,
+        max_bytes: rooms::STREAM_MAX_BYTES,
+        max_message_size: i32::try_from(wire::MAX_WIRE_BYTES + 4096).unwrap_or(i32::MAX),
+        discard: stream::DiscardPolicy::Old,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("rooms stream: {e}"))?;
+    let bucket = names.bucket();
+    match js.get_key_value(&bucket).await {
+        Ok(store) => Ok(store),
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket,
+                history: 1,
+                max_age: realm::QUEUE_MAX_AGE,
+                max_bytes: 64 * 1024 * 1024,
+                // Values are broker ids; the server counts headers in too.
+                max_value_size: 1024,
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("queue bucket: {e}")),
+    }
+}
+
+/// Reads this broker's room messages through its durable consumer, for as
+/// long as the broker runs, re-creating the consumer if it is lost (after
+/// a long outage it expires by its inactive threshold).
+async fn consume(
+    js: jetstream::Context,
+    names: Names,
+    me: String,
+    internal: mpsc::Sender<Internal>,
+    stop: CancellationToken,
+) {
+    loop {
+        let attempt = async {
+            let stream = js
+                .get_stream(names.stream())
+                .await
+                .map_err(|e| e.to_string())?;
+            let consumer: consumer::PullConsumer = stream
+                .get_or_create_consumer(
+                    &format!("broker_{me}"),
+                    consumer::pull::Config {
+                        durable_name: Some(format!("broker_{me}")),
+                        filter_subject: names.room(&me),
+                        ack_policy: consumer::AckPolicy::Explicit,
+                        deliver_policy: consumer::DeliverPolicy::All,
+                        inactive_threshold: rooms::CONSUMER_INACTIVE,
+                        max_ack_pending: 10_000,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(message) => {
+                        if internal
+                            .send(Internal::Inbound(message.payload.clone()))
+                            .await
+                            .is_err()
+                        {
+                            return Ok(());
+                        }
+                        // Handed to the link, which takes each in order.
+                        if let Err(e) = message.ack().await {
+                            tracing::debug!(error = %e, "federation: ack failed; the message comes again and is dropped as a repeat");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "federation: consumer hiccup"),
+                }
+            }
+            Ok::<(), String>(())
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            ended = attempt => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "federation: room consumer not ready");
+                }
+            }
+        }
+        if internal.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

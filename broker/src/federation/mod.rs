@@ -1,0 +1,130 @@
+//! Federation: this broker joins a *realm* of brokers on other machines
+//! through NATS JetStream, so that waiting sessions everywhere form one FIFO
+//! queue and rooms span machines. Off unless configured.
+//!
+//! The link is one more task beside the hub, talking to it through two
+//! bounded channels of typed messages ([`ToLink`], [`FromLink`]); it shares
+//! no state with it. The hub stays the arbiter of its sessions: the link
+//! proposes a match, the hub accepts it only if the session is still
+//! waiting. A shim never knows whether its partner is local or remote.
+//!
+//! - [`config`]: `config.toml` and the command-line overrides.
+//! - `wire`: subjects and the messages brokers exchange, with validation:
+//!   every inbound message is treated as coming from a hostile client.
+//! - `realm`: the realm's queue (a KV bucket) and the race-free claim
+//!   protocol; read its docs for why no waiter is matched twice.
+//! - `rooms`: messages of rooms spanning two brokers, through a JetStream
+//!   stream (message ids, explicit acks, per-room sequence numbers).
+//! - `link`: the task: connection, presence, liveness, and routing.
+//!
+//! How far it carries: every cross-broker match costs a few KV operations on
+//! the realm's bucket (one stream, so one Raft group in a cluster; about
+//! 2 ms for a lone match on loopback), and every message a publish and an
+//! acked delivery on the rooms stream (about 30 µs of server CPU). So one
+//! cluster serves thousands of matches and tens of thousands of messages a
+//! second; past that, or across continents, a community splits into several
+//! realms or puts a leaf node at each site. BENCHMARKS.md ("Federation")
+//! has the figures and the estimate.
+
+pub mod config;
+mod link;
+mod realm;
+mod rooms;
+mod wire;
+
+use mcp_chat_proto::{DisconnectReason, FederationStatus, RoomId};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+pub use config::FederationConfig;
+
+use crate::config::Limits;
+use crate::state::SessionId;
+
+/// Messages the hub may queue for the link before it counts as overloaded.
+pub(crate) const TO_LINK_CAPACITY: usize = 16 * 1024;
+/// Messages the link may queue for the hub; the link waits when full.
+const FROM_LINK_CAPACITY: usize = 4096;
+
+/// Hub → link.
+#[derive(Debug)]
+pub(crate) enum ToLink {
+    /// Put `session` in the realm's queue (or match it with the oldest).
+    Enter { session: SessionId },
+    /// `session` stopped waiting (left, detached or gone).
+    Withdraw { session: SessionId },
+    /// A message for the remote partner of `room`.
+    Send {
+        room: RoomId,
+        text: String,
+        sent_at: u64,
+    },
+    /// Our side of `room` ended.
+    End {
+        room: RoomId,
+        reason: DisconnectReason,
+    },
+}
+
+/// Link → hub.
+#[derive(Debug)]
+pub(crate) enum FromLink {
+    /// Connected to the realm: waiting sessions go through it.
+    Up,
+    /// Lost NATS: local matching takes over; remote rooms are held.
+    Down,
+    /// `session`'s entry waits in the realm at `position`.
+    Waiting {
+        session: SessionId,
+        position: usize,
+    },
+    /// `session` is matched with a remote (or local) waiter in `room`. With
+    /// `confirm`, a claimer asks: answer whether the session took it.
+    /// `local`: the partner is a session of this broker too (both halves
+    /// of the match arrive here, and the room is an ordinary local one).
+    Matched {
+        session: SessionId,
+        room: RoomId,
+        local: bool,
+        confirm: Option<oneshot::Sender<bool>>,
+    },
+    /// Two sessions of this broker that entered at the same moment were
+    /// paired with each other (see `realm`): a local room, if both still
+    /// wait.
+    PairedLocally {
+        first: SessionId,
+        second: SessionId,
+    },
+    /// Text from the remote partner of `room`, checked and in order.
+    Message {
+        room: RoomId,
+        text: String,
+        sent_at: u64,
+    },
+    /// The remote side of `room` ended.
+    PartnerEnded {
+        room: RoomId,
+        reason: DisconnectReason,
+    },
+    Status(FederationStatus),
+}
+
+/// The hub's end of the link.
+#[derive(Debug)]
+pub(crate) struct LinkPort {
+    pub(crate) to_link: mpsc::Sender<ToLink>,
+    pub(crate) from_link: mpsc::Receiver<FromLink>,
+}
+
+/// Starts the link task; it runs until `stop` or until the hub drops its
+/// port.
+pub(crate) fn spawn(
+    config: FederationConfig,
+    limits: Limits,
+    stop: CancellationToken,
+) -> (LinkPort, tokio::task::JoinHandle<()>) {
+    let (to_link, link_rx) = mpsc::channel(TO_LINK_CAPACITY);
+    let (link_tx, from_link) = mpsc::channel(FROM_LINK_CAPACITY);
+    let task = tokio::spawn(link::run(config, limits, link_rx, link_tx, stop));
+    (LinkPort { to_link, from_link }, task)
+}

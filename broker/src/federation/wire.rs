@@ -1,0 +1,211 @@
+//! What brokers of a realm say to each other over NATS, and the subjects
+//! they say it on. Everything read from NATS comes from an untrusted peer
+//! (any client with access to the realm's subjects can publish): it is
+//! size-checked before it is parsed, parsed into these types only, and its
+//! text checked with the same rule as a local client's.
+//!
+//! Only the message text and the fact of waiting cross the wire: no client
+//! name, pid, socket path, user or host name. Brokers are named by a random
+//! id that changes with every start.
+
+use mcp_chat_proto::message::check_message;
+use mcp_chat_proto::{DisconnectReason, MAX_MESSAGE_BYTES, RoomId};
+use serde::{Deserialize, Serialize};
+
+/// Largest federation message read: a full chat message after JSON escaping
+/// of its worst characters, plus the envelope. Bigger ones are dropped
+/// unparsed.
+pub const MAX_WIRE_BYTES: usize = MAX_MESSAGE_BYTES * 6 + 1024;
+
+/// Subjects, stream and bucket names of one realm.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub realm: String,
+}
+
+impl Names {
+    pub fn presence(&self) -> String {
+        format!("mcpchat.{}.presence", self.realm)
+    }
+
+    /// Claims of waiters owned by `broker` (request/reply).
+    pub fn claim(&self, broker: &str) -> String {
+        format!("mcpchat.{}.claim.{broker}", self.realm)
+    }
+
+    /// Room messages for `broker` (JetStream).
+    pub fn room(&self, broker: &str) -> String {
+        format!("mcpchat.{}.room.{broker}", self.realm)
+    }
+
+    pub fn rooms_wildcard(&self) -> String {
+        format!("mcpchat.{}.room.*", self.realm)
+    }
+
+    pub fn stream(&self) -> String {
+        format!("MCPCHAT_ROOMS_{}", self.realm)
+    }
+
+    pub fn bucket(&self) -> String {
+        format!("mcpchat_queue_{}", self.realm)
+    }
+}
+
+/// A broker's random id: 32 hex digits, new on every start.
+pub fn fresh_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Broker ids and room secrets are 32 lowercase hex digits; anything else
+/// is refused before it is used in a subject or compared.
+pub fn is_id(s: &str) -> bool {
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    pub broker: String,
+}
+
+/// "I took your waiter `key` out of the queue; put it in `room` with me."
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub key: String,
+    pub room: RoomId,
+    pub claimer: String,
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimAnswer {
+    /// The waiter was still there and is now in the room.
+    pub matched: bool,
+}
+
+/// One message of a room, from one broker to the other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomMsg {
+    pub room: RoomId,
+    /// The room's random secret, chosen by the claimer and known only to
+    /// the two brokers: a client that merely guesses a room id cannot
+    /// inject into it.
+    pub secret: String,
+    pub from: String,
+    /// 1, 2, 3… per room and direction: the receiver delivers in this
+    /// order, once each.
+    pub seq: u64,
+    pub body: RoomBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RoomBody {
+    Text {
+        text: String,
+        /// Milliseconds since the Unix epoch, when the sender's broker took it.
+        sent_at: u64,
+    },
+    /// The sender's session left the room (or is gone).
+    End { reason: DisconnectReason },
+}
+
+impl RoomMsg {
+    /// The JetStream message id: the same on every retry, so a publish
+    /// repeated after a lost ack is stored once.
+    pub fn msg_id(&self) -> String {
+        format!("{}.{}.{}", self.from, self.room, self.seq)
+    }
+}
+
+/// Why an inbound message was dropped; counted and logged, never relayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    #[error("oversized")]
+    Oversized,
+    #[error("malformed")]
+    Malformed,
+    #[error("not a room of this broker with that partner and secret")]
+    NotMember,
+    #[error("a sequence number already delivered (replay)")]
+    Replayed,
+    #[error("text the broker would refuse from a local client")]
+    BadText,
+    #[error("over the room's message or byte rate")]
+    TooFast,
+    #[error("too far ahead of the room's sequence")]
+    TooFarAhead,
+}
+
+/// Parses an untrusted payload as `T`, size first.
+pub fn parse<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, Rejected> {
+    if payload.len() > MAX_WIRE_BYTES {
+        return Err(Rejected::Oversized);
+    }
+    serde_json::from_slice(payload).map_err(|_| Rejected::Malformed)
+}
+
+/// Checks what `parse` cannot: ids are ids, text is text a local client
+/// could have sent, and a reason is one this broker knows.
+pub fn check_room_msg(msg: &RoomMsg) -> Result<(), Rejected> {
+    if !is_id(&msg.from) || !is_id(&msg.secret) || msg.seq == 0 {
+        return Err(Rejected::Malformed);
+    }
+    match &msg.body {
+        RoomBody::Text { text, .. } => check_message(text).map_err(|_| Rejected::BadText),
+        RoomBody::End { reason } => match reason {
+            DisconnectReason::Unknown => Err(Rejected::Malformed),
+            _ => Ok(()),
+        },
+    }
+}
+
+pub fn encode<T: Serialize>(value: &T) -> bytes::Bytes {
+    // Serializing these plain structs cannot fail.
+    serde_json::to_vec(value).unwrap_or_default().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(text: &str) -> RoomMsg {
+        RoomMsg {
+            room: RoomId::new_random(),
+            secret: fresh_id(),
+            from: fresh_id(),
+            seq: 1,
+            body: RoomBody::Text {
+                text: text.into(),
+                sent_at: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn round_trip_and_checks() {
+        let m = msg("hi");
+        let back: RoomMsg = parse(&encode(&m)).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(check_room_msg(&back), Ok(()));
+        assert_eq!(check_room_msg(&msg("  ")), Err(Rejected::BadText));
+        let long = "x".repeat(MAX_MESSAGE_BYTES + 1);
+        assert_eq!(check_room_msg(&msg(&long)), Err(Rejected::BadText));
+        let mut bad = msg("hi");
+        bad.from = "../../etc".into();
+        assert_eq!(check_room_msg(&bad), Err(Rejected::Malformed));
+        assert_eq!(
+            parse::<RoomMsg>(&vec![b' '; MAX_WIRE_BYTES + 1]),
+            Err(Rejected::Oversized)
+        );
+        assert_eq!(parse::<RoomMsg>(b"{\"room\":1}"), Err(Rejected::Malformed));
+    }
+
+    #[test]
+    fn ids_are_lowercase_hex_of_32() {
+        assert!(is_id(&fresh_id()));
+        assert!(!is_id("ABCDEF0123456789ABCDEF0123456789"));
+        assert!(!is_id("*"));
+    }
+}

@@ -1,0 +1,829 @@
+//! Brokers federated over NATS JetStream (issue 12): separate broker
+//! processes, each on its own socket (three machines in all but name), on
+//! one real `nats-server` with JetStream, all on loopback. Every wait is on
+//! an event (a reply, a frame, a status round trip, a process exit).
+//!
+//! The server binary comes from `./test.sh` (see `mcp_chat_testkit::nats`).
+
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
+
+use std::path::Path;
+
+use futures::future::join_all;
+use mcp_chat_proto::{DisconnectReason, Event, Reply, RoomId, StatusInfo};
+use mcp_chat_testkit::nats::NatsServer;
+use mcp_chat_testkit::proto_client::wait_for_status;
+use mcp_chat_tests::{BrokerProcess, ProtoClient, TestSocket, within};
+
+/// One realm: a server, and brokers joined to it.
+struct Realm {
+    nats: NatsServer,
+    name: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Realm {
+    async fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("mcp-chat-nats")
+            .tempdir()
+            .unwrap();
+        let nats = NatsServer::start(dir.path()).await.unwrap();
+        Self {
+            nats,
+            name: "test".into(),
+            _dir: dir,
+        }
+    }
+
+    /// A broker joined to the realm, with `grace_ms` for remote rooms, once
+    /// its status says it is connected.
+    async fn broker(&self, socket: &TestSocket, grace_ms: u64) -> BrokerProcess {
+        let grace = grace_ms.to_string();
+        let url = self.nats.url();
+        let broker = BrokerProcess::start(
+            &socket.path,
+            &[
+                "--federation",
+                &url,
+                "--realm",
+                &self.name,
+                "--federation-grace-ms",
+                &grace,
+            ],
+        )
+        .await;
+        connected(&socket.path).await;
+        broker
+    }
+}
+
+async fn connected(socket: &Path) -> StatusInfo {
+    wait_for_status(socket, "the broker to join the realm", |s| {
+        s.federation.as_ref().is_some_and(|f| f.connected)
+    })
+    .await
+}
+
+async fn found(client: &mut ProtoClient) -> RoomId {
+    match client.next_event().await {
+        Event::ChatroomFound { room_id, .. } => room_id,
+        other => panic!("expected chatroom.found, got {other:?}"),
+    }
+}
+
+async fn received(client: &mut ProtoClient) -> String {
+    match client.next_event().await {
+        Event::MessageReceived { message, .. } => message,
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+async fn ended(client: &mut ProtoClient) -> DisconnectReason {
+    match client.next_event().await {
+        Event::PartnerDisconnected { reason, .. } => reason,
+        other => panic!("expected partner.disconnected, got {other:?}"),
+    }
+}
+
+/// `a` waits, then `b` (on another broker) is matched with it.
+async fn pair(a: &mut ProtoClient, b: &mut ProtoClient) -> RoomId {
+    assert_eq!(a.enter().await, Reply::Waiting { position: 1 });
+    let reply = b.enter().await;
+    let room = found(a).await;
+    assert!(
+        matches!(reply, Reply::Matched { room_id, .. } if room_id == room),
+        "{reply:?}"
+    );
+    assert_eq!(found(b).await, room);
+    room
+}
+
+#[tokio::test]
+async fn three_brokers_match_fifo_chat_and_leave() {
+    let realm = Realm::start().await;
+    let sockets = [TestSocket::new(), TestSocket::new(), TestSocket::new()];
+    let _brokers = join_all(sockets.iter().map(|s| realm.broker(s, 20_000))).await;
+    let [sa, sb, sc] = &sockets;
+
+    // The first waiter, on A, is the one B's session meets.
+    let mut a1 = ProtoClient::connect(&sa.path).await;
+    let mut b1 = ProtoClient::connect(&sb.path).await;
+    let room = pair(&mut a1, &mut b1).await;
+    let status = wait_for_status(&sa.path, "A to count its remote room", |s| {
+        s.federation.as_ref().is_some_and(|f| f.remote_rooms == 1)
+    })
+    .await;
+    assert_eq!(status.rooms, 0, "a remote room is not a local room");
+
+    // Chat both ways, in order.
+    for i in 0..20 {
+        assert_eq!(a1.say(room, &format!("a{i}")).await, Reply::Sent);
+        assert_eq!(b1.say(room, &format!("b{i}")).await, Reply::Sent);
+    }
+    for i in 0..20 {
+        assert_eq!(received(&mut b1).await, format!("a{i}"));
+        assert_eq!(received(&mut a1).await, format!("b{i}"));
+    }
+
+    // FIFO across brokers: C's waiter came first, so A's newcomer meets it,
+    // not the B waiter that follows.
+    let mut c1 = ProtoClient::connect(&sc.path).await;
+    assert_eq!(c1.enter().await, Reply::Waiting { position: 1 });
+    wait_for_status(&sb.path, "B to see C's waiter", |s| {
+        s.federation
+            .as_ref()
+            .is_some_and(|f| f.waiting_in_realm == 1)
+    })
+    .await;
+    let mut a2 = ProtoClient::connect(&sa.path).await;
+    let reply = a2.enter().await;
+    let room2 = found(&mut c1).await;
+    assert!(
+        matches!(reply, Reply::Matched { room_id, .. } if room_id == room2),
+        "{reply:?}"
+    );
+    assert_eq!(found(&mut a2).await, room2);
+    let mut b2 = ProtoClient::connect(&sb.path).await;
+    assert_eq!(b2.enter().await, Reply::Waiting { position: 1 });
+
+    // Two sessions of the same broker also meet through the realm.
+    let mut b3 = ProtoClient::connect(&sb.path).await;
+    let reply = b3.enter().await;
+    let room3 = found(&mut b2).await;
+    assert!(
+        matches!(reply, Reply::Matched { room_id, .. } if room_id == room3),
+        "{reply:?}"
+    );
+    assert_eq!(b2.say(room3, "local").await, Reply::Sent);
+    found(&mut b3).await;
+    assert_eq!(received(&mut b3).await, "local");
+
+    // Leaving tells the remote partner.
+    assert_eq!(
+        a1.request(mcp_chat_proto::Request::LeaveChat {
+            room_id: room,
+            block: false
+        })
+        .await,
+        Reply::Left
+    );
+    assert_eq!(ended(&mut b1).await, DisconnectReason::Left);
+    match b1.say(room, "anyone?").await {
+        Reply::Error { code, .. } => assert_eq!(code, mcp_chat_proto::ErrorCode::PartnerGone),
+        other => panic!("{other:?}"),
+    }
+    // And a disconnect, too.
+    drop(c1);
+    assert_eq!(ended(&mut a2).await, DisconnectReason::Disconnected);
+}
+
+#[tokio::test]
+async fn a_killed_broker_is_reported_to_its_remote_partners() {
+    let realm = Realm::start().await;
+    let (sa, sb) = (TestSocket::new(), TestSocket::new());
+    let _a = realm.broker(&sa, 3_000).await;
+    let b = realm.broker(&sb, 3_000).await;
+    let mut a1 = ProtoClient::connect(&sa.path).await;
+    let mut b1 = ProtoClient::connect(&sb.path).await;
+    let room = pair(&mut a1, &mut b1).await;
+    assert_eq!(b1.say(room, "before").await, Reply::Sent);
+    assert_eq!(received(&mut a1).await, "before");
+    b.signal(rustix::process::Signal::KILL);
+    assert_eq!(ended(&mut a1).await, DisconnectReason::Disconnected);
+    // A serves on: its next session waits (the killed broker's waiters, if
+    // any, are claimed in vain and dropped).
+    let mut a2 = ProtoClient::connect(&sa.path).await;
+    assert_eq!(a2.enter().await, Reply::Waiting { position: 1 });
+}
+
+#[tokio::test]
+async fn restarting_nats_mid_chat_loses_nothing() {
+    let mut realm = Realm::start().await;
+    let (sa, sb) = (TestSocket::new(), TestSocket::new());
+    let _a = realm.broker(&sa, 60_000).await;
+    let _b = realm.broker(&sb, 60_000).await;
+    let mut a1 = ProtoClient::connect(&sa.path).await;
+    let mut b1 = ProtoClient::connect(&sb.path).await;
+    let room = pair(&mut a1, &mut b1).await;
+    for i in 0..10 {
+        assert_eq!(a1.say(room, &format!("m{i}")).await, Reply::Sent);
+    }
+    realm.nats.restart().await.unwrap();
+    // Sent while the brokers are still reconnecting: held, then delivered.
+    for i in 10..20 {
+        assert_eq!(a1.say(room, &format!("m{i}")).await, Reply::Sent);
+    }
+    for i in 0..20 {
+        assert_eq!(received(&mut b1).await, format!("m{i}"));
+    }
+    connected(&sa.path).await;
+    connected(&sb.path).await;
+    assert_eq!(b1.say(room, "back").await, Reply::Sent);
+    assert_eq!(received(&mut a1).await, "back");
+    // Matching through the realm works again.
+    let mut a2 = ProtoClient::connect(&sa.path).await;
+    let mut b2 = ProtoClient::connect(&sb.path).await;
+    pair(&mut a2, &mut b2).await;
+}
+
+#[tokio::test]
+async fn a_burst_of_entrants_on_three_brokers_is_matched_exactly_once() {
+    const PER_BROKER: usize = 100;
+    let realm = Realm::start().await;
+    let sockets = [TestSocket::new(), TestSocket::new(), TestSocket::new()];
+    let _brokers = join_all(sockets.iter().map(|s| realm.broker(s, 20_000))).await;
+    let mut clients = Vec::new();
+    for socket in &sockets {
+        for _ in 0..PER_BROKER {
+            clients.push(ProtoClient::connect(&socket.path).await);
+        }
+    }
+    // All at once: every session enters concurrently, then waits for its
+    // room (an even number of sessions: after the burst, none may be left).
+    let rooms = join_all(clients.into_iter().map(|mut c| async move {
+        let reply = c.enter().await;
+        let room = found(&mut c).await;
+        match reply {
+            Reply::Matched { room_id, .. } => assert_eq!(room_id, room),
+            Reply::Waiting { .. } => {}
+            other => panic!("{other:?}"),
+        }
+        (room, c)
+    }))
+    .await;
+    let mut count = std::collections::HashMap::<RoomId, usize>::new();
+    for (room, _) in &rooms {
+        *count.entry(*room).or_default() += 1;
+    }
+    assert_eq!(count.len(), PER_BROKER * 3 / 2, "every session in one room");
+    assert!(count.values().all(|&n| n == 2), "each room has exactly two");
+    for socket in &sockets {
+        wait_for_status(&socket.path, "the realm queue to be empty", |s| {
+            s.federation
+                .as_ref()
+                .is_some_and(|f| f.waiting_in_realm == 0)
+        })
+        .await;
+    }
+    within("the clients to close", async { drop(rooms) }).await;
+}
+
+#[tokio::test]
+async fn losing_nats_keeps_local_chat_and_ends_remote_rooms_after_the_grace() {
+    let mut realm = Realm::start().await;
+    let (sa, sb) = (TestSocket::new(), TestSocket::new());
+    let _a = realm.broker(&sa, 2_000).await;
+    let _b = realm.broker(&sb, 2_000).await;
+    let mut a1 = ProtoClient::connect(&sa.path).await;
+    let mut b1 = ProtoClient::connect(&sb.path).await;
+    pair(&mut a1, &mut b1).await;
+    realm.nats.kill().await.unwrap();
+    assert_eq!(ended(&mut a1).await, DisconnectReason::FederationLost);
+    assert_eq!(ended(&mut b1).await, DisconnectReason::FederationLost);
+    // Local matching and local rooms go on without NATS.
+    let status = wait_for_status(&sa.path, "A to notice", |s| {
+        s.federation.as_ref().is_some_and(|f| !f.connected)
+    })
+    .await;
+    assert_eq!(status.federation.unwrap().remote_rooms, 0);
+    let mut a2 = ProtoClient::connect(&sa.path).await;
+    let mut a3 = ProtoClient::connect(&sa.path).await;
+    let room = pair(&mut a2, &mut a3).await;
+    assert_eq!(a2.say(room, "still here").await, Reply::Sent);
+    assert_eq!(received(&mut a3).await, "still here");
+    // NATS back: both brokers re-join the realm by themselves.
+    realm.nats.start_again().await.unwrap();
+    connected(&sa.path).await;
+    connected(&sb.path).await;
+    let mut a4 = ProtoClient::connect(&sa.path).await;
+    let mut b2 = ProtoClient::connect(&sb.path).await;
+    let room = pair(&mut a4, &mut b2).await;
+    assert_eq!(b2.say(room, "across again").await, Reply::Sent);
+    assert_eq!(received(&mut a4).await, "across again");
+}
+
+/// A raw NATS client on the realm's subjects: it can read the subjects (so
+/// it learns room ids and broker ids), and publishes oversized, malformed,
+/// wrong-room, wrong-secret, replayed and flood messages, bad claims and
+/// bad presence. The brokers drop and count all of it, and the clients see
+/// only what their partners sent.
+#[tokio::test]
+async fn a_hostile_nats_publisher_cannot_reach_the_clients() {
+    let realm = Realm::start().await;
+    let (sa, sb) = (TestSocket::new(), TestSocket::new());
+    let _a = realm.broker(&sa, 20_000).await;
+    let _b = realm.broker(&sb, 20_000).await;
+    let mut a1 = ProtoClient::connect(&sa.path).await;
+    let mut b1 = ProtoClient::connect(&sb.path).await;
+    let room = pair(&mut a1, &mut b1).await;
+
+    let nats = async_nats::connect(realm.nats.url()).await.unwrap();
+    let mut spy = nats.subscribe("mcpchat.test.room.*").await.unwrap();
+    nats.flush().await.unwrap();
+    assert_eq!(a1.say(room, "legit 1").await, Reply::Sent);
+    assert_eq!(received(&mut b1).await, "legit 1");
+    let captured = within(
+        "the spy to see a room message",
+        futures::StreamExt::next(&mut spy),
+    )
+    .await
+    .unwrap();
+    let subject = captured.subject.clone();
+    let legit: serde_json::Value = serde_json::from_slice(&captured.payload).unwrap();
+    let from = legit["from"].as_str().unwrap().to_owned();
+
+    let forged = |room: &str, secret: &str, seq: u64, text: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "room": room, "secret": secret, "from": from, "seq": seq,
+            "body": {"kind": "text", "text": text, "sent_at": 0},
+        }))
+        .unwrap()
+    };
+    let wrong_secret = "0123456789abcdef0123456789abcdef";
+    let real_secret = legit["secret"].as_str().unwrap();
+    let mut hostile: Vec<Vec<u8>> = vec![
+        b"{not json".to_vec(),
+        br#"{"room": 7, "seq": "x"}"#.to_vec(),
+        // Just over the broker's own bound, under the server's.
+        vec![b'x'; 16 * 1024 * 6 + 2048],
+        forged(
+            &RoomId::new_random().to_string(),
+            wrong_secret,
+            2,
+            "wrong room",
+        ),
+        forged(&room.to_string(), wrong_secret, 2, "wrong secret"),
+        // The real secret, but text a client could never send.
+        forged(&room.to_string(), real_secret, 2, "   "),
+        forged(
+            &room.to_string(),
+            real_secret,
+            2,
+            &"y".repeat(16 * 1024 + 1),
+        ),
+        // Replayed: the captured message again, verbatim.
+        captured.payload.to_vec(),
+    ];
+    for i in 0..2_000 {
+        hostile.push(forged(&room.to_string(), wrong_secret, 2 + i, "flood"));
+    }
+    let sent = hostile.len() as u64;
+    for payload in hostile {
+        nats.publish(subject.clone(), payload.into()).await.unwrap();
+    }
+    // Claims and presence are untrusted too.
+    let claim_subject = format!("mcpchat.test.claim.{from}");
+    for payload in [
+        b"junk".to_vec(),
+        serde_json::to_vec(&serde_json::json!({
+            "key": "nobody", "room": RoomId::new_random(), "claimer": wrong_secret, "secret": wrong_secret,
+        }))
+        .unwrap(),
+    ] {
+        let answer = nats.request(claim_subject.clone(), payload.into()).await;
+        let answer: serde_json::Value = serde_json::from_slice(&answer.unwrap().payload).unwrap();
+        assert_eq!(answer["matched"], false);
+    }
+    nats.publish("mcpchat.test.presence", "garbage".into())
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+
+    // The next thing b1 sees is a1's next message: nothing hostile came
+    // through (ProtoClient also checks that event seqs stay contiguous).
+    assert_eq!(a1.say(room, "legit 2").await, Reply::Sent);
+    assert_eq!(received(&mut b1).await, "legit 2");
+    assert_eq!(b1.say(room, "reply").await, Reply::Sent);
+    assert_eq!(received(&mut a1).await, "reply");
+    // Every hostile room message that the stream stored was counted.
+    wait_for_status(&sb.path, "B to count the rejected messages", |s| {
+        s.federation.as_ref().is_some_and(|f| f.rejected >= sent)
+    })
+    .await;
+}
+
+/// The README's private realm: `examples/nats/private-realm.conf` gives the
+/// team's brokers their own NATS account. Brokers configured by file (the
+/// default `<config dir>/mcp-chat/config.toml`, or `--config`) with their
+/// password in the environment meet; an outsider's account cannot reach
+/// the realm; a wrong password shows in `status`, and `mcp-chat status` and
+/// `doctor` show the realm.
+#[tokio::test]
+async fn a_private_realm_with_nats_accounts_configured_by_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = mcp_chat_tests::repo_root().join("examples/nats/private-realm.conf");
+    let conf = conf.to_str().unwrap();
+    let nats = NatsServer::start_with(dir.path(), &["-c", conf])
+        .await
+        .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let config_dir = home.path().join(".config/mcp-chat");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::write(
+        config_dir.join("config.toml"),
+        format!("[federation]\nurl = \"{}\"\nrealm = \"team\"\n", nats.url()),
+    )
+    .unwrap();
+    let start = |socket: &TestSocket, user: &str, password: &str| {
+        let mut command = mcp_chat_testkit::BrokerChild::command(
+            &mcp_chat_tests::bin_path("mcp-chat-broker"),
+            &socket.path,
+        );
+        command
+            .env("XDG_CONFIG_HOME", home.path().join(".config"))
+            .env("MCP_CHAT_NATS_USER", user)
+            .env("MCP_CHAT_NATS_PASSWORD", password);
+        let path = socket.path.clone();
+        async move {
+            mcp_chat_testkit::BrokerChild::start(command, &path)
+                .await
+                .unwrap()
+        }
+    };
+    let (sa, sb, sc) = (TestSocket::new(), TestSocket::new(), TestSocket::new());
+    let _a = start(&sa, "alice", "alice-change-me").await;
+    let _b = start(&sb, "bob", "bob-change-me").await;
+    let _c = start(&sc, "bob", "not-the-password").await;
+    connected(&sa.path).await;
+    connected(&sb.path).await;
+    let mut a1 = ProtoClient::connect(&sa.path).await;
+    let mut b1 = ProtoClient::connect(&sb.path).await;
+    let room = pair(&mut a1, &mut b1).await;
+    assert_eq!(a1.say(room, "just us").await, Reply::Sent);
+    assert_eq!(received(&mut b1).await, "just us");
+
+    // Another account on the same server: the realm's subjects are not
+    // there (nobody answers a claim), and its JetStream is its own.
+    let outsider = async_nats::ConnectOptions::with_user_and_password(
+        "outsider".into(),
+        "outsider-change-me".into(),
+    )
+    .connect(nats.url())
+    .await
+    .unwrap();
+    let status = wait_for_status(&sa.path, "A's broker id", |s| s.federation.is_some()).await;
+    assert_eq!(status.federation.unwrap().realm, "team");
+    let answer = outsider
+        .request(
+            "mcpchat.team.claim.0123456789abcdef0123456789abcdef",
+            "x".into(),
+        )
+        .await;
+    assert_eq!(
+        answer.unwrap_err().kind(),
+        async_nats::RequestErrorKind::NoResponders
+    );
+    let js = async_nats::jetstream::new(outsider);
+    assert!(js.get_stream("MCPCHAT_ROOMS_team").await.is_err());
+
+    // A wrong password: the broker serves locally and says why.
+    let status = wait_for_status(&sc.path, "C to report its login failure", |s| {
+        s.federation
+            .as_ref()
+            .is_some_and(|f| f.last_error.is_some())
+    })
+    .await;
+    let f = status.federation.unwrap();
+    assert!(!f.connected);
+
+    // The human subcommands show the realm.
+    let run = |args: &'static [&'static str]| {
+        tokio::process::Command::new(mcp_chat_tests::bin_path("mcp-chat"))
+            .args(args)
+            .env("MCP_CHAT_SOCKET", &sa.path)
+            .env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join(".config"))
+            .stdin(std::process::Stdio::null())
+            .output()
+    };
+    let out = within("mcp-chat status", run(&["status"])).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("realm:    team on nats://127.0.0.1:"),
+        "{text}"
+    );
+    assert!(text.contains("connected since"), "{text}");
+    let out = within("mcp-chat status --json", run(&["status", "--json"]))
+        .await
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["federation"]["realm"], "team");
+    assert_eq!(json["federation"]["remote_rooms"], 1);
+    let out = within("mcp-chat doctor", run(&["doctor"])).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ok    federation: realm team"), "{text}");
+}
+
+/// The official Python MCP SDK drives two stdio sessions, each through its
+/// own `mcp-chat` on its own broker, through the seed flow (enter, match,
+/// chat both ways, leave): a shim cannot tell a remote partner from a local
+/// one.
+#[tokio::test]
+async fn python_sdk_seed_flow_across_two_brokers() {
+    let realm = Realm::start().await;
+    let (sa, sb) = (TestSocket::new(), TestSocket::new());
+    let _a = realm.broker(&sa, 20_000).await;
+    let _b = realm.broker(&sb, 20_000).await;
+    let script = mcp_chat_tests::repo_root().join("tests/interop/python/seed_flow.py");
+    let run = tokio::process::Command::new(mcp_chat_tests::interop_python())
+        .arg(&script)
+        .env("MCP_CHAT_BIN", mcp_chat_tests::bin_path("mcp-chat"))
+        .env(
+            "MCP_CHAT_BROKER",
+            mcp_chat_tests::bin_path("mcp-chat-broker"),
+        )
+        .env("MCP_CHAT_SOCKET", &sa.path)
+        .env("MCP_CHAT_SOCKET_B", &sb.path)
+        .kill_on_drop(true)
+        .output();
+    let output = within("the Python seed flow across brokers", run)
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "seed_flow.py failed ({})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    assert!(stdout.contains("seed flow: all checks passed"), "{stdout}");
+}
+
+/// A free loopback port (bound, read, released: another process could take
+/// it in between, which would fail the test loudly, not wrongly).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A 3-node NATS cluster with the realm's stream and bucket replicated 3
+/// times; one node is killed while 100 cross-broker pairs exchange 100
+/// messages each: nothing is lost, duplicated or reordered.
+#[tokio::test]
+async fn a_cluster_node_dies_mid_chat_and_nothing_is_lost() {
+    const PAIRS: usize = 100;
+    const MESSAGES: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let route_list = routes
+        .iter()
+        .map(|p| format!("nats-route://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut nodes = Vec::new();
+    for (i, route) in routes.iter().enumerate() {
+        let node_dir = dir.path().join(format!("n{i}"));
+        std::fs::create_dir_all(&node_dir).unwrap();
+        let conf = node_dir.join("node.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "server_name: n{i}\ncluster {{ name: test, listen: 127.0.0.1:{route}, routes: [{route_list}] }}\n"
+            ),
+        )
+        .unwrap();
+        let conf = conf.to_str().unwrap().to_owned();
+        nodes.push(
+            NatsServer::start_with(&node_dir, &["-c", &conf])
+                .await
+                .unwrap(),
+        );
+    }
+    let urls = nodes
+        .iter()
+        .map(NatsServer::url)
+        .collect::<Vec<_>>()
+        .join(",");
+    let (sa, sb) = (TestSocket::new(), TestSocket::new());
+    let mut args = vec![
+        "--federation",
+        &urls,
+        "--realm",
+        "test",
+        "--federation-replicas",
+        "3",
+    ];
+    args.extend_from_slice(mcp_chat_tests::UNTHROTTLED);
+    let _a = BrokerProcess::start(&sa.path, &args).await;
+    let _b = BrokerProcess::start(&sb.path, &args).await;
+    connected(&sa.path).await;
+    connected(&sb.path).await;
+
+    let mut pairs = Vec::new();
+    for _ in 0..PAIRS {
+        let mut a = ProtoClient::connect(&sa.path).await;
+        let mut b = ProtoClient::connect(&sb.path).await;
+        let room = pair(&mut a, &mut b).await;
+        pairs.push((a, b, room));
+    }
+    let (halfway_tx, mut halfway) = tokio::sync::mpsc::channel(PAIRS);
+    let (killed_tx, killed) = tokio::sync::watch::channel(false);
+    let chats = pairs
+        .into_iter()
+        .enumerate()
+        .map(|(i, (mut a, mut b, room))| {
+            let halfway_tx = halfway_tx.clone();
+            let mut killed = killed.clone();
+            async move {
+                let send = async {
+                    for k in 0..MESSAGES {
+                        if k == MESSAGES / 2 {
+                            halfway_tx.send(()).await.unwrap();
+                            killed.wait_for(|k| *k).await.unwrap();
+                        }
+                        assert_eq!(a.say(room, &format!("{i}:{k}")).await, Reply::Sent);
+                    }
+                    // A last marker: a duplicate anywhere before it would
+                    // show up instead of it.
+                    assert_eq!(a.say(room, "end").await, Reply::Sent);
+                };
+                let receive = async {
+                    for k in 0..MESSAGES {
+                        assert_eq!(received(&mut b).await, format!("{i}:{k}"));
+                    }
+                    assert_eq!(received(&mut b).await, "end");
+                };
+                tokio::join!(send, receive);
+            }
+        });
+    let run = async {
+        let kill = async {
+            for _ in 0..PAIRS {
+                halfway.recv().await.unwrap();
+            }
+            nodes[0].kill().await.unwrap();
+            killed_tx.send(true).unwrap();
+        };
+        tokio::join!(join_all(chats), kill);
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(120), run)
+        .await
+        .expect("the chats finish within 2 minutes");
+}
+
+/// The race across brokers through the full claim protocol: on each of 3
+/// brokers, 51 sessions enter one after another (each batch one entrant, so
+/// every entrant creates, withdraws and claims KV entries), the three
+/// brokers at once. Every session ends in exactly one room of two, except
+/// at most one still waiting.
+#[tokio::test]
+async fn entrants_racing_one_by_one_on_three_brokers_are_matched_exactly_once() {
+    const PER_BROKER: usize = 51;
+    let realm = Realm::start().await;
+    let sockets = [TestSocket::new(), TestSocket::new(), TestSocket::new()];
+    let _brokers = join_all(sockets.iter().map(|s| realm.broker(s, 20_000))).await;
+    let per_broker = join_all(sockets.iter().map(|socket| async move {
+        let mut clients = Vec::new();
+        for _ in 0..PER_BROKER {
+            let mut c = ProtoClient::connect(&socket.path).await;
+            let reply = c.enter().await;
+            assert!(
+                matches!(reply, Reply::Matched { .. } | Reply::Waiting { .. }),
+                "{reply:?}"
+            );
+            clients.push(c);
+        }
+        clients
+    }))
+    .await;
+    let mut clients: Vec<ProtoClient> = per_broker.into_iter().flatten().collect();
+    // Settled when all but one session are in rooms, as the brokers count
+    // them (a local room holds two, a room across brokers one per side).
+    let mut observers = Vec::new();
+    for socket in &sockets {
+        observers.push(ProtoClient::connect(&socket.path).await);
+    }
+    within("all but one session to be in rooms", async {
+        loop {
+            let mut in_rooms = 0;
+            for o in &mut observers {
+                let s = o.status().await;
+                in_rooms += 2 * s.rooms + s.federation.map_or(0, |f| f.remote_rooms);
+            }
+            if in_rooms == PER_BROKER * 3 - 1 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+    let mut rooms = std::collections::HashMap::<RoomId, usize>::new();
+    let mut waiting = 0;
+    for c in &mut clients {
+        // A session matched has its chatroom.found (pending from its reply
+        // or still to come); the one left waiting has none, and asking
+        // again tells it so.
+        match c.enter().await {
+            Reply::Error { code, .. } => {
+                assert_eq!(code, mcp_chat_proto::ErrorCode::AlreadyInRoom);
+                *rooms.entry(found(c).await).or_default() += 1;
+            }
+            Reply::Waiting { .. } => waiting += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(waiting, 1, "one of an odd number of sessions waits");
+    assert_eq!(rooms.len(), (PER_BROKER * 3 - 1) / 2);
+    assert!(rooms.values().all(|&n| n == 2), "each room has exactly two");
+}
+
+/// Matching choices under federation: the realm carries only the plain
+/// queue, so a session with interests or a `meet` choice is matched on its
+/// own broker (by the local rules), never with a remote session that does
+/// not fit; a blocked pair on one broker is never matched again through the
+/// realm; and blocking a partner on another machine is refused with a
+/// clear error, before leaving, instead of recording a block that would
+/// bind nobody.
+#[tokio::test]
+async fn matching_choices_stay_on_their_broker_and_blocks_hold() {
+    use mcp_chat_proto::{Entry, ErrorCode, Kind, Meet, Request};
+
+    let realm = Realm::start().await;
+    let sockets = [TestSocket::new(), TestSocket::new()];
+    let _brokers = join_all(sockets.iter().map(|s| realm.broker(s, 20_000))).await;
+    let [sa, sb] = &sockets;
+    let enter = |entry: Entry| Request::EnterQueue(entry);
+
+    // A person on A who meets only people waits; a remote agent entering
+    // plainly on B does not get them.
+    let mut person = ProtoClient::connect(&sa.path).await;
+    let people_only = Entry {
+        kind: Kind::Person,
+        meet: Meet::People,
+        ..Entry::default()
+    };
+    assert!(matches!(
+        person.request(enter(people_only.clone())).await,
+        Reply::Waiting { .. }
+    ));
+    let mut remote_agent = ProtoClient::connect(&sb.path).await;
+    let mut local_agent = ProtoClient::connect(&sa.path).await;
+    // The remote agent waits in the realm; a plain local agent meets it
+    // there, so the person on A was never a candidate for either.
+    let room = pair(&mut remote_agent, &mut local_agent).await;
+    // A second person on A, with an interest, meets the first one locally.
+    let mut other_person = ProtoClient::connect(&sa.path).await;
+    let reply = other_person
+        .request(enter(Entry {
+            kind: Kind::Person,
+            interests: vec!["chess".into()],
+            interest_wait_s: Some(0),
+            ..Entry::default()
+        }))
+        .await;
+    let people_room = found(&mut person).await;
+    assert!(
+        matches!(&reply, Reply::Matched { room_id, partner } if *room_id == people_room && partner.partner_kind == Some(Kind::Person)),
+        "{reply:?}"
+    );
+
+    // Blocking the remote partner is refused, and the chat goes on.
+    match local_agent
+        .request(Request::LeaveChat {
+            room_id: room,
+            block: true,
+        })
+        .await
+    {
+        Reply::Error { code, message, .. } => {
+            assert_eq!(code, ErrorCode::InvalidArguments);
+            assert!(message.contains("another machine"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(local_agent.say(room, "still here").await, Reply::Sent);
+    assert_eq!(received(&mut remote_agent).await, "still here");
+
+    // Two plain sessions on A that blocked each other enter again, the
+    // only two waiting on A: a block keeps them on A's own queue (the realm
+    // does not carry blocks), where they are kept apart.
+    let (mut x, mut y, xy) = mcp_chat_tests::proto_client::matched_pair(&sa.path).await;
+    assert_eq!(
+        x.request(Request::LeaveChat {
+            room_id: xy,
+            block: true
+        })
+        .await,
+        Reply::Blocked
+    );
+    assert!(matches!(
+        y.next_event().await,
+        Event::PartnerDisconnected { .. }
+    ));
+    assert!(matches!(x.enter().await, Reply::Waiting { .. }));
+    assert!(matches!(y.enter().await, Reply::Waiting { .. }));
+    let status = wait_for_status(&sa.path, "A's status", |_| true).await;
+    assert_eq!(status.waiting, 2, "both wait, unmatched: {status:?}");
+    // Whoever comes next on A, plainly, meets the first of them.
+    let mut third = ProtoClient::connect(&sa.path).await;
+    let reply = third.request(enter(Entry::default())).await;
+    let room_x = found(&mut x).await;
+    assert!(
+        matches!(reply, Reply::Matched { room_id, .. } if room_id == room_x),
+        "{reply:?}"
+    );
+}
