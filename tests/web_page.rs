@@ -105,6 +105,21 @@ async fn with_a_token_the_page_trades_it_for_a_cookie_and_is_refused_without() {
     scenario("token").await;
 }
 
+#[tokio::test]
+async fn pages_sharing_an_interest_meet_and_see_it_and_bad_interests_are_refused() {
+    scenario("interests").await;
+}
+
+#[tokio::test]
+async fn a_page_meeting_agents_meets_a_stdio_agent_and_not_another_page() {
+    scenario("meet").await;
+}
+
+#[tokio::test]
+async fn a_page_blocks_its_partner_and_the_two_are_not_matched_again() {
+    scenario("block").await;
+}
+
 /// `mcp-chat web --no-open`, running; its page's address.
 async fn web_server(socket: &std::path::Path) -> (tokio::process::Child, String) {
     use tokio::io::AsyncBufReadExt;

@@ -14,6 +14,14 @@ Usage: web_page.py SCENARIO, one of
   reconnect  the page says when the server is gone and when it is back
   token      a server with a token: the page trades the token in its address for a cookie;
              without it the page and the API are refused
+  interests  two pages sharing an interest are matched and each is told the shared interest and
+             that the other is a person; the waiting page shows the busiest interests; bad
+             interests and too many are refused with a clear error, and the page does not look
+  meet       a page that meets only agents is not matched with another page, and is matched
+             with a stdio agent (official Python MCP SDK), who is told it met a person
+  block      a page blocks its partner (Alt+B) and the partner's page says the stranger left;
+             both look again, only the two of them waiting, and are not matched; a third page
+             is matched with one of them
 
 Environment:
   MCP_CHAT_BIN        the `mcp-chat` binary (required)
@@ -156,6 +164,23 @@ class ChatPage:
         except Exception:
             shown = await self.page.eval_on_selector_all("#log li", "els => els.map(e => e.className + ': ' + e.textContent)")
             raise CheckFailed(f"{self.name}: no {kind} line {text!r}; the page shows {shown}") from None
+
+    async def figure(self, element: str, text: str) -> None:
+        """Waits for the figure `#element` to read `text`."""
+        try:
+            await self.page.wait_for_function(
+                "([id, text]) => document.getElementById(id).textContent === text",
+                arg=[element, text], timeout=WAIT_S * 1000,
+            )
+        except Exception:
+            shown = await self.page.text_content(f"#{element}")
+            raise CheckFailed(f"{self.name}: #{element} never read {text!r}; it reads {shown!r}") from None
+
+    async def find(self, interests: str = "", meet: str = "anyone") -> None:
+        """Types the choices and presses Enter in the interests box."""
+        await self.page.fill("#interests", interests)
+        await self.page.select_option("#meet", meet)
+        await self.page.press("#interests", "Enter")
 
     async def say(self, text: str) -> None:
         await self.page.fill("#text", text)
@@ -524,7 +549,127 @@ async def token(browser: Browser) -> None:
         await server.stop()
 
 
-SCENARIOS = {"pages": pages, "agent": agent, "origin": origin, "reconnect": reconnect, "token": token}
+async def interests(browser: Browser) -> None:
+    server = await Server.start()
+    try:
+        context = await browser.new_context()
+        a = await ChatPage.open(context, server.url, "A")
+        b = await ChatPage.open(context, server.url, "B")
+
+        await a.find("c++")
+        await a.line("notice", 'Not looking yet: interest "c++" has the character \'+\'; use letters a-z, digits and -')
+        check(await a.page.get_attribute("#interests", "aria-invalid") == "true", "A: the box is marked invalid")
+        check(await a.page.input_value("#interests") == "c++", "A: what was typed is kept")
+        await a.find("a, b, c, d, e, f")
+        await a.line("notice", "Not looking yet: 6 interests given; at most 5 are allowed")
+        await a.figure("phase", "Not chatting")
+        check(await a.page.get_attribute("body", "data-phase") == "idle", "A: still idle after refusals")
+        passed("a bad interest and six interests are refused with a clear error; nothing is cut, the page does "
+               "not look, and the typed text stays")
+
+        await a.find(" Chess, RUST")
+        await a.phase("waiting")
+        await a.figure("busiest", "chess 1 · rust 1")
+        await a.figure("waiting", "1")
+        passed("A looks with interests; its page shows 1 waiting and the busiest interests (chess 1 · rust 1)")
+
+        await b.find("go, chess", "people")
+        await a.phase("chatting")
+        await b.phase("chatting")
+        for p in (a, b):
+            await p.line("event", "You are chatting with a stranger (a person; you share: chess). Say hi!")
+        passed("B (meeting people, sharing chess) is matched with A; each page says: a person, you share chess")
+        await context.close()
+    finally:
+        await server.stop()
+
+
+async def meet(browser: Browser) -> None:
+    server = await Server.start()
+    env = {"MCP_CHAT_SOCKET": os.environ["MCP_CHAT_SOCKET"], "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    params = StdioServerParameters(command=os.environ["MCP_CHAT_BIN"], args=[], env=env)
+    try:
+        context = await browser.new_context()
+        a = await ChatPage.open(context, server.url, "A (agents only)")
+        b = await ChatPage.open(context, server.url, "B")
+        await a.find(meet="agents")
+        await a.phase("waiting")
+        await b.find()
+        await b.phase("waiting")
+        # B's search was answered "waiting": the broker matches on entering, so the two
+        # were not matched; both pages show the two of them waiting.
+        await a.figure("waiting", "2")
+        await b.figure("waiting", "2")
+        passed("A (meeting agents only) and B (a page, meeting anyone) both wait: pages do not meet A")
+
+        async with Client(params, read_timeout_seconds=CALL_TIMEOUT_S) as client:
+            bot = Agent(client)
+            # Both accept an agent; the earliest arrival, A, wins.
+            entered = await bot.call("enter_queue", {"meet": "anyone"})
+            check(entered.get("status") == "matched", "agent: matched at once (A waits first)", entered)
+            check(entered.get("partner_kind") == "person", "agent: its partner is a person", entered)
+            await a.phase("chatting")
+            await a.line("event", "You are chatting with a stranger (an AI agent). Say hi!")
+            await b.figure("waiting", "1")
+            await b.phase("waiting")
+            passed("a stdio agent is matched with A, the page that meets agents (FIFO: A waited first); A's page "
+                   "says an AI agent, the agent is told a person; B still waits")
+            await bot.call("leave_chat", {"room_id": entered["room_id"]})
+            await a.line("event", "The stranger left", exact=False)
+        await context.close()
+    finally:
+        await server.stop()
+
+
+async def block(browser: Browser) -> None:
+    server = await Server.start()
+    try:
+        context = await browser.new_context()
+        a = await ChatPage.open(context, server.url, "A")
+        b = await ChatPage.open(context, server.url, "B")
+        await a.find()
+        await a.phase("waiting")
+        await b.find()
+        await a.phase("chatting")
+        await b.phase("chatting")
+        check(await a.page.is_visible("#block"), "A: the Block button shows while chatting")
+        await a.page.keyboard.press("Alt+b")
+        await a.line("event", "You left and blocked this stranger: you will not be matched again.")
+        await b.line("event", "The stranger left. Press Enter to meet someone new.")
+        await a.phase("idle")
+        await b.phase("idle")
+        check(not await a.page.is_visible("#block"), "A: no Block button when not chatting")
+        passed("A blocks B with Alt+B: A's page says it blocked, B's page says the stranger left")
+
+        await a.find()
+        await a.phase("waiting")
+        await b.find()
+        # B's search was answered "waiting" although A waits: blocked pairs are skipped.
+        await b.phase("waiting")
+        await a.figure("waiting", "2")
+        await b.figure("waiting", "2")
+        passed("both look again, the only two waiting, and are not matched")
+
+        c = await ChatPage.open(context, server.url, "C")
+        await c.find()
+        await c.phase("chatting")
+        await a.phase("chatting")
+        await b.figure("waiting", "1")
+        await b.phase("waiting")
+        passed("a third page is matched with A (first in line); B still waits")
+
+        # The Block button (by click) works the same.
+        await c.page.click("#block")
+        await c.line("event", "You left and blocked this stranger: you will not be matched again.")
+        await a.line("event", "The stranger left. Press Enter to meet someone new.")
+        passed("the Block button blocks too")
+        await context.close()
+    finally:
+        await server.stop()
+
+
+SCENARIOS = {"pages": pages, "agent": agent, "origin": origin, "reconnect": reconnect, "token": token,
+             "interests": interests, "meet": meet, "block": block}
 
 
 async def main(name: str) -> None:

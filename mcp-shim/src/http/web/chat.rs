@@ -8,6 +8,10 @@
 //! the page puts it on screen as text only (`textContent`), so it can
 //! neither run nor hide anything.
 //!
+//! The page is a person (`Kind::Person`), like `mcp-chat join`; before
+//! each search it may name interests and whom to meet ([`Choices`]), which
+//! are checked here exactly as `join` checks its options.
+//!
 //! Leaving the queue has no broker request: the page's session is dropped
 //! (its connection closes, and the broker forgets it) and a fresh one is
 //! made for the next search.
@@ -16,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
-use mcp_chat_proto::RoomId;
+use mcp_chat_proto::matching::normalize_interests;
+use mcp_chat_proto::{Entry, InterestCount, Kind, Meet, RoomId};
 use serde::{Deserialize, Serialize};
 
 use crate::events::{ChatEvent, EventKind};
@@ -34,16 +39,67 @@ const CLIENT_NAME: &str = "mcp-chat page";
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FromPage {
     /// Enter the queue.
-    Find,
+    Find(Choices),
     /// Leave the current chat, if any, and enter the queue.
-    Next,
+    Next(Choices),
     /// Leave the chat, or the queue.
     Leave,
+    /// Leave the chat and never be matched with this partner again.
+    Block,
     Send {
         text: String,
     },
     #[serde(other)]
     Unknown,
+}
+
+/// Whom the person looks for, as typed on the page; both optional, so a
+/// page that sends neither meets anyone, with no interests.
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct Choices {
+    /// Interests, comma-separated, as typed: checked as `join --interests`.
+    #[serde(default)]
+    interests: String,
+    /// `anyone` (the default), `agents` or `people`.
+    #[serde(default)]
+    meet: Option<String>,
+}
+
+impl Choices {
+    /// The queue entry, or why not (a sentence for the person).
+    fn entry(&self) -> Result<Entry, String> {
+        let interests = if self.interests.trim().is_empty() {
+            Vec::new()
+        } else {
+            let typed: Vec<String> = self.interests.split(',').map(str::to_owned).collect();
+            normalize_interests(&typed).map_err(|refusal| refusal.message)?
+        };
+        let meet = match self.meet.as_deref() {
+            None | Some("anyone") => Meet::Anyone,
+            Some("agents") => Meet::Agents,
+            Some("people") => Meet::People,
+            Some(other) => {
+                return Err(format!(
+                    "cannot meet {:?}: choose anyone, agents or people",
+                    other.chars().take(20).collect::<String>()
+                ));
+            }
+        };
+        let entry = Entry {
+            interests,
+            interest_wait_s: None,
+            meet,
+            kind: Kind::Person,
+            // No installation id: one server serves many people, who must
+            // not share one identity (a block by one would bind them all),
+            // as `serve --http` sends none for its agents either. A block
+            // from the page binds this page's broker session, which it keeps
+            // from search to search while the page stays open.
+            block_id: None,
+        };
+        entry.checked().map_err(|refusal| refusal.message)?;
+        Ok(entry)
+    }
 }
 
 /// Who wrote a message the page shows.
@@ -65,15 +121,25 @@ pub enum ToPage {
         position: Option<usize>,
         online: Option<usize>,
         waiting: Option<usize>,
+        /// The ten busiest interests among those waiting, busiest first.
+        busiest_interests: Option<Vec<InterestCount>>,
     },
-    /// A stranger was found.
-    Matched,
+    /// A stranger was found: what they are (`agent` or `person`, when the
+    /// broker says) and the interests the two share.
+    Matched {
+        partner_kind: Option<&'static str>,
+        common_interests: Vec<String>,
+    },
     /// A chat line; `text` is revealed (see the module docs).
     Message { from: Author, text: String },
     /// The stranger is gone: `left`, `disconnected`, `broker_restart`, ...
     PartnerLeft { reason: String },
     /// This page left: `chat` (the stranger is told) or `queue`.
     YouLeft { from: &'static str },
+    /// This page left the chat and blocked the stranger.
+    Blocked,
+    /// The choices were refused; the page was not put in the queue.
+    Refused { text: String },
     /// Something for the person to read (a message not sent, a refusal).
     Notice { text: String },
 }
@@ -131,17 +197,32 @@ impl PageChat {
         let request = serde_json::from_str(text).unwrap_or(FromPage::Unknown);
         let mut out = Vec::new();
         match (request, self.session.phase()) {
-            (FromPage::Find | FromPage::Next, Phase::Waiting { .. }) => {
+            (FromPage::Find(_) | FromPage::Next(_), Phase::Waiting { .. }) => {
                 out.push(notice("already looking for a stranger"));
             }
-            (FromPage::Find, Phase::InRoom { .. }) => {
+            (FromPage::Find(_), Phase::InRoom { .. }) => {
                 out.push(notice("already chatting; skip to meet someone else"));
             }
-            (FromPage::Find | FromPage::Next, phase) => {
-                if let Phase::InRoom { room } = phase {
-                    out.push(self.leave(room).await);
+            (FromPage::Find(choices) | FromPage::Next(choices), phase) => match choices.entry() {
+                // Checked before leaving, so a bad choice costs no chat.
+                Err(text) => out.push(ToPage::Refused {
+                    text: reveal(&text),
+                }),
+                Ok(entry) => {
+                    if let Phase::InRoom { room } = phase {
+                        out.push(self.leave(room).await);
+                    }
+                    out.extend(self.enter_queue(entry).await);
                 }
-                out.extend(self.enter_queue().await);
+            },
+            (FromPage::Block, Phase::InRoom { room }) => {
+                match self.session.leave_with(room, true).await {
+                    Ok(()) => out.push(ToPage::Blocked),
+                    Err(e) => out.push(failed("not blocked", &e)),
+                }
+            }
+            (FromPage::Block, _) => {
+                out.push(notice("you are not in a chat; block works while chatting"))
             }
             (FromPage::Leave, Phase::InRoom { room }) => out.push(self.leave(room).await),
             (FromPage::Leave, Phase::Waiting { .. }) => {
@@ -170,8 +251,8 @@ impl PageChat {
         out
     }
 
-    async fn enter_queue(&self) -> Option<ToPage> {
-        match self.session.enter_queue(Duration::ZERO).await {
+    async fn enter_queue(&self, entry: Entry) -> Option<ToPage> {
+        match self.session.enter_queue_with(Duration::ZERO, entry).await {
             // The chatroom.found event that came with the match says so.
             Ok(Entered::Matched { .. } | Entered::Queued { .. }) => None,
             Err(e) => Some(failed("could not enter the queue", &e)),
@@ -204,6 +285,7 @@ impl PageChat {
             position,
             online: figures.as_ref().map(|f| f.sessions),
             waiting: figures.as_ref().map(|f| f.waiting),
+            busiest_interests: figures.map(|f| f.interests),
         }
     }
 }
@@ -215,7 +297,14 @@ fn session(socket: &Path) -> ChatSession {
 /// An event as the page shows it.
 fn shown(event: &ChatEvent) -> ToPage {
     match event.kind {
-        EventKind::ChatroomFound => ToPage::Matched,
+        EventKind::ChatroomFound => ToPage::Matched {
+            partner_kind: match event.partner_kind.as_deref() {
+                Some("agent") => Some("agent"),
+                Some("person") => Some("person"),
+                _ => None,
+            },
+            common_interests: event.common_interests.clone().unwrap_or_default(),
+        },
         EventKind::MessageReceived => ToPage::Message {
             from: Author::Stranger,
             text: reveal(event.message.as_deref().unwrap_or_default()),
@@ -249,15 +338,74 @@ mod tests {
     #[test]
     fn page_requests_parse_and_unknown_ones_are_tolerated() {
         let parse = |json: &str| serde_json::from_str::<FromPage>(json).unwrap();
-        assert_eq!(parse(r#"{"type":"find"}"#), FromPage::Find);
-        assert_eq!(parse(r#"{"type":"next"}"#), FromPage::Next);
+        assert_eq!(
+            parse(r#"{"type":"find"}"#),
+            FromPage::Find(Choices::default())
+        );
+        assert_eq!(
+            parse(r#"{"type":"next","interests":"chess","meet":"people"}"#),
+            FromPage::Next(Choices {
+                interests: "chess".into(),
+                meet: Some("people".into())
+            })
+        );
         assert_eq!(parse(r#"{"type":"leave"}"#), FromPage::Leave);
+        assert_eq!(parse(r#"{"type":"block"}"#), FromPage::Block);
         assert_eq!(
             parse(r#"{"type":"send","text":"hi"}"#),
             FromPage::Send { text: "hi".into() }
         );
-        assert_eq!(parse(r#"{"type":"block"}"#), FromPage::Unknown);
+        assert_eq!(parse(r#"{"type":"dance"}"#), FromPage::Unknown);
         assert!(serde_json::from_str::<FromPage>("not json").is_err());
+    }
+
+    fn choices(interests: &str, meet: Option<&str>) -> Result<Entry, String> {
+        Choices {
+            interests: interests.into(),
+            meet: meet.map(str::to_owned),
+        }
+        .entry()
+    }
+
+    #[test]
+    fn the_page_enters_as_a_person_with_its_choices_checked_as_join_does() {
+        let entry = choices(" Chess, RUST-lang ,chess", Some("agents")).unwrap();
+        assert_eq!(entry.interests, vec!["chess", "rust-lang"]);
+        assert_eq!(entry.meet, Meet::Agents);
+        assert_eq!(entry.kind, Kind::Person);
+        assert_eq!(entry.block_id, None);
+        assert_eq!(choices("  ", None).unwrap().interests, Vec::<String>::new());
+        assert_eq!(choices("", None).unwrap().meet, Meet::Anyone);
+
+        for (interests, meet, says) in [
+            ("c++", None, "has the character '+'"),
+            ("a,b,c,d,e,f", None, "6 interests given; at most 5"),
+            ("chess,,go", None, "an interest is empty"),
+            ("chess", Some("robots"), "choose anyone, agents or people"),
+        ] {
+            let refused = choices(interests, meet).unwrap_err();
+            assert!(refused.contains(says), "{interests:?} {meet:?}: {refused}");
+        }
+    }
+
+    #[test]
+    fn a_match_tells_the_page_the_partners_kind_and_shared_interests() {
+        let event = ChatEvent {
+            seq: 1,
+            kind: EventKind::ChatroomFound,
+            room_id: "r".into(),
+            message: None,
+            reason: None,
+            undelivered: None,
+            unconfirmed: None,
+            common_interests: Some(vec!["chess".into()]),
+            partner_kind: Some("person".into()),
+        };
+        let json = serde_json::to_string(&shown(&event)).unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"matched","partner_kind":"person","common_interests":["chess"]}"#
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@
   const log = $("log");
   const input = $("text");
   const connection = $("connection");
-  const buttons = { find: $("find"), next: $("next"), leave: $("leave"), send: $("send") };
+  const interests = $("interests");
+  const meet = $("meet");
+  const buttons = { find: $("find"), next: $("next"), leave: $("leave"), block: $("block"), send: $("send") };
 
   // The token, when the server needs one, arrives in the URL's fragment
   // (never sent to any server); it is traded for a cookie and taken out of
@@ -89,6 +91,7 @@
     buttons.find.hidden = phase !== "idle";
     buttons.next.hidden = phase !== "chatting";
     buttons.leave.hidden = phase === "idle";
+    buttons.block.hidden = phase !== "chatting";
     for (const b of Object.values(buttons)) b.disabled = !online;
     input.placeholder = {
       idle: "Press Enter to meet a stranger",
@@ -108,13 +111,20 @@
         }[phase] ?? phase;
         $("online").textContent = message.online ?? "–";
         $("waiting").textContent = message.waiting ?? "–";
+        const busiest = message.busiest_interests ?? [];
+        $("busiest").textContent = busiest.map((b) => `${b.interest} ${b.waiting}`).join(" · ");
+        $("busiest-box").hidden = busiest.length === 0;
         break;
       }
-      case "matched":
-        line("event", null, "You are chatting with a stranger. Say hi!");
+      case "matched": {
+        const who = { agent: "an AI agent", person: "a person" }[message.partner_kind];
+        const common = message.common_interests ?? [];
+        const about = [who, common.length ? "you share: " + common.join(", ") : null].filter(Boolean).join("; ");
+        line("event", null, `You are chatting with a stranger${about ? " (" + about + ")" : ""}. Say hi!`);
         arrived();
         phase = "chatting";
         break;
+      }
       case "message":
         line(message.from === "you" ? "you" : "stranger", message.from === "you" ? "you" : "stranger", message.text);
         if (message.from !== "you") arrived();
@@ -128,6 +138,13 @@
         line("event", null, message.from === "chat"
           ? "You left the chat; the stranger was told."
           : "You stopped looking for a stranger.");
+        break;
+      case "blocked":
+        line("event", null, "You left and blocked this stranger: you will not be matched again.");
+        break;
+      case "refused":
+        interests.setAttribute("aria-invalid", "true");
+        line("notice", null, "Not looking yet: " + message.text);
         break;
       case "notice":
         line("notice", null, message.text);
@@ -198,6 +215,12 @@
     setTimeout(connect, delay);
   }
 
+  // A search carries the choices, checked by the server.
+  function search(type) {
+    interests.removeAttribute("aria-invalid");
+    request({ type, interests: interests.value, meet: meet.value });
+  }
+
   function submit() {
     const text = input.value;
     if (phase === "chatting") {
@@ -205,7 +228,7 @@
       request({ type: "send", text });
       input.value = "";
     } else if (phase === "idle" && text.trim() === "") {
-      request({ type: "find" });
+      search("find");
     }
   }
 
@@ -214,10 +237,24 @@
     submit();
     input.focus();
   });
-  buttons.find.addEventListener("click", () => { request({ type: "find" }); input.focus(); });
-  buttons.next.addEventListener("click", () => { request({ type: "next" }); input.focus(); });
+  buttons.find.addEventListener("click", () => { search("find"); input.focus(); });
+  buttons.next.addEventListener("click", () => { search("next"); input.focus(); });
   buttons.leave.addEventListener("click", () => { request({ type: "leave" }); input.focus(); });
+  buttons.block.addEventListener("click", () => { request({ type: "block" }); input.focus(); });
+  interests.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && phase === "idle") {
+      event.preventDefault();
+      search("find");
+    }
+  });
   document.addEventListener("keydown", (event) => {
+    // By key position, so Alt+B is the same on every layout (on a Mac,
+    // Option+B types a character otherwise).
+    if (event.altKey && event.code === "KeyB" && phase === "chatting") {
+      event.preventDefault();
+      request({ type: "block" });
+      return;
+    }
     if (event.key === "Escape" && phase !== "idle") {
       event.preventDefault();
       request({ type: "leave" });
