@@ -526,7 +526,8 @@ async fn python_sdk_seed_flow_across_two_brokers() {
     let _a = realm.broker(&sa, 20_000).await;
     let _b = realm.broker(&sb, 20_000).await;
     let script = mcp_chat_tests::repo_root().join("tests/interop/python/seed_flow.py");
-    let run = tokio::process::Command::new(mcp_chat_tests::interop_python())
+    let mut command = tokio::process::Command::new(mcp_chat_tests::interop_python());
+    command
         .arg(&script)
         .env("MCP_CHAT_BIN", mcp_chat_tests::bin_path("mcp-chat"))
         .env(
@@ -534,19 +535,13 @@ async fn python_sdk_seed_flow_across_two_brokers() {
             mcp_chat_tests::bin_path("mcp-chat-broker"),
         )
         .env("MCP_CHAT_SOCKET", &sa.path)
-        .env("MCP_CHAT_SOCKET_B", &sb.path)
-        .kill_on_drop(true)
-        .output();
-    let output = within("the Python seed flow across brokers", run)
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "seed_flow.py failed ({})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        output.status
-    );
+        .env("MCP_CHAT_SOCKET_B", &sb.path);
+    let stdout = mcp_chat_tests::run_script(
+        command,
+        "seed_flow.py across brokers",
+        std::time::Duration::from_secs(120),
+    )
+    .await;
     assert!(stdout.contains("seed flow: all checks passed"), "{stdout}");
 }
 

@@ -410,21 +410,8 @@ async fn run_interop(mut command: Command, what: &str) {
         .env("MCP_CHAT_URL", &server.url)
         .env("MCP_CHAT_BIN", bin_path("mcp-chat"))
         .env("MCP_CHAT_BROKER", bin_path("mcp-chat-broker"))
-        .env("MCP_CHAT_SOCKET", &socket.path)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(120), command.output())
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within 120 s"))
-        .unwrap_or_else(|e| panic!("could not run {what}: {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "{what} failed ({})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        output.status
-    );
-    eprintln!("{stdout}");
+        .env("MCP_CHAT_SOCKET", &socket.path);
+    mcp_chat_tests::run_script(command, what, Duration::from_secs(120)).await;
 }
 
 #[tokio::test]

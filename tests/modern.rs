@@ -101,20 +101,8 @@ impl HttpServer {
     }
 }
 
-async fn run(mut command: Command, what: &str) -> String {
-    command.stdin(Stdio::null()).kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(240), command.output())
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within 240 s"))
-        .unwrap_or_else(|e| panic!("could not run {what}: {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "{what} failed ({})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        output.status
-    );
-    stdout
+async fn run(command: Command, what: &str) -> String {
+    mcp_chat_tests::run_script(command, what, Duration::from_secs(240)).await
 }
 
 fn installed(path: PathBuf, how: &str) -> PathBuf {

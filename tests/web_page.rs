@@ -13,7 +13,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mcp_chat_tests::{BrokerProcess, TestSocket, bin_path, interop_python, repo_root, within};
+use mcp_chat_tests::{
+    BrokerProcess, TestSocket, bin_path, interop_python, repo_root, run_script, within,
+};
 use tokio::process::Command;
 
 /// A whole scenario, browser start included, on a loaded 2-core machine;
@@ -43,41 +45,15 @@ async fn scenario(name: &str) {
     let socket = TestSocket::new();
     let _broker = BrokerProcess::start(&socket.path, &[]).await;
     let script = repo_root().join("tests/interop/python/web_page.py");
-    let child = Command::new(interop_python())
+    let mut command = Command::new(interop_python());
+    command
         .arg(&script)
         .arg(name)
         .env("MCP_CHAT_BIN", bin_path("mcp-chat"))
         .env("MCP_CHAT_SOCKET", &socket.path)
         .env("MCP_CHAT_CHROMIUM", chromium())
-        .env("MCP_CHAT_ARTIFACTS", artifacts())
-        // Its own process group, so a hung run takes its server and
-        // browser down with it.
-        .process_group(0)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let group = child
-        .id()
-        .and_then(|pid| rustix::process::Pid::from_raw(pid as i32));
-    let output = match tokio::time::timeout(SCENARIO_WITHIN, child.wait_with_output()).await {
-        Ok(output) => output.unwrap(),
-        Err(_) => {
-            if let Some(group) = group {
-                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-            }
-            panic!("web_page.py {name} did not finish within {SCENARIO_WITHIN:?}");
-        }
-    };
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "web_page.py {name} failed ({})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        output.status
-    );
-    eprintln!("{stdout}");
+        .env("MCP_CHAT_ARTIFACTS", artifacts());
+    run_script(command, &format!("web_page.py {name}"), SCENARIO_WITHIN).await;
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@
 
 pub mod broker;
 pub mod mcp_client;
+pub mod script;
 
 pub use mcp_chat_testkit::proto_client;
 
@@ -22,6 +23,7 @@ pub use broker::{AutoStartedBroker, BrokerProcess};
 pub use mcp_chat_testkit::ProtoClient;
 pub use mcp_chat_testkit::within_or_panic as within;
 pub use mcp_client::McpClient;
+pub use script::run_script;
 
 /// Broker flags that lift every per-session rate limit, for tests about
 /// load or about what happens to a flood, not about the limits themselves.
