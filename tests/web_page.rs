@@ -98,7 +98,6 @@ async fn a_page_blocks_its_partner_and_the_two_are_not_matched_again() {
 
 /// `mcp-chat web --no-open`, running; its page's address.
 async fn web_server(socket: &std::path::Path) -> (tokio::process::Child, String) {
-    use tokio::io::AsyncBufReadExt;
     let mut child = Command::new(bin_path("mcp-chat"))
         .args(["web", "--no-open"])
         .env("MCP_CHAT_SOCKET", socket)
@@ -106,22 +105,9 @@ async fn web_server(socket: &std::path::Path) -> (tokio::process::Child, String)
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    // The rest of its stdout goes unread (the pipe closes when `lines` is
-    // dropped): the server must go on serving all the same.
-    let url = within("the page's address", async {
-        loop {
-            let line = lines
-                .next_line()
-                .await
-                .unwrap()
-                .expect("mcp-chat web exited");
-            if let Some(url) = line.strip_prefix("mcp-chat: the chat page is at ") {
-                return url.trim().to_owned();
-            }
-        }
-    })
-    .await;
+    // The rest of its stdout goes unread (the pipe closes when this reader
+    // is dropped): the server must go on serving all the same.
+    let url = printed_address(child.stdout.take().unwrap()).await;
     (child, url)
 }
 
@@ -225,9 +211,15 @@ async fn opened_by_web(socket: &TestSocket, token: Option<&str>) -> (String, Str
             panic!("mcp-chat web never ran xdg-open");
         }
     };
-    let stdout = child.stdout.as_mut().unwrap();
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-    let printed = within("the address", async {
+    let printed = printed_address(child.stdout.as_mut().unwrap()).await;
+    (opened.trim_end().to_owned(), printed)
+}
+
+/// The page's address, as `mcp-chat web` prints it on `stdout`.
+async fn printed_address(stdout: impl tokio::io::AsyncRead + Unpin) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    within("the page's address", async {
         loop {
             let line = lines
                 .next_line()
@@ -235,12 +227,11 @@ async fn opened_by_web(socket: &TestSocket, token: Option<&str>) -> (String, Str
                 .unwrap()
                 .expect("mcp-chat web exited");
             if let Some(url) = line.strip_prefix("mcp-chat: the chat page is at ") {
-                return url.to_owned();
+                return url.trim().to_owned();
             }
         }
     })
-    .await;
-    (opened.trim_end().to_owned(), printed)
+    .await
 }
 
 #[tokio::test]
