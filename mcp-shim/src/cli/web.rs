@@ -38,7 +38,7 @@ pub fn run(args: &WebArgs, socket: &Path) -> anyhow::Result<()> {
     http::run_then(&serve, addr, socket.clone(), |url| {
         // Whoever started us may have stopped reading (a closed pipe):
         // the server goes on serving the page all the same.
-        let mut out = std::io::stdout().lock();
+        let mut out = std::io::stdout().lock(); // stdout-ok: `mcp-chat web`, a human subcommand
         let _ = writeln!(out, "mcp-chat: the chat page is at {url}");
         let _ = writeln!(out, "mcp-chat: press Ctrl-C to stop");
         let _ = out.flush();
