@@ -543,17 +543,4 @@ impl State {
             }
         }
     }
-
-    /// `matched` or `waiting`, as `session` now stands.
-    fn placed_reply(&self, session: SessionId) -> Reply {
-        match self.sessions.get(&session).map(|s| s.place) {
-            Some(Place::InRoom(room_id)) => Reply::Matched {
-                room_id,
-                partner: self.match_info(session, room_id),
-            },
-            _ => Reply::Waiting {
-                position: self.queue.position(session).unwrap_or(1),
-            },
-        }
-    }
 }

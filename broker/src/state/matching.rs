@@ -73,6 +73,11 @@ impl State {
         self.queue.push(session, true);
         self.pool.insert(session, profile, open);
         self.seek(session, now);
+        self.placed_reply(session)
+    }
+
+    /// `matched` or `waiting`, as `session` now stands.
+    pub(super) fn placed_reply(&self, session: SessionId) -> Reply {
         match self.sessions.get(&session).map(|s| s.place) {
             Some(Place::InRoom(room_id)) => Reply::Matched {
                 room_id,
