@@ -10,20 +10,23 @@
 //! `federation_lost`; local matching goes on meanwhile, and waiting sessions
 //! re-enter the realm when the link is back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, consumer, kv, stream};
 use async_nats::{Event, ServerAddr};
 use futures::StreamExt;
-use mcp_chat_proto::{DisconnectReason, FederationStatus, RoomId};
+use mcp_chat_proto::{DisconnectReason, FederationStatus, InterestCount, RoomId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::realm::{self, Mirror, Outcome, Realm};
+use super::blocks::{self, RealmKey};
+use super::realm::{self, Entrant, Mirror, Outcome, Realm};
 use super::rooms::{self, RemoteRoom};
-use super::wire::{self, Claim, ClaimAnswer, Names, Presence, Rejected, RoomBody, RoomMsg};
+use super::wire::{
+    self, Claim, ClaimAnswer, Names, Presence, RealmProfile, Rejected, RoomBody, RoomMsg,
+};
 use super::{FederationConfig, FromLink, ToLink};
 use crate::config::Limits;
 use crate::state::SessionId;
@@ -38,13 +41,20 @@ const CONFIRM_WITHIN: Duration = Duration::from_secs(4);
 /// What the link's helper tasks report to it.
 enum Internal {
     Nats(Event),
-    Ready(Box<kv::Store>),
+    /// The queue bucket, the blocks bucket and the realm key.
+    Ready(Box<(kv::Store, kv::Store, RealmKey)>),
     Entered(realm::Batch),
     Confirmed {
+        session: SessionId,
+        key: String,
         room: RoomId,
         matched: bool,
         reply: async_nats::Subject,
     },
+    /// A block of the realm, from its bucket.
+    RealmBlock(String),
+    /// A block asked for by the hub is written (or given up on).
+    BlockSaved(Option<(SessionId, u64)>),
     Inbound(bytes::Bytes),
     /// Setting the realm up failed (it is retried): for `status`.
     Problem(String),
@@ -56,6 +66,17 @@ enum Internal {
 struct Waiter {
     key: String,
     rev: Option<u64>,
+    profile: RealmProfile,
+    /// Its first entry's revision: it keeps its place when it enters again.
+    arrival: Option<u64>,
+    /// Its entry to withdraw before entering again, open (see `realm`).
+    withdraw: Option<u64>,
+    /// Its interest wait ended while it was being entered: it enters again
+    /// once it waits.
+    reopen: bool,
+    /// The room of a claim its hub is being asked about: a second claim
+    /// meanwhile is refused at once.
+    confirming: Option<RoomId>,
     /// When its entry was made: it is made again before the bucket's
     /// `max_age` would drop it.
     since: Instant,
@@ -83,6 +104,13 @@ struct Link {
     mirror: watch::Receiver<Mirror>,
     mirror_tx: Option<watch::Sender<Mirror>>,
     store: Option<kv::Store>,
+    /// Pair keys of the realm's blocks, for claimers (see `blocks`).
+    blocks: watch::Sender<HashSet<String>>,
+    blocks_store: Option<kv::Store>,
+    /// Blocks asked for while the bucket was not ready: written once it is.
+    unsaved_blocks: Vec<String>,
+    /// The busiest interests last told to the hub.
+    busiest: Vec<InterestCount>,
     connected: bool,
     /// Whether the hub was last told `Up`.
     up: bool,
@@ -147,6 +175,10 @@ pub(super) async fn run(
         mirror,
         mirror_tx: Some(mirror_tx),
         store: None,
+        blocks: watch::channel(HashSet::new()).0,
+        blocks_store: None,
+        unsaved_blocks: Vec::new(),
+        busiest: Vec::new(),
         connected: false,
         up: false,
         since: unix_now(),
@@ -255,9 +287,9 @@ impl Link {
         let client = self.client.clone();
         let stop_setup = stop.clone();
         tokio::spawn(async move {
-            let store = loop {
+            let ready = loop {
                 match setup(&js, &names, replicas).await {
-                    Ok(store) => break store,
+                    Ok(ready) => break ready,
                     Err(e) => {
                         tracing::debug!(error = %e, "federation: realm not ready yet");
                         let _ = internal.send(Internal::Problem(e)).await;
@@ -268,7 +300,7 @@ impl Link {
                     }
                 }
             };
-            let _ = internal.send(Internal::Ready(Box::new(store))).await;
+            let _ = internal.send(Internal::Ready(Box::new(ready))).await;
             consume(js, names, me, internal, stop_setup).await;
         });
         let presence = wire::encode(&Presence {
@@ -290,7 +322,9 @@ impl Link {
 
     fn command(&mut self, command: ToLink) {
         match command {
-            ToLink::Enter { session } => self.enter(session),
+            ToLink::Enter { session, profile } => self.enter(session, profile, None),
+            ToLink::Open { session } => self.open(session),
+            ToLink::Block { key, reply } => self.block(key, reply),
             ToLink::Withdraw { session } => {
                 if let Some(w) = self.waiters.remove(&session) {
                     self.keys.remove(&w.key);
@@ -322,13 +356,26 @@ impl Link {
         }
     }
 
-    fn enter(&mut self, session: SessionId) {
+    /// Enters `session` again, as it stands (profile and arrival).
+    fn enter_again(&mut self, session: SessionId) {
+        if let Some(w) = self.waiters.get(&session) {
+            let (profile, arrival) = (w.profile.clone(), w.arrival);
+            self.enter(session, profile, arrival);
+        }
+    }
+
+    fn enter(&mut self, session: SessionId, profile: RealmProfile, arrival: Option<u64>) {
         let key = wire::fresh_id();
         if let Some(old) = self.waiters.insert(
             session,
             Waiter {
                 key: key.clone(),
                 rev: None,
+                profile,
+                arrival,
+                withdraw: None,
+                reopen: false,
+                confirming: None,
                 since: Instant::now(),
                 taken: false,
                 orphaned_since: None,
@@ -341,6 +388,58 @@ impl Link {
         self.run_batch();
     }
 
+    /// `session`'s interest wait is over: its closed entry is withdrawn and
+    /// it enters again, open, keeping its key and its arrival (see `realm`).
+    fn open(&mut self, session: SessionId) {
+        let pending = self.pending.contains(&session);
+        let Some(w) = self.waiters.get_mut(&session) else {
+            return;
+        };
+        if std::mem::replace(&mut w.profile.open, true) {
+            return;
+        }
+        if pending {
+            // Its next attempt takes the open profile anyway.
+            return;
+        }
+        match w.rev.take() {
+            Some(rev) if !w.taken => {
+                w.withdraw = Some(rev);
+                self.pending.push(session);
+                self.run_batch();
+            }
+            Some(rev) => w.rev = Some(rev),
+            // Being entered (or claimed): settled when that is.
+            None => w.reopen = true,
+        }
+    }
+
+    /// Records a realm block for this broker's claimers at once, then in
+    /// the bucket; the hub hears when it is written.
+    fn block(&mut self, key: String, reply: Option<(SessionId, u64)>) {
+        self.blocks
+            .send_modify(|set| blocks::remember(set, key.clone()));
+        match (&self.blocks_store, self.connected) {
+            (Some(store), true) => {
+                let store = store.clone();
+                let internal = self.internal.clone();
+                tokio::spawn(async move {
+                    blocks::write(store, key).await;
+                    let _ = internal.send(Internal::BlockSaved(reply)).await;
+                });
+            }
+            _ => {
+                self.unsaved_blocks.push(key);
+                if let Some((session, id)) = reply {
+                    let hub = self.to_hub.clone();
+                    tokio::spawn(async move {
+                        let _ = hub.send(FromLink::BlockSaved { session, id }).await;
+                    });
+                }
+            }
+        }
+    }
+
     /// Starts the next attempt over everyone pending, unless one runs.
     fn run_batch(&mut self) {
         if self.batch_running || self.pending.is_empty() {
@@ -350,14 +449,23 @@ impl Link {
         let Some(store) = self.store.clone() else {
             return;
         };
-        let entrants: Vec<(SessionId, String)> = std::mem::take(&mut self.pending)
-            .into_iter()
-            .filter_map(|s| self.waiters.get(&s).map(|w| (s, w.key.clone())))
-            .collect();
+        let mut entrants: Vec<Entrant> = Vec::new();
+        for session in std::mem::take(&mut self.pending) {
+            if let Some(w) = self.waiters.get_mut(&session) {
+                entrants.push(Entrant {
+                    session,
+                    key: w.key.clone(),
+                    profile: w.profile.clone(),
+                    arrival: w.arrival,
+                    withdraw: w.withdraw.take(),
+                });
+            }
+        }
         let realm = Realm {
             client: self.client.clone(),
             store,
             mirror: self.mirror.clone(),
+            blocks: self.blocks.subscribe(),
             names: self.names.clone(),
             me: self.me.clone(),
         };
@@ -384,11 +492,27 @@ impl Link {
     async fn internal(&mut self, event: Internal) {
         match event {
             Internal::Nats(event) => self.nats_event(event).await,
-            Internal::Ready(store) => {
+            Internal::Ready(ready) => {
+                let (store, blocks_store, key) = *ready;
                 if let Some(mirror) = self.mirror_tx.take() {
-                    tokio::spawn(realm::watch_queue((*store).clone(), mirror));
+                    tokio::spawn(realm::watch_queue(store.clone(), mirror));
+                    let (tx, mut rx) = mpsc::channel(1024);
+                    tokio::spawn(blocks::watch(blocks_store.clone(), tx));
+                    let internal = self.internal.clone();
+                    tokio::spawn(async move {
+                        while let Some(key) = rx.recv().await {
+                            if internal.send(Internal::RealmBlock(key)).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
                 }
-                self.store = Some(*store);
+                self.store = Some(store);
+                for key in std::mem::take(&mut self.unsaved_blocks) {
+                    tokio::spawn(blocks::write(blocks_store.clone(), key));
+                }
+                self.blocks_store = Some(blocks_store);
+                let _ = self.to_hub.send(FromLink::RealmKey(key)).await;
                 tracing::info!(realm = %self.config.realm, "federation: realm ready");
                 self.set_up().await;
             }
@@ -408,6 +532,8 @@ impl Link {
                 self.run_batch();
             }
             Internal::Confirmed {
+                session,
+                key,
                 room,
                 matched,
                 reply,
@@ -419,12 +545,23 @@ impl Link {
                 if !matched && let Some(r) = self.take_room(room) {
                     r.close(false);
                 }
+                self.confirmed(session, &key, room, matched);
+            }
+            Internal::RealmBlock(key) => {
+                self.blocks
+                    .send_modify(|set| blocks::remember(set, key.clone()));
+                let _ = self.to_hub.send(FromLink::RealmBlock(key)).await;
+            }
+            Internal::BlockSaved(reply) => {
+                if let Some((session, id)) = reply {
+                    let _ = self.to_hub.send(FromLink::BlockSaved { session, id }).await;
+                }
             }
             Internal::Inbound(payload) => self.inbound(&payload).await,
             Internal::Problem(e) => self.last_error = Some(e),
             Internal::Retry(session) => {
                 if self.waiters.contains_key(&session) && self.connected {
-                    self.enter(session);
+                    self.enter_again(session);
                 }
             }
         }
@@ -505,8 +642,14 @@ impl Link {
                     .send(FromLink::PairedLocally { first, second })
                     .await;
             }
-            (true, false) => self.pending.push(first),
-            (false, true) => self.pending.push(second),
+            (true, false) => {
+                self.pending.push(first);
+                self.run_batch();
+            }
+            (false, true) => {
+                self.pending.push(second);
+                self.run_batch();
+            }
             (false, false) => {}
         }
     }
@@ -521,13 +664,22 @@ impl Link {
         match outcome {
             Ok(Outcome::Waiting { rev, position }) => {
                 if current {
+                    let mut reopen = false;
                     if let Some(w) = self.waiters.get_mut(&session) {
                         w.rev = Some(rev);
+                        w.arrival.get_or_insert(rev);
+                        reopen = std::mem::take(&mut w.reopen);
                     }
                     let _ = self
                         .to_hub
                         .send(FromLink::Waiting { session, position })
                         .await;
+                    if reopen && let Some(w) = self.waiters.get_mut(&session) {
+                        // Its interest wait ended while it entered.
+                        w.withdraw = w.rev.take();
+                        self.pending.push(session);
+                        self.run_batch();
+                    }
                 } else {
                     // It left while entering.
                     self.delete_entry(key, rev);
@@ -543,6 +695,7 @@ impl Link {
                 room,
                 partner,
                 secret,
+                profile,
             }) => {
                 if current {
                     self.waiters.remove(&session);
@@ -562,6 +715,8 @@ impl Link {
                         room,
                         local,
                         confirm: None,
+                        partner: profile,
+                        partner_session: None,
                     })
                     .await;
             }
@@ -623,20 +778,30 @@ impl Link {
             self.reject(Rejected::Malformed, "claim without a reply subject");
             return;
         };
-        let claim = match wire::parse::<Claim>(&msg.payload) {
-            Ok(c) if wire::is_id(&c.claimer) && wire::is_id(&c.secret) => Some(c),
-            Ok(_) => {
-                self.reject(Rejected::Malformed, "claim");
-                None
-            }
+        let claim = match wire::parse::<Claim>(&msg.payload)
+            .and_then(|c| wire::check_claim(&c).map(|()| c))
+        {
+            Ok(c) => Some(c),
             Err(why) => {
                 self.reject(why, "claim");
                 None
             }
         };
-        // A bad claim is answered too, so its sender does not wait.
-        let Some((claim, session)) = claim.and_then(|c| self.keys.remove(&c.key).map(|s| (c, s)))
-        else {
+        // A bad claim is answered too, so its sender does not wait; so is a
+        // second claim while the hub is asked about a first.
+        let found = claim.and_then(|c| {
+            let session = *self.keys.get(&c.key)?;
+            let w = self.waiters.get_mut(&session)?;
+            if w.confirming.is_some() {
+                return None;
+            }
+            w.confirming = Some(c.room);
+            // Its entry is gone; until the hub answers it is claimed.
+            w.rev = None;
+            w.taken = true;
+            Some((c, session))
+        });
+        let Some((claim, session)) = found else {
             // Left, or never ours.
             let _ = self
                 .client
@@ -644,12 +809,15 @@ impl Link {
                 .await;
             return;
         };
-        self.waiters.remove(&session);
+        let key = claim.key.clone();
         let local = claim.claimer == self.me;
-        if !local {
+        let partner_session = if local {
+            self.keys.get(&claim.claimer_key).copied()
+        } else {
             let r = self.open_room(claim.room, claim.claimer, claim.secret);
             self.insert_room(claim.room, r);
-        }
+            None
+        };
         let (confirm, answer) = oneshot::channel();
         let _ = self
             .to_hub
@@ -658,6 +826,8 @@ impl Link {
                 room: claim.room,
                 local,
                 confirm: Some(confirm),
+                partner: claim.profile,
+                partner_session,
             })
             .await;
         let internal = self.internal.clone();
@@ -669,12 +839,34 @@ impl Link {
             );
             let _ = internal
                 .send(Internal::Confirmed {
+                    session,
+                    key,
                     room,
                     matched,
                     reply,
                 })
                 .await;
         });
+    }
+
+    /// The hub answered a claim of our waiter `session`: taken, it leaves
+    /// the realm; refused while it still waits here (a block the claimer
+    /// did not know, or a pair the hub finds unfit), it enters again,
+    /// keeping its arrival.
+    fn confirmed(&mut self, session: SessionId, key: &str, room: RoomId, matched: bool) {
+        let ours = self
+            .waiters
+            .get(&session)
+            .is_some_and(|w| w.key == key && w.confirming == Some(room));
+        if !ours {
+            return;
+        }
+        if matched {
+            self.waiters.remove(&session);
+            self.keys.remove(key);
+        } else {
+            self.enter_again(session);
+        }
     }
 
     fn presence(&mut self, payload: &[u8]) {
@@ -811,7 +1003,7 @@ impl Link {
             .collect();
         for (session, key, rev) in old {
             self.delete_entry(key, rev);
-            self.enter(session);
+            self.enter_again(session);
         }
     }
 
@@ -836,11 +1028,16 @@ impl Link {
                 session,
                 "federation: a claimed waiter heard no claim; entering it again"
             );
-            self.enter(session);
+            self.enter_again(session);
         }
     }
 
     async fn report(&mut self) {
+        let busiest = self.mirror.borrow().busiest(crate::state::BUSIEST_SHOWN);
+        if busiest != self.busiest {
+            self.busiest = busiest.clone();
+            let _ = self.to_hub.send(FromLink::Busiest(busiest)).await;
+        }
         let status = FederationStatus {
             server: self.config.urls.join(","),
             realm: self.config.realm.clone(),
@@ -849,7 +1046,7 @@ impl Link {
             since: self.since,
             waiting_in_realm: self.mirror.borrow().len(),
             remote_rooms: self.rooms.len(),
-            rejected: self.rejected,
+            rejected: self.rejected + self.mirror.borrow().invalid,
             last_error: self.last_error.clone(),
         };
         if self.last_status.as_ref() != Some(&status) {
@@ -865,7 +1062,7 @@ async fn setup(
     js: &jetstream::Context,
     names: &Names,
     replicas: usize,
-) -> Result<kv::Store, String> {
+) -> Result<(kv::Store, kv::Store, RealmKey), String> {
     js.get_or_create_stream(stream::Config {
         name: names.stream(),
         subjects: vec![names.rooms_wildcard()],
@@ -881,23 +1078,26 @@ async fn setup(
     .await
     .map_err(|e| format!("rooms stream: {e}"))?;
     let bucket = names.bucket();
-    match js.get_key_value(&bucket).await {
-        Ok(store) => Ok(store),
+    let queue = match js.get_key_value(&bucket).await {
+        Ok(store) => store,
         Err(_) => js
             .create_key_value(kv::Config {
                 bucket,
                 history: 1,
                 max_age: realm::QUEUE_MAX_AGE,
                 max_bytes: 64 * 1024 * 1024,
-                // Values are broker ids; the server counts headers in too.
-                max_value_size: 1024,
+                // Values are entries (`wire::QueueEntry`); the server
+                // counts headers in too.
+                max_value_size: i32::try_from(wire::MAX_ENTRY_BYTES + 1024).unwrap_or(i32::MAX),
                 storage: stream::StorageType::File,
                 num_replicas: replicas,
                 ..Default::default()
             })
             .await
-            .map_err(|e| format!("queue bucket: {e}")),
-    }
+            .map_err(|e| format!("queue bucket: {e}"))?,
+    };
+    let (blocks, key) = blocks::setup(js, names, replicas).await?;
+    Ok((queue, blocks, key))
 }
 
 /// Reads this broker's room messages through its durable consumer, for as

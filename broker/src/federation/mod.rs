@@ -12,7 +12,10 @@
 //! - `wire`: subjects and the messages brokers exchange, with validation:
 //!   every inbound message is treated as coming from a hostile client.
 //! - `realm`: the realm's queue (a KV bucket) and the race-free claim
-//!   protocol; read its docs for why no waiter is matched twice.
+//!   protocol under the matching rule; read its docs for why no waiter is
+//!   matched twice and no two compatible waiters are left waiting.
+//! - `blocks`: the realm key, the keyed hash (`who`) that names a session
+//!   to other brokers, and the realm's blocks bucket.
 //! - `rooms`: messages of rooms spanning two brokers, through a JetStream
 //!   stream (message ids, explicit acks, per-room sequence numbers).
 //! - `link`: the task: connection, presence, liveness, and routing.
@@ -26,17 +29,19 @@
 //! realms or puts a leaf node at each site. BENCHMARKS.md ("Federation")
 //! has the figures and the estimate.
 
+pub(crate) mod blocks;
 pub mod config;
 mod link;
 mod realm;
 mod rooms;
 mod wire;
 
-use mcp_chat_proto::{DisconnectReason, FederationStatus, RoomId};
+use mcp_chat_proto::{DisconnectReason, FederationStatus, InterestCount, RoomId};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use config::FederationConfig;
+pub(crate) use wire::{RealmProfile, who_hex};
 
 use crate::config::Limits;
 use crate::state::SessionId;
@@ -49,8 +54,20 @@ const FROM_LINK_CAPACITY: usize = 4096;
 /// Hub → link.
 #[derive(Debug)]
 pub(crate) enum ToLink {
-    /// Put `session` in the realm's queue (or match it with the oldest).
-    Enter { session: SessionId },
+    /// Put `session` in the realm's queue (or match it with the oldest
+    /// compatible waiter).
+    Enter {
+        session: SessionId,
+        profile: RealmProfile,
+    },
+    /// `session`'s interest wait is over: it enters again, open.
+    Open { session: SessionId },
+    /// Record the realm block `key` (see `blocks`); with `reply`, tell the
+    /// hub once it is written ([`FromLink::BlockSaved`]).
+    Block {
+        key: String,
+        reply: Option<(SessionId, u64)>,
+    },
     /// `session` stopped waiting (left, detached or gone).
     Withdraw { session: SessionId },
     /// A message for the remote partner of `room`.
@@ -82,11 +99,15 @@ pub(crate) enum FromLink {
     /// `confirm`, a claimer asks: answer whether the session took it.
     /// `local`: the partner is a session of this broker too (both halves
     /// of the match arrive here, and the room is an ordinary local one).
+    /// `partner` is the partner's profile; `partner_session` the partner
+    /// when it is a session of this broker and known.
     Matched {
         session: SessionId,
         room: RoomId,
         local: bool,
         confirm: Option<oneshot::Sender<bool>>,
+        partner: RealmProfile,
+        partner_session: Option<SessionId>,
     },
     /// Two sessions of this broker that entered at the same moment were
     /// paired with each other (see `realm`): a local room, if both still
@@ -107,6 +128,17 @@ pub(crate) enum FromLink {
         reason: DisconnectReason,
     },
     Status(FederationStatus),
+    /// The realm's key, before `Up`.
+    RealmKey(blocks::RealmKey),
+    /// A block of the realm (a pair key), from any broker.
+    RealmBlock(String),
+    /// The block asked for with this reply is written (or could not be).
+    BlockSaved {
+        session: SessionId,
+        id: u64,
+    },
+    /// The realm's busiest interests.
+    Busiest(Vec<InterestCount>),
 }
 
 /// The hub's end of the link.

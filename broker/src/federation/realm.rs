@@ -1,50 +1,84 @@
-//! The realm's one FIFO queue, kept in a JetStream KV bucket, and the claim
-//! protocol that pairs its waiters.
+//! The realm's one queue, kept in a JetStream KV bucket, and the claim
+//! protocol that pairs its waiters under the same matching rule as one
+//! broker's pool (`crate::state::rule`).
 //!
 //! Each waiting session is one entry: key = a random waiter token, value =
-//! the owning broker's id. The entry's revision (the bucket stream's
-//! sequence) is the realm-wide order of entering. Every broker mirrors the
-//! bucket through a watch ([`Mirror`]); the watch delivers changes in
-//! revision order, so a mirror that has seen revision `r` holds exactly the
-//! entries alive at `r` (of those older than `r`).
+//! the owning broker's id and the waiter's profile ([`wire::QueueEntry`]:
+//! kind, whom it meets, interests, whether it is *open*, and its keyed hash
+//! for blocks). The entry's revision (the bucket stream's sequence) is the
+//! realm-wide order of entering. Every broker mirrors the bucket through a
+//! watch ([`Mirror`]); the watch delivers changes in revision order, so a
+//! mirror that has seen revision `r` holds exactly the entries alive at `r`
+//! (of those older than `r`). Entries whose value fails the checks of
+//! `wire` (untrusted input) are left out of the mirror, and counted.
 //!
-//! Entering ([`enter`]):
-//! 1. Claim the oldest entry in the mirror with `delete_expect_revision(key,
-//!    rev)`: a compare-and-set on the entry's revision, so of all brokers
-//!    trying, exactly one deletes it. A loser skips that entry and tries the
-//!    next; one that wins asks the owner to confirm (step 4).
-//! 2. With nothing to claim, `create` our own entry (revision `r`), then wait
-//!    until the mirror has reached `r`.
-//! 3. "The newer claims the older": if the mirror then holds any entry older
-//!    than `r`, withdraw ours with `delete_expect_revision(ours, r)` and go
-//!    back to step 1. If that delete fails, someone claimed us: their claim
-//!    request is on its way, and we stop. Otherwise we wait, at position
-//!    1 + the entries older than ours.
+//! *Compatible*: two entries may be paired when the rule's `fit` accepts
+//! their profiles (each accepts what the other is; during its interest wait
+//! a waiter accepts only someone sharing an interest) and the realm's block
+//! mirror holds no block between their `who`s (`blocks`). This is a fixed
+//! function of the two entries: openness is part of an entry and never
+//! changes during its life (no broker reads another's clock), and blocks
+//! only ever make fewer pairs compatible. Among compatible entries the best
+//! is the best fit (a shared interest first), then the earliest arrival.
+//!
+//! Entering ([`enter`]), "the newer claims the oldest compatible":
+//! 1. Claim the best compatible entry in the mirror with
+//!    `delete_expect_revision(key, rev)`: a compare-and-set on the entry's
+//!    revision, so of all brokers trying, exactly one deletes it. A loser
+//!    skips that entry and tries the next; one that wins asks the owner to
+//!    confirm (step 4).
+//! 2. With nothing compatible to claim, `create` our own entry (revision
+//!    `r`), then wait until the mirror has reached `r`.
+//! 3. If the mirror then holds any entry older than `r` compatible with
+//!    ours, withdraw ours with `delete_expect_revision(ours, r)` and go back
+//!    to step 1. If that delete fails, someone claimed us: their claim
+//!    request is on its way, and we stop. Otherwise we wait.
 //! 4. The owner's hub is the arbiter: it matches its waiter only if the
-//!    session is still waiting (it may have left), and answers; a refusal or
-//!    no answer (dead broker) sends the claimer back to step 1.
+//!    session is still waiting (it may have left) and the pair is still
+//!    compatible in its eyes (a block it knows and the claimer's mirror did
+//!    not yet hold), and answers; a refusal or no answer (dead broker) sends
+//!    the claimer back to step 1. A waiter refused for a block enters again.
 //!
 //! Why no waiter is matched twice: an entry is deleted by exactly one
 //! compare-and-set, so at most one claim request exists per entry (after a
 //! timed-out delete, whose outcome is unknown, a second claimer may also
 //! ask; the owner's hub matches a session once and refuses the other).
 //!
-//! Why two waiters never both stay waiting: let X (revision `x`) and Y
-//! (`y > x`) both be left waiting. Y, after creating its entry, read a
-//! mirror that had reached `y`; X's entry was alive then (X never withdrew,
-//! since withdrawing leads to claiming or being claimed), so Y saw an older
-//! entry and withdrew instead of waiting: a contradiction. So once a burst
-//! settles, at most one waiter is left in the realm.
+//! Why two compatible waiters never both stay waiting: let X (revision `x`)
+//! and Y (`y > x`) be compatible and both left waiting. Y, after creating
+//! its entry, read a mirror that had reached `y`; X's entry was alive then
+//! (entries are never changed, only created and deleted), and compatibility
+//! is a fixed function of the two entries (blocks only remove pairs), so Y
+//! saw an older compatible entry and withdrew instead of waiting: a
+//! contradiction. So once a burst settles, no two compatible waiters are
+//! left in the realm.
+//!
+//! Interest waits: a waiter with interests enters *closed* (it accepts only
+//! sharers). When its wait ends, on its owner's own monotonic clock, the
+//! owner re-runs the protocol for it: withdraw the closed entry with
+//! `delete_expect_revision` (if that fails, a claimer took it: its request
+//! decides, as in step 3), then enter again, open, keeping its first
+//! revision as its arrival so it keeps its place among older waiters. Two
+//! waiters that were incompatible only because one was closed thus become
+//! compatible exactly when one of them makes a new entry, and the newer
+//! entry runs step 3 against the older: the argument above applies to the
+//! new entry unchanged. The choice of re-entering over rewriting the entry
+//! in place (`update` with its revision) is what keeps the argument whole:
+//! an update would change an entry's compatibility during its life, and the
+//! older of the pair would have to run step 3 against newer entries, which
+//! the protocol never does. The cost is one delete and one create per
+//! waiter whose interest wait runs out.
 //!
 //! Bursts: a broker runs one attempt at a time, over every session that
 //! entered since the last one began ([`enter_batch`]), oldest first. Its
-//! entrants first claim the realm's existing waiters, oldest first, one
-//! each (step 1 and 4 as above); those left are paired with each other in
-//! arrival order, since they entered at the same moment and any older
-//! waiter has been claimed already; one left over runs the protocol above.
-//! So each broker adds at most one waiter per attempt, and the argument
-//! above holds between those; and a burst of a thousand entrants costs a
-//! broker a handful of KV operations instead of a thousand racing ones.
+//! entrants first claim the realm's existing compatible waiters (steps 1
+//! and 4); those left are paired with each other under the same rule, the
+//! newer with the oldest compatible one, since they entered at the same
+//! moment and every compatible older waiter has been claimed already; each
+//! one left over runs the protocol above, one after the other. So the
+//! argument above holds between them too; and a burst of a thousand plain
+//! entrants costs a broker a handful of KV operations instead of a thousand
+//! racing ones.
 //!
 //! A claimer that dies between its delete and its claim request leaves a
 //! waiter without an entry: its broker notices (the entry is gone from the
@@ -54,16 +88,25 @@
 //! Dead brokers' entries are cleaned by the claims themselves (a claim to an
 //! owner that is gone gets no responders, and the entry is already deleted)
 //! and, as a backstop, by the bucket's `max_age`.
+//!
+//! Cost: finding the best entry walks the mirror in arrival order and stops
+//! at the first shared interest (or, for a seeker without interests, at the
+//! first compatible entry); only a seeker with interests that nobody shares
+//! walks it whole. The mirror is in memory, so that is microseconds per
+//! thousand waiters, small beside the KV round trips of a claim.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use futures::StreamExt;
-use mcp_chat_proto::RoomId;
+use mcp_chat_proto::{InterestCount, RoomId};
 use tokio::sync::watch;
 
-use super::wire::{self, Claim, ClaimAnswer, Names};
+use super::blocks::pair_key;
+use super::wire::{self, Claim, ClaimAnswer, Names, QueueEntry, RealmProfile};
+use crate::state::rule::{self, Fit, Profile};
 
 /// Entries older than this expire from the bucket (a backstop for brokers
 /// that die with waiters in it); the owner re-enters a waiter at half of it.
@@ -71,27 +114,76 @@ pub const QUEUE_MAX_AGE: Duration = Duration::from_secs(3600);
 /// How long the owner of a claimed waiter has to answer.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// One entry of the realm's queue, as mirrored.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub key: String,
+    pub owner: String,
+    pub profile: RealmProfile,
+    /// The profile as the rule reads it.
+    rule: Profile,
+    pub arrival: u64,
+}
+
 /// This broker's view of the realm's queue.
 #[derive(Debug, Default, Clone)]
 pub struct Mirror {
-    /// Revision → (key, owner), oldest first.
-    pub entries: BTreeMap<u64, (String, String)>,
+    /// Revision → entry, oldest first.
+    pub entries: BTreeMap<u64, Queued>,
     by_key: HashMap<String, u64>,
+    /// (arrival, revision) of every entry: the order claims prefer.
+    by_arrival: BTreeSet<(u64, u64)>,
+    /// Waiters per interest, realm-wide.
+    interests: HashMap<String, usize>,
     /// The newest revision seen.
     pub seen: u64,
+    /// Entries left out because their value failed the checks.
+    pub invalid: u64,
 }
 
 impl Mirror {
     fn apply(&mut self, entry: &kv::Entry) {
         self.seen = self.seen.max(entry.revision);
         if let Some(old) = self.by_key.remove(&entry.key) {
-            self.entries.remove(&old);
+            self.remove(old);
         }
-        if entry.operation == kv::Operation::Put {
-            let owner = String::from_utf8_lossy(&entry.value).into_owned();
-            self.entries
-                .insert(entry.revision, (entry.key.clone(), owner));
-            self.by_key.insert(entry.key.clone(), entry.revision);
+        if entry.operation != kv::Operation::Put {
+            return;
+        }
+        let Ok(value) = wire::parse_entry(&entry.value, entry.revision) else {
+            self.invalid += 1;
+            return;
+        };
+        let arrival = value.arrival.unwrap_or(entry.revision);
+        for tag in &value.profile.interests {
+            *self.interests.entry(tag.clone()).or_default() += 1;
+        }
+        self.by_arrival.insert((arrival, entry.revision));
+        self.entries.insert(
+            entry.revision,
+            Queued {
+                key: entry.key.clone(),
+                owner: value.owner,
+                rule: rule_profile(&value.profile),
+                profile: value.profile,
+                arrival,
+            },
+        );
+        self.by_key.insert(entry.key.clone(), entry.revision);
+    }
+
+    fn remove(&mut self, rev: u64) {
+        let Some(old) = self.entries.remove(&rev) else {
+            return;
+        };
+        self.by_arrival.remove(&(old.arrival, rev));
+        for tag in &old.profile.interests {
+            if let Some(n) = self.interests.get_mut(tag) {
+                *n -= 1;
+                if *n == 0 {
+                    self.interests.remove(tag);
+                }
+            }
         }
     }
 
@@ -101,6 +193,71 @@ impl Mirror {
 
     pub fn contains(&self, key: &str) -> bool {
         self.by_key.contains_key(key)
+    }
+
+    /// The realm's busiest interests, busiest first (ties by name).
+    pub fn busiest(&self, shown: usize) -> Vec<InterestCount> {
+        let mut all: Vec<(&String, &usize)> = self.interests.iter().collect();
+        all.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        all.into_iter()
+            .take(shown)
+            .map(|(interest, &waiting)| InterestCount {
+                interest: interest.clone(),
+                waiting,
+            })
+            .collect()
+    }
+
+    /// The best entry for `me` under the rule (see the module docs), of
+    /// those older than `before` if given, that `skip` does not rule out.
+    fn best(
+        &self,
+        me: &Profile,
+        me_open: bool,
+        my_who: u64,
+        blocks: &HashSet<String>,
+        before: Option<u64>,
+        skip: impl Fn(u64, &Queued) -> bool,
+    ) -> Option<(u64, Queued)> {
+        let mut open_fit: Option<u64> = None;
+        for &(_, rev) in &self.by_arrival {
+            if before.is_some_and(|b| rev >= b) {
+                continue;
+            }
+            let Some(q) = self.entries.get(&rev) else {
+                continue;
+            };
+            if skip(rev, q) {
+                continue;
+            }
+            let Some(how) = rule::fit(me, me_open, &q.rule, q.profile.open) else {
+                continue;
+            };
+            if !blocks.is_empty() && blocks.contains(&pair_key(my_who, q.profile.who())) {
+                continue;
+            }
+            match how {
+                // The earliest sharer beats everyone.
+                Fit::Shared(_) => return Some((rev, q.clone())),
+                Fit::Open => {
+                    if me.interests.is_empty() {
+                        // Nobody can share with us: the earliest wins.
+                        return Some((rev, q.clone()));
+                    }
+                    open_fit.get_or_insert(rev);
+                }
+            }
+        }
+        open_fit.and_then(|rev| self.entries.get(&rev).map(|q| (rev, q.clone())))
+    }
+}
+
+/// A realm profile as the rule reads it.
+pub fn rule_profile(p: &RealmProfile) -> Profile {
+    Profile {
+        kind: p.kind,
+        meet: p.meet,
+        interests: p.interests.iter().map(|t| Arc::from(t.as_str())).collect(),
     }
 }
 
@@ -139,6 +296,8 @@ pub enum Outcome {
         room: RoomId,
         partner: String,
         secret: String,
+        /// The waiter's profile.
+        profile: RealmProfile,
     },
 }
 
@@ -156,62 +315,135 @@ pub struct Realm {
     pub client: async_nats::Client,
     pub store: kv::Store,
     pub mirror: watch::Receiver<Mirror>,
+    /// Pair keys of the realm's blocks (see `blocks`).
+    pub blocks: watch::Receiver<HashSet<String>>,
     pub names: Names,
     pub me: String,
+}
+
+/// One session of this broker entering.
+#[derive(Debug, Clone)]
+pub struct Entrant {
+    pub session: u64,
+    pub key: String,
+    pub profile: RealmProfile,
+    /// Its first entry's revision, when it entered before.
+    pub arrival: Option<u64>,
+    /// Its current entry, to withdraw first (its interest wait ended).
+    pub withdraw: Option<u64>,
+}
+
+impl Entrant {
+    fn rule(&self) -> Profile {
+        rule_profile(&self.profile)
+    }
 }
 
 /// What one batch came to: per entrant, in order, and the local pairs.
 #[derive(Debug, Default)]
 pub struct Batch {
     pub outcomes: Vec<(u64, String, Result<Outcome, EnterError>)>,
-    /// Entrants paired with each other (sessions of this broker).
+    /// Entrants paired with each other (sessions of this broker), with
+    /// their profiles.
     pub pairs: Vec<(u64, u64)>,
     pub dangling: Vec<Dangling>,
 }
 
-/// Runs one attempt for `entrants` (session, waiter key), oldest first: see
-/// the module docs.
-pub async fn enter_batch(realm: Realm, entrants: Vec<(u64, String)>) -> Batch {
+/// Runs one attempt for `entrants`, oldest first: see the module docs.
+pub async fn enter_batch(realm: Realm, entrants: Vec<Entrant>) -> Batch {
     let mut batch = Batch::default();
-    let mut rest: std::collections::VecDeque<(u64, String)> = entrants.into();
-    let mut lost: HashSet<u64> = HashSet::new();
-    // Step 1, while more than one is left: the last one runs the full
-    // protocol below, which claims as well.
-    while rest.len() > 1 {
-        let oldest = realm
-            .mirror
-            .borrow()
-            .entries
-            .iter()
-            .find(|(rev, _)| !lost.contains(rev))
-            .map(|(&rev, (k, owner))| (rev, k.clone(), owner.clone()));
-        let Some((rev, theirs, owner)) = oldest else {
-            break;
+    let mut rest: Vec<Entrant> = Vec::with_capacity(entrants.len());
+    // Entrants re-entering open first withdraw their closed entry.
+    for e in entrants {
+        let Some(rev) = e.withdraw else {
+            rest.push(e);
+            continue;
         };
-        lost.insert(rev);
-        match realm.store.delete_expect_revision(&theirs, Some(rev)).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-            Err(e) => tracing::warn!(error = %e, "claiming a waiter failed"),
-        }
-        match confirm(&realm, theirs, &owner).await {
-            Confirmed::Yes(matched) => {
-                if let Some((session, key)) = rest.pop_front() {
-                    batch.outcomes.push((session, key, Ok(matched)));
-                }
+        match realm.store.delete_expect_revision(&e.key, Some(rev)).await {
+            Ok(()) => rest.push(e),
+            Err(x) if x.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                batch.outcomes.push((e.session, e.key, Ok(Outcome::Taken)));
             }
-            Confirmed::Gone => {}
-            Confirmed::Unanswered(d) => batch.dangling.push(d),
+            // Unknown outcome: carry on as withdrawn. If we were in fact
+            // claimed, our hub refuses the second match.
+            Err(x) => {
+                tracing::warn!(error = %x, "withdrawing a waiter failed");
+                rest.push(e);
+            }
         }
     }
-    while rest.len() > 1 {
-        if let (Some((a, _)), Some((b, _))) = (rest.pop_front(), rest.pop_front()) {
-            batch.pairs.push((a, b));
+    let ours: HashSet<String> = rest.iter().map(|e| e.key.clone()).collect();
+    // Step 1 for each: the realm's existing waiters first.
+    let mut lost: HashSet<u64> = HashSet::new();
+    let mut left: VecDeque<Entrant> = VecDeque::new();
+    for e in rest {
+        let me = e.rule();
+        let my_who = e.profile.who();
+        let mut matched = None;
+        loop {
+            let blocks = realm.blocks.borrow().clone();
+            let best =
+                realm
+                    .mirror
+                    .borrow()
+                    .best(&me, e.profile.open, my_who, &blocks, None, |rev, q| {
+                        lost.contains(&rev) || ours.contains(&q.key)
+                    });
+            let Some((rev, theirs)) = best else { break };
+            lost.insert(rev);
+            match realm
+                .store
+                .delete_expect_revision(&theirs.key, Some(rev))
+                .await
+            {
+                Ok(()) => {}
+                Err(x) if x.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(x) => tracing::warn!(error = %x, "claiming a waiter failed"),
+            }
+            match confirm(&realm, &e, theirs).await {
+                Confirmed::Yes(outcome) => {
+                    matched = Some(outcome);
+                    break;
+                }
+                Confirmed::Gone => {}
+                Confirmed::Unanswered(d) => batch.dangling.push(d),
+            }
+        }
+        match matched {
+            Some(outcome) => batch.outcomes.push((e.session, e.key, Ok(outcome))),
+            None => left.push_back(e),
         }
     }
-    if let Some((session, key)) = rest.pop_front() {
-        let (outcome, dangling) = enter(realm, key.clone()).await;
-        batch.outcomes.push((session, key, outcome));
+    // Those left pair with each other: the newer takes the oldest
+    // compatible one (best fit first) among those before it.
+    let blocks = realm.blocks.borrow().clone();
+    let mut unpaired: Vec<(Entrant, Profile)> = Vec::new();
+    for e in left {
+        let me = e.rule();
+        let mut best: Option<(u8, usize)> = None;
+        for (i, (other, theirs)) in unpaired.iter().enumerate() {
+            let Some(how) = rule::fit(&me, e.profile.open, theirs, other.profile.open) else {
+                continue;
+            };
+            if blocks.contains(&pair_key(e.profile.who(), other.profile.who())) {
+                continue;
+            }
+            if best.is_none_or(|(rank, _)| how.rank() < rank) {
+                best = Some((how.rank(), i));
+            }
+        }
+        match best {
+            Some((_, i)) => {
+                let (other, _) = unpaired.remove(i);
+                batch.pairs.push((other.session, e.session));
+            }
+            None => unpaired.push((e, me)),
+        }
+    }
+    // Each one left over runs the whole protocol.
+    for (e, _) in unpaired {
+        let (outcome, dangling) = enter(realm.clone(), e.clone()).await;
+        batch.outcomes.push((e.session, e.key, outcome));
         batch.dangling.extend(dangling);
     }
     batch
@@ -226,40 +458,47 @@ pub struct Dangling {
     pub secret: String,
 }
 
-/// Runs the claim protocol (see the module docs) for our waiter `key`.
-/// Also hands back the claims left unanswered on the way.
-pub async fn enter(realm: Realm, key: String) -> (Result<Outcome, EnterError>, Vec<Dangling>) {
+/// Runs the claim protocol (see the module docs) for our entrant. Also
+/// hands back the claims left unanswered on the way.
+pub async fn enter(realm: Realm, entrant: Entrant) -> (Result<Outcome, EnterError>, Vec<Dangling>) {
     let mut dangling = Vec::new();
-    let outcome = claim_or_wait(&realm, &key, &mut dangling).await;
+    let outcome = claim_or_wait(&realm, &entrant, &mut dangling).await;
     (outcome, dangling)
 }
 
 async fn claim_or_wait(
     realm: &Realm,
-    key: &str,
+    entrant: &Entrant,
     dangling: &mut Vec<Dangling>,
 ) -> Result<Outcome, EnterError> {
+    let key = entrant.key.as_str();
+    let me = entrant.rule();
+    let my_who = entrant.profile.who();
     // Entries we failed to claim: someone else got them first.
     let mut lost: HashSet<u64> = HashSet::new();
     let mut own: Option<u64> = None;
     loop {
-        let oldest = realm
-            .mirror
-            .borrow()
-            .entries
-            .iter()
-            .find_map(|(&rev, (k, owner))| {
-                (Some(rev) != own && k != key && !lost.contains(&rev))
-                    .then(|| (rev, k.clone(), owner.clone()))
-            });
-        let (rev, theirs, owner) = match (oldest, own) {
-            // Only newer entries than ours, or none: we are the oldest.
-            (Some((rev, ..)), Some(mine)) if mine < rev => return Ok(waiting(realm, mine)),
+        let blocks = realm.blocks.borrow().clone();
+        // With an entry of our own, only older ones (step 3).
+        let best = realm.mirror.borrow().best(
+            &me,
+            entrant.profile.open,
+            my_who,
+            &blocks,
+            own,
+            |rev, q| lost.contains(&rev) || q.key == key,
+        );
+        let (rev, theirs) = match (best, own) {
             (None, Some(mine)) => return Ok(waiting(realm, mine)),
             (None, None) => {
+                let value = QueueEntry {
+                    owner: realm.me.clone(),
+                    profile: entrant.profile.clone(),
+                    arrival: entrant.arrival,
+                };
                 let rev = realm
                     .store
-                    .create(key, realm.me.clone().into())
+                    .create(key, wire::encode(&value))
                     .await
                     .map_err(|e| err("entering the realm queue", e))?;
                 own = Some(rev);
@@ -273,7 +512,7 @@ async fn claim_or_wait(
             (Some(older), _) => older,
         };
         if let Some(mine) = own.take() {
-            // Step 3: an older waiter exists; withdraw ours first.
+            // Step 3: an older compatible waiter exists; withdraw ours first.
             match realm.store.delete_expect_revision(key, Some(mine)).await {
                 Ok(()) => {}
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
@@ -285,13 +524,17 @@ async fn claim_or_wait(
             }
         }
         lost.insert(rev);
-        match realm.store.delete_expect_revision(&theirs, Some(rev)).await {
+        match realm
+            .store
+            .delete_expect_revision(&theirs.key, Some(rev))
+            .await
+        {
             Ok(()) => {}
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
             // Unknown outcome: ask the owner anyway; it matches once.
             Err(e) => tracing::warn!(error = %e, "claiming a waiter failed"),
         }
-        match confirm(realm, theirs, &owner).await {
+        match confirm(realm, entrant, theirs).await {
             Confirmed::Yes(matched) => return Ok(matched),
             Confirmed::Gone => {}
             Confirmed::Unanswered(d) => dangling.push(d),
@@ -310,32 +553,36 @@ enum Confirmed {
     Unanswered(Dangling),
 }
 
-/// Asks `owner` to put its waiter `key` in a new room with us.
-async fn confirm(realm: &Realm, key: String, owner: &str) -> Confirmed {
-    if !wire::is_id(owner) {
+/// Asks the owner of `theirs` to put its waiter in a new room with us.
+async fn confirm(realm: &Realm, entrant: &Entrant, theirs: Queued) -> Confirmed {
+    let owner = theirs.owner;
+    if !wire::is_id(&owner) {
         return Confirmed::Gone;
     }
     let room = RoomId::new_random();
     let secret = wire::fresh_id();
     let claim = Claim {
-        key,
+        key: theirs.key,
         room,
         claimer: realm.me.clone(),
         secret: secret.clone(),
+        profile: entrant.profile.clone(),
+        claimer_key: entrant.key.clone(),
     };
     let request = async_nats::Request::new()
         .payload(wire::encode(&claim))
         .timeout(Some(CLAIM_TIMEOUT));
     match realm
         .client
-        .send_request(realm.names.claim(owner), request)
+        .send_request(realm.names.claim(&owner), request)
         .await
     {
         Ok(answer) => match wire::parse::<ClaimAnswer>(&answer.payload) {
             Ok(ClaimAnswer { matched: true }) => Confirmed::Yes(Outcome::Matched {
                 room,
-                partner: owner.to_owned(),
+                partner: owner,
                 secret,
+                profile: theirs.profile,
             }),
             _ => Confirmed::Gone,
         },
@@ -344,9 +591,127 @@ async fn confirm(realm: &Realm, key: String, owner: &str) -> Confirmed {
             tracing::warn!(owner, error = %e, "a claimed waiter's broker did not answer");
             Confirmed::Unanswered(Dangling {
                 room,
-                partner: owner.to_owned(),
+                partner: owner,
                 secret,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mcp_chat_proto::{Kind, Meet};
+
+    fn queued(mirror: &mut Mirror, rev: u64, arrival: u64, p: RealmProfile) {
+        let q = Queued {
+            key: format!("k{rev}"),
+            owner: wire::fresh_id(),
+            rule: rule_profile(&p),
+            profile: p,
+            arrival,
+        };
+        mirror.by_arrival.insert((arrival, rev));
+        mirror.by_key.insert(q.key.clone(), rev);
+        mirror.entries.insert(rev, q);
+    }
+
+    fn profile(kind: Kind, meet: Meet, tags: &[&str], open: bool, who: u64) -> RealmProfile {
+        RealmProfile {
+            kind,
+            meet,
+            interests: tags.iter().map(|t| (*t).to_owned()).collect(),
+            open,
+            who: wire::who_hex(who),
+        }
+    }
+
+    #[test]
+    fn the_best_entry_is_a_sharer_then_the_earliest_compatible() {
+        let mut m = Mirror::default();
+        queued(
+            &mut m,
+            1,
+            1,
+            profile(Kind::Person, Meet::Anyone, &[], true, 1),
+        );
+        queued(
+            &mut m,
+            2,
+            2,
+            profile(Kind::Agent, Meet::People, &[], true, 2),
+        );
+        queued(
+            &mut m,
+            3,
+            3,
+            profile(Kind::Agent, Meet::Anyone, &["go"], false, 3),
+        );
+        // Re-entered open: it keeps its first arrival, before entry 1.
+        queued(
+            &mut m,
+            9,
+            0,
+            profile(Kind::Agent, Meet::Anyone, &[], true, 9),
+        );
+        let none = HashSet::new();
+        let pick = |p: &RealmProfile, blocks: &HashSet<String>, before| {
+            m.best(&rule_profile(p), p.open, p.who(), blocks, before, |_, _| {
+                false
+            })
+            .map(|(rev, _)| rev)
+        };
+        let agent = profile(Kind::Agent, Meet::Anyone, &[], true, 50);
+        assert_eq!(pick(&agent, &none, None), Some(9), "earliest arrival");
+        assert_eq!(pick(&agent, &none, Some(9)), Some(1), "only older entries");
+        let sharer = profile(Kind::Agent, Meet::Anyone, &["go"], true, 51);
+        assert_eq!(
+            pick(&sharer, &none, None),
+            Some(3),
+            "a shared interest first"
+        );
+        let closed = profile(Kind::Agent, Meet::Anyone, &["chess"], false, 52);
+        assert_eq!(
+            pick(&closed, &none, None),
+            None,
+            "only sharers while closed"
+        );
+        let agents_only = profile(Kind::Agent, Meet::Agents, &[], true, 53);
+        let blocked: HashSet<String> = [pair_key(53, 9)].into();
+        assert_eq!(pick(&agents_only, &blocked, Some(2)), None);
+        assert_eq!(
+            pick(&agents_only, &blocked, None),
+            None,
+            "2 meets people only; 3 is closed; 9 blocked"
+        );
+        let person = profile(Kind::Person, Meet::People, &[], true, 54);
+        assert_eq!(pick(&person, &none, None), Some(1));
+    }
+
+    #[test]
+    fn the_mirror_counts_interests_realm_wide() {
+        let mut m = Mirror::default();
+        queued(
+            &mut m,
+            1,
+            1,
+            profile(Kind::Agent, Meet::Anyone, &["go", "chess"], true, 1),
+        );
+        queued(
+            &mut m,
+            2,
+            2,
+            profile(Kind::Agent, Meet::Anyone, &["go"], true, 2),
+        );
+        for q in m.entries.values() {
+            for t in &q.profile.interests {
+                *m.interests.entry(t.clone()).or_default() += 1;
+            }
+        }
+        let top = m.busiest(10);
+        assert_eq!(top[0].interest, "go");
+        assert_eq!(top[0].waiting, 2);
+        m.remove(1);
+        assert_eq!(m.busiest(10).len(), 1);
     }
 }

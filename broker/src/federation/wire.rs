@@ -4,12 +4,15 @@
 //! size-checked before it is parsed, parsed into these types only, and its
 //! text checked with the same rule as a local client's.
 //!
-//! Only the message text and the fact of waiting cross the wire: no client
-//! name, pid, socket path, user or host name. Brokers are named by a random
-//! id that changes with every start.
+//! Only the message text, the fact of waiting and what a waiter asks of its
+//! match ([`RealmProfile`]: its kind, whom it meets, its interests, whether
+//! its interest wait is over, and a keyed hash for blocks) cross the wire:
+//! no client name, pid, socket path, user or host name, nor the installation
+//! id. Brokers are named by a random id that changes with every start.
 
+use mcp_chat_proto::matching::normalize_interests;
 use mcp_chat_proto::message::check_message;
-use mcp_chat_proto::{DisconnectReason, MAX_MESSAGE_BYTES, RoomId};
+use mcp_chat_proto::{DisconnectReason, Kind, MAX_MESSAGE_BYTES, Meet, RoomId};
 use serde::{Deserialize, Serialize};
 
 /// Largest federation message read: a full chat message after JSON escaping
@@ -49,6 +52,11 @@ impl Names {
     pub fn bucket(&self) -> String {
         format!("mcpchat_queue_{}", self.realm)
     }
+
+    /// The realm key and the blocks (see `blocks`).
+    pub fn blocks_bucket(&self) -> String {
+        format!("mcpchat_blocks_{}", self.realm)
+    }
 }
 
 /// A broker's random id: 32 hex digits, new on every start.
@@ -69,6 +77,79 @@ pub struct Presence {
     pub broker: String,
 }
 
+/// What a waiter asks of its match, as the realm sees it: what the matching
+/// rule (`state::rule`) needs, and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RealmProfile {
+    pub kind: Kind,
+    pub meet: Meet,
+    /// Normalised, no repeats, at most five (the tag rule of `enter_queue`).
+    #[serde(default)]
+    pub interests: Vec<String>,
+    /// Its interest wait is over (or it named no interests). Fixed for the
+    /// life of an entry: when the wait ends, the owner withdraws the entry
+    /// and enters the waiter again, open (see `realm`). So no broker ever
+    /// reads another's clock.
+    pub open: bool,
+    /// Keyed hash for blocks (see `blocks`), 16 lowercase hex digits.
+    pub who: String,
+}
+
+impl RealmProfile {
+    pub fn who(&self) -> u64 {
+        u64::from_str_radix(&self.who, 16).unwrap_or_default()
+    }
+}
+
+/// Formats a `who` for [`RealmProfile::who`].
+pub fn who_hex(who: u64) -> String {
+    format!("{who:016x}")
+}
+
+/// Checks what parsing cannot: a kind and a `meet` this broker knows,
+/// interests that are already normalised, and a well-formed `who`.
+pub fn check_profile(p: &RealmProfile) -> Result<(), Rejected> {
+    let who_ok = p.who.len() == 16
+        && p.who
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    let tags_ok = normalize_interests(&p.interests).is_ok_and(|tags| tags == p.interests);
+    if p.kind == Kind::Unknown || p.meet == Meet::Unknown || !who_ok || !tags_ok {
+        return Err(Rejected::Malformed);
+    }
+    Ok(())
+}
+
+/// Largest queue entry read; bigger ones are skipped unparsed.
+pub const MAX_ENTRY_BYTES: usize = 1024;
+
+/// The value of a waiter's entry in the realm's queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueEntry {
+    /// The owning broker's id.
+    pub owner: String,
+    pub profile: RealmProfile,
+    /// The revision of the waiter's first entry, when this one is a later
+    /// one (its interest wait ended, or it was renewed): it keeps its place
+    /// in the realm's arrival order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrival: Option<u64>,
+}
+
+/// Parses and checks a queue entry found at `rev`.
+pub fn parse_entry(payload: &[u8], rev: u64) -> Result<QueueEntry, Rejected> {
+    if payload.len() > MAX_ENTRY_BYTES {
+        return Err(Rejected::Oversized);
+    }
+    let entry: QueueEntry = parse(payload)?;
+    check_profile(&entry.profile)?;
+    // An arrival can only be an earlier revision.
+    if !is_id(&entry.owner) || entry.arrival.is_some_and(|a| a > rev) {
+        return Err(Rejected::Malformed);
+    }
+    Ok(entry)
+}
+
 /// "I took your waiter `key` out of the queue; put it in `room` with me."
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claim {
@@ -76,6 +157,19 @@ pub struct Claim {
     pub room: RoomId,
     pub claimer: String,
     pub secret: String,
+    /// The claiming session's profile: the owner checks the pair again.
+    pub profile: RealmProfile,
+    /// The claiming session's waiter key, for the owner to tell which of its
+    /// own sessions claimed, when the claimer is itself.
+    pub claimer_key: String,
+}
+
+/// Checks a parsed claim's fields.
+pub fn check_claim(c: &Claim) -> Result<(), Rejected> {
+    if !is_id(&c.claimer) || !is_id(&c.secret) || !is_id(&c.claimer_key) {
+        return Err(Rejected::Malformed);
+    }
+    check_profile(&c.profile)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,6 +294,47 @@ mod tests {
             Err(Rejected::Oversized)
         );
         assert_eq!(parse::<RoomMsg>(b"{\"room\":1}"), Err(Rejected::Malformed));
+    }
+
+    fn profile() -> RealmProfile {
+        RealmProfile {
+            kind: Kind::Person,
+            meet: Meet::Agents,
+            interests: vec!["chess".into(), "go".into()],
+            open: false,
+            who: who_hex(0xabc),
+        }
+    }
+
+    #[test]
+    fn queue_entries_are_checked_like_client_input() {
+        let entry = QueueEntry {
+            owner: fresh_id(),
+            profile: profile(),
+            arrival: Some(3),
+        };
+        assert_eq!(parse_entry(&encode(&entry), 5), Ok(entry.clone()));
+        assert_eq!(entry.profile.who(), 0xabc);
+        assert_eq!(
+            parse_entry(&encode(&entry), 2),
+            Err(Rejected::Malformed),
+            "an arrival after its own revision"
+        );
+        let mut bad = entry.clone();
+        bad.profile.interests = vec!["Chess".into()];
+        assert_eq!(parse_entry(&encode(&bad), 5), Err(Rejected::Malformed));
+        let mut bad = entry.clone();
+        bad.profile.interests = (0..6).map(|i| format!("t{i}")).collect();
+        assert_eq!(parse_entry(&encode(&bad), 5), Err(Rejected::Malformed));
+        let mut bad = entry.clone();
+        bad.profile.who = "../x".into();
+        assert_eq!(parse_entry(&encode(&bad), 5), Err(Rejected::Malformed));
+        let unknown = br#"{"owner":"00000000000000000000000000000000","profile":{"kind":"robot","meet":"anyone","open":true,"who":"0000000000000001"}}"#;
+        assert_eq!(parse_entry(unknown, 5), Err(Rejected::Malformed));
+        assert_eq!(
+            parse_entry(&vec![b' '; MAX_ENTRY_BYTES + 1], 5),
+            Err(Rejected::Oversized)
+        );
     }
 
     #[test]

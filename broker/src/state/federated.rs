@@ -7,28 +7,36 @@
 //! waiting in the realm. Everything it tells the link is `try_send`-ed: the
 //! hub never waits on the network.
 //!
-//! Only the plain queue crosses machines: the realm's waiter entries carry
-//! no profile yet. An entering session first meets whoever on this broker
-//! fits it now (`super::matching`, where interests, kinds and blocks are
-//! applied); left waiting, it moves to the realm only when it asked for no
-//! interests, meets anyone, and no block this broker holds involves it.
-//! Anything else waits on this broker's own queue. Blocks are recorded only
-//! in rooms on this broker (a remote partner's installation is never known
-//! here, so blocking one is refused), so a realm pair can only be a blocked
-//! pair when both are ours and one was blocked after both entered:
-//! `paired_locally` checks that and keeps them on the local queue.
+//! Matching choices cross machines: an entering session first meets
+//! whoever on this broker fits it now (`super::matching`); left waiting, it
+//! waits in the realm with its profile (kind, whom it meets, interests,
+//! whether its interest wait is over, and its `who`), where claimers apply
+//! the same rule (`crate::federation::realm`). When its interest wait ends
+//! (timed here, on this broker's clock), the link enters it again, open.
+//!
+//! Blocks: a session is named in the realm by its `who`, a keyed hash under
+//! the realm's key (`crate::federation::blocks`); a block with a partner on
+//! another broker is a realm block, written to the realm's bucket before
+//! `blocked` is answered, and a block between two sessions of this broker
+//! is written there too, so claimers on every broker skip the pair. Before
+//! it confirms a claim, the hub checks the pair once more: the rule, the
+//! realm blocks it knows, and, when both are its own sessions, its own
+//! blocks (which also hold blocks kept from an earlier broker process,
+//! named by installation only: such a pair found here is written to the
+//! realm then, so claimers skip it next time).
 
 use std::collections::{HashMap, HashSet};
 
-use mcp_chat_proto::matching::{Entry, Meet};
-use mcp_chat_proto::{DisconnectReason, Event, FederationStatus, Reply, RoomId};
+use mcp_chat_proto::matching::Entry;
+use mcp_chat_proto::{DisconnectReason, Event, FederationStatus, InterestCount, Reply, RoomId};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
 
-use super::rule::{Identity, Profile};
+use super::rule::{Identity, Profile, fit};
 use super::{Place, Room, RoomParty, SessionId, State};
-use crate::federation::{FromLink, ToLink};
+use crate::federation::blocks::{self, RealmKey, pair_key};
+use crate::federation::{FromLink, RealmProfile, ToLink, who_hex};
 
 /// What the hub knows of its link.
 #[derive(Debug)]
@@ -42,6 +50,14 @@ pub(crate) struct Federated {
     waiting: HashMap<SessionId, Option<u64>>,
     /// Rooms whose partner is on another broker, while that partner is in.
     remote: HashSet<RoomId>,
+    /// The realm's key, once the link has it; kept across outages.
+    realm_key: Option<RealmKey>,
+    /// What the sessions waiting in the realm asked for.
+    profiles: HashMap<SessionId, Profile>,
+    /// Pair keys of the realm's blocks (see `crate::federation::blocks`).
+    realm_blocks: HashSet<String>,
+    /// The realm's busiest interests, as the link last counted them.
+    busiest: Vec<InterestCount>,
 }
 
 impl Federated {
@@ -52,6 +68,10 @@ impl Federated {
             status: FederationStatus::default(),
             waiting: HashMap::new(),
             remote: HashSet::new(),
+            realm_key: None,
+            profiles: HashMap::new(),
+            realm_blocks: HashSet::new(),
+            busiest: Vec::new(),
         }
     }
 
@@ -75,21 +95,20 @@ impl State {
     }
 
     /// `enter_queue` with the realm: a waiter on this broker who can meet
-    /// the session now comes first (one the realm never sees: it asked for
-    /// interests or a kind, or a block involves it); a plain session left
-    /// waiting then waits in the realm, answered later. False: not for the
-    /// realm (no link, link down, options the realm does not carry), so the
-    /// local path answers.
+    /// the session now comes first (one the realm does not hold: its client
+    /// is away, or the link was down); a session left waiting then waits in
+    /// the realm, answered later. False: not for the realm (no link, link
+    /// down), so the local path answers.
     pub(super) fn realm_enter(&mut self, session: SessionId, id: u64, entry: &Entry) -> bool {
         let Some(place) = self.sessions.get(&session).map(|s| s.place) else {
             return false;
         };
-        if !self.federated.as_ref().is_some_and(|f| f.up) {
+        let Some(up) = self.federated.as_ref().map(|f| f.up) else {
             return false;
-        }
+        };
         match place {
             Place::Waiting => {
-                let Some(f) = self.federated.as_mut() else {
+                let Some(f) = self.federated.as_mut().filter(|f| f.up) else {
                     return false;
                 };
                 if let Some(pending) = f.waiting.get_mut(&session) {
@@ -110,30 +129,217 @@ impl State {
             }
             Place::InRoom(_) | Place::Idle => {}
         }
-        let Ok(checked) = entry.checked() else {
+        if entry.checked().is_err() {
             // The local path answers with the precise error.
             return false;
-        };
-        if !checked.interests.is_empty() || checked.meet != Meet::Anyone {
+        }
+        self.name_in_realm(session, entry.block_id.as_deref());
+        if !up {
             return false;
         }
         let reply = self.enter_queue(session, entry);
-        if !matches!(reply, Reply::Waiting { .. }) || self.blocks.involves(self.identity(session)) {
+        if !matches!(reply, Reply::Waiting { .. }) || !self.move_to_realm(session) {
+            // Matched here, or the link is overloaded: it waits here.
+            self.reply(session, id, reply);
+            return true;
+        }
+        if let Some(f) = self.federated.as_mut() {
+            f.waiting.insert(session, Some(id));
+        }
+        true
+    }
+
+    /// Gives `session` its name in the realm: the keyed hash of its
+    /// installation id, or a random one kept for the session's life.
+    fn name_in_realm(&mut self, session: SessionId, block_id: Option<&str>) {
+        let key = self.federated.as_ref().and_then(|f| f.realm_key);
+        if let Some(s) = self.sessions.get_mut(&session) {
+            match (key, block_id) {
+                (Some(key), Some(id)) => s.realm_who = Some(blocks::who(&key, id)),
+                _ => {
+                    s.realm_who.get_or_insert_with(blocks::random_who);
+                }
+            }
+        }
+    }
+
+    /// What `session` asks of its match, as the realm carries it.
+    fn realm_profile(&mut self, session: SessionId, profile: &Profile) -> RealmProfile {
+        let s = self.sessions.get_mut(&session);
+        let open = s.as_ref().is_none_or(|s| s.interest_deadline.is_none());
+        let who = s.map_or_else(blocks::random_who, |s| {
+            *s.realm_who.get_or_insert_with(blocks::random_who)
+        });
+        RealmProfile {
+            kind: profile.kind,
+            meet: profile.meet,
+            interests: profile.interests.iter().map(|t| t.to_string()).collect(),
+            open,
+            who: who_hex(who),
+        }
+    }
+
+    /// Moves a waiter of the local pool to the realm, with its profile.
+    /// False (and it stays here) when it is not attached or the link does
+    /// not take it.
+    fn move_to_realm(&mut self, session: SessionId) -> bool {
+        if !self.is_attached(session) {
+            return false;
+        }
+        let Some(profile) = self.pool.profile(session).map(|(p, _)| p.clone()) else {
+            return false;
+        };
+        let wire = self.realm_profile(session, &profile);
+        let Some(f) = self.federated.as_mut() else {
+            return false;
+        };
+        if !f.tell(ToLink::Enter {
+            session,
+            profile: wire,
+        }) {
+            return false;
+        }
+        f.waiting.insert(session, None);
+        f.profiles.insert(session, profile);
+        self.queue.remove(session);
+        self.pool.remove(session);
+        true
+    }
+
+    /// A realm waiter's interest wait is over: the link enters it again,
+    /// open (see `crate::federation::realm`).
+    pub(super) fn realm_open(&mut self, session: SessionId) {
+        if let Some(f) = self.federated.as_ref()
+            && f.waiting.contains_key(&session)
+        {
+            f.tell(ToLink::Open { session });
+        }
+    }
+
+    /// `leave_chat` with `block` in a room whose partner is on another
+    /// broker: the block is a realm block, answered once written. False
+    /// when it is not such a room (the local path answers).
+    pub(super) fn realm_block(&mut self, session: SessionId, id: u64, room_id: RoomId) -> bool {
+        if !self.is_remote_room(room_id) || !self.is_member(session, room_id) {
+            return false;
+        }
+        let Some(room) = self.rooms.get(&room_id) else {
+            return false;
+        };
+        let mine = room.parties.iter().find(|p| p.identity.session == session);
+        let theirs = room.parties.iter().find(|p| p.identity.session != session);
+        let (Some(a), Some(b)) = (mine.and_then(|p| p.who), theirs.and_then(|p| p.who)) else {
+            return false;
+        };
+        let key = pair_key(a, b);
+        let reply = self.leave_chat(session, room_id, false);
+        if reply != Reply::Left {
             self.reply(session, id, reply);
             return true;
         }
         let Some(f) = self.federated.as_mut() else {
             return false;
         };
-        if !f.tell(ToLink::Enter { session }) {
-            // The link is overloaded: it waits here instead.
-            self.reply(session, id, reply);
-            return true;
+        blocks::remember(&mut f.realm_blocks, key.clone());
+        if !f.tell(ToLink::Block {
+            key,
+            reply: Some((session, id)),
+        }) {
+            // Kept by this broker, which takes part in every match of its
+            // own session.
+            self.reply(session, id, Reply::Blocked);
         }
-        f.waiting.insert(session, Some(id));
-        self.queue.remove(session);
-        self.pool.remove(session);
         true
+    }
+
+    /// A block between two sessions known by their realm names goes to the
+    /// realm too, so claimers on every broker skip the pair.
+    pub(super) fn share_block(&mut self, a: Option<u64>, b: Option<u64>) {
+        let (Some(a), Some(b)) = (a, b) else {
+            return;
+        };
+        if a == b {
+            // One installation on both sides: a block between sessions,
+            // which this broker's own blocks hold.
+            return;
+        }
+        if let Some(f) = self.federated.as_mut() {
+            let key = pair_key(a, b);
+            if !f.realm_blocks.contains(&key) {
+                blocks::remember(&mut f.realm_blocks, key.clone());
+                f.tell(ToLink::Block { key, reply: None });
+            }
+        }
+    }
+
+    /// Whether the claim of `session` by `partner` may stand: the rule, the
+    /// realm's blocks, and this broker's own blocks for a partner that is
+    /// one of its sessions.
+    fn realm_pair_fits(
+        &mut self,
+        session: SessionId,
+        partner: &RealmProfile,
+        partner_session: Option<SessionId>,
+    ) -> bool {
+        let Some(f) = self.federated.as_ref() else {
+            return false;
+        };
+        let open = self
+            .sessions
+            .get(&session)
+            .is_some_and(|s| s.interest_deadline.is_none());
+        let fits = f
+            .profiles
+            .get(&session)
+            .is_some_and(|mine| fit(mine, open, &rule_profile(partner), partner.open).is_some());
+        let my_who = self.sessions.get(&session).and_then(|s| s.realm_who);
+        let their_who = partner.who();
+        if !fits || my_who.is_some_and(|w| f.realm_blocks.contains(&pair_key(w, their_who))) {
+            return false;
+        }
+        if let Some(other) = partner_session
+            && self
+                .blocks
+                .blocked(self.identity(session), self.identity(other))
+        {
+            self.share_block(my_who, Some(their_who));
+            return false;
+        }
+        true
+    }
+
+    /// Waiting sessions on this broker and in the realm (which holds this
+    /// broker's realm waiters too).
+    pub(super) fn realm_waiting(&self) -> usize {
+        self.federated
+            .as_ref()
+            .filter(|f| f.up)
+            .map_or(0, |f| f.status.waiting_in_realm)
+    }
+
+    /// The ten busiest interests: this broker's own pool and, with the
+    /// realm, the realm's busiest (each list its own ten, so a tag outside
+    /// the realm's ten counts only its waiters here).
+    pub(super) fn busiest_interests(&self) -> Vec<InterestCount> {
+        let local = self.pool.busiest();
+        let Some(f) = self.federated.as_ref().filter(|f| f.up) else {
+            return local;
+        };
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for c in local.into_iter().chain(f.busiest.iter().cloned()) {
+            *counts.entry(c.interest).or_default() += c.waiting;
+        }
+        let mut all: Vec<InterestCount> = counts
+            .into_iter()
+            .map(|(interest, waiting)| InterestCount { interest, waiting })
+            .collect();
+        all.sort_by(|a, b| {
+            b.waiting
+                .cmp(&a.waiting)
+                .then_with(|| a.interest.cmp(&b.interest))
+        });
+        all.truncate(super::BUSIEST_SHOWN);
+        all
     }
 
     /// `session` stops waiting: tell the link, if it waited in the realm.
@@ -142,6 +348,9 @@ impl State {
             && f.waiting.remove(&session).is_some()
         {
             f.tell(ToLink::Withdraw { session });
+        }
+        if let Some(f) = self.federated.as_mut() {
+            f.profiles.remove(&session);
         }
     }
 
@@ -153,43 +362,35 @@ impl State {
             .as_ref()
             .is_some_and(|f| f.waiting.contains_key(&session))
         {
+            let profile = self
+                .federated
+                .as_mut()
+                .and_then(|f| f.profiles.remove(&session));
             self.realm_withdraw(session);
-            self.list_locally(session);
+            self.list_locally(session, profile);
         }
     }
 
-    /// A realm waiter waits in the local queue instead, as what it is,
-    /// meeting anyone, with no interests (the options the realm carries).
-    fn list_locally(&mut self, session: SessionId) {
-        let kind = self
-            .sessions
-            .get(&session)
-            .map(|s| s.kind)
-            .unwrap_or_default();
+    /// A realm waiter waits in the local queue instead, with what it asked
+    /// for (plain if that is not known).
+    fn list_locally(&mut self, session: SessionId, profile: Option<Profile>) {
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        let open = s.interest_deadline.is_none();
+        let profile = profile.unwrap_or_else(|| Profile {
+            kind: s.kind,
+            meet: Default::default(),
+            interests: Vec::new(),
+        });
         let attached = self.is_attached(session);
         self.queue.push(session, attached);
-        let profile = Profile {
-            kind,
-            meet: Meet::Anyone,
-            interests: Vec::new(),
-        };
-        self.pool.insert(session, profile, true);
+        self.pool.insert(session, profile, open);
         if attached {
             self.seek(session, Instant::now());
         } else {
             self.pool.unlist(session);
         }
-    }
-
-    /// Whether a local waiter may move to the realm: it asked for nothing
-    /// the realm does not carry, and no block involves it.
-    fn realm_eligible(&self, session: SessionId) -> bool {
-        self.is_attached(session)
-            && self
-                .pool
-                .profile(session)
-                .is_some_and(|(p, _)| p.meet == Meet::Anyone && p.interests.is_empty())
-            && !self.blocks.involves(self.identity(session))
     }
 
     pub(super) fn realm_resume(&mut self, session: SessionId) {
@@ -200,20 +401,7 @@ impl State {
                 .get(&session)
                 .is_some_and(|s| s.place == Place::Waiting)
         {
-            self.queue.remove(session);
-            self.pool.remove(session);
-            self.enter_realm(session);
-        }
-    }
-
-    fn enter_realm(&mut self, session: SessionId) {
-        if let Some(f) = self.federated.as_mut()
-            && f.tell(ToLink::Enter { session })
-        {
-            f.waiting.insert(session, None);
-        } else {
-            // Not taken: it waits locally instead.
-            self.list_locally(session);
+            self.move_to_realm(session);
         }
     }
 
@@ -274,8 +462,12 @@ impl State {
                 room,
                 local,
                 confirm,
+                partner,
+                partner_session,
             } => {
-                let taken = self.realm_matched(session, room, local, confirm.is_some());
+                let asked = confirm.is_some();
+                let taken =
+                    self.realm_matched(session, room, local, asked, &partner, partner_session);
                 if let Some(confirm) = confirm {
                     let _ = confirm.send(taken);
                 }
@@ -323,34 +515,73 @@ impl State {
                     f.status = status;
                 }
             }
+            FromLink::RealmKey(key) => {
+                if let Some(f) = self.federated.as_mut() {
+                    f.realm_key = Some(key);
+                }
+            }
+            FromLink::RealmBlock(key) => {
+                if let Some(f) = self.federated.as_mut() {
+                    blocks::remember(&mut f.realm_blocks, key);
+                }
+            }
+            FromLink::BlockSaved { session, id } => self.reply(session, id, Reply::Blocked),
+            FromLink::Busiest(busiest) => {
+                if let Some(f) = self.federated.as_mut() {
+                    f.busiest = busiest;
+                }
+            }
         }
         self.detach_slow_consumers();
     }
 
-    /// The link matched `session` into `room`. Taken only if the session
-    /// still waits in the realm; a claimer's match that is not taken ends
-    /// the room towards the waiter it claimed.
+    /// The link matched `session` into `room` with `partner`. Taken only if
+    /// the session still waits in the realm and, for a claim it is asked
+    /// about, the pair still fits (see `realm_pair_fits`; a waiter refused
+    /// so stays, and its link enters it again); a claimer's match that is
+    /// not taken ends the room towards the waiter it claimed.
     fn realm_matched(
         &mut self,
         session: SessionId,
         room: RoomId,
         local: bool,
         asked: bool,
+        partner: &RealmProfile,
+        partner_session: Option<SessionId>,
     ) -> bool {
-        let pending = match self.federated.as_mut() {
-            Some(f)
-                if self
-                    .sessions
-                    .get(&session)
-                    .is_some_and(|s| s.place == Place::Waiting) =>
-            {
-                match f.waiting.remove(&session) {
-                    Some(pending) => pending,
-                    None => return self.refuse_match(room, local, asked),
-                }
-            }
-            _ => return self.refuse_match(room, local, asked),
+        let waits = self
+            .sessions
+            .get(&session)
+            .is_some_and(|s| s.place == Place::Waiting)
+            && self
+                .federated
+                .as_ref()
+                .is_some_and(|f| f.waiting.contains_key(&session));
+        if !waits {
+            return self.refuse_match(room, local, asked);
+        }
+        if asked && !self.realm_pair_fits(session, partner, partner_session) {
+            return false;
+        }
+        let open = self
+            .sessions
+            .get(&session)
+            .is_some_and(|s| s.interest_deadline.is_none());
+        let Some((pending, mine)) = self.federated.as_mut().map(|f| {
+            (
+                f.waiting.remove(&session).flatten(),
+                f.profiles.remove(&session),
+            )
+        }) else {
+            return false;
         };
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.interest_deadline = None;
+        }
+        let common = mine
+            .and_then(|mine| fit(&mine, open, &rule_profile(partner), partner.open))
+            .map(super::rule::Fit::common_interests)
+            .unwrap_or_default();
         let me = self.room_party(session);
         match self.rooms.get_mut(&room) {
             // The second half of a match between two of our sessions.
@@ -361,22 +592,22 @@ impl State {
             }
             _ => {
                 // The first half, or a room with a partner on another
-                // broker: that partner's kind and installation are not
-                // known here, so it stands as a party no block can name.
+                // broker: that partner stands as what its profile says,
+                // named for blocks by its `who` only.
                 let stranger = RoomParty {
                     identity: Identity {
                         session: SessionId::MAX,
                         installation: None,
                     },
-                    kind: Default::default(),
-                    known: false,
+                    kind: partner.kind,
+                    who: Some(partner.who()),
                 };
                 self.rooms.insert(
                     room,
                     Room {
                         members: vec![session],
                         parties: [me, stranger],
-                        common_interests: Vec::new(),
+                        common_interests: common,
                     },
                 );
                 if !local && let Some(f) = self.federated.as_mut() {
@@ -436,7 +667,8 @@ impl State {
     }
 
     /// Opens a local room for two realm waiters of ours, if both still
-    /// wait; one that does is entered again.
+    /// wait and no block holds between them; one that still waits (or both,
+    /// kept apart by a block, now shared with the realm) enters again.
     fn paired_locally(&mut self, first: SessionId, second: SessionId) {
         let waiting = |state: &Self, s: SessionId| {
             state
@@ -449,40 +681,56 @@ impl State {
                     .is_some_and(|f| f.waiting.contains_key(&s))
         };
         match (waiting(self, first), waiting(self, second)) {
-            (true, true)
-                if self
-                    .blocks
-                    .blocked(self.identity(first), self.identity(second)) =>
-            {
-                // Blocked after they entered the realm: the local queue
-                // keeps them apart.
-                for session in [first, second] {
-                    let pending = self
+            (true, true) => {
+                let who =
+                    |state: &Self, s: SessionId| state.sessions.get(&s).and_then(|x| x.realm_who);
+                let (a, b) = (who(self, first), who(self, second));
+                let realm_blocked = match (a, b, self.federated.as_ref()) {
+                    (Some(a), Some(b), Some(f)) => f.realm_blocks.contains(&pair_key(a, b)),
+                    _ => false,
+                };
+                if realm_blocked
+                    || self
+                        .blocks
+                        .blocked(self.identity(first), self.identity(second))
+                {
+                    // Blocked after they entered the realm: shared with it
+                    // first, so the claimers skip the pair from now on.
+                    self.share_block(a, b);
+                    self.reenter(first);
+                    self.reenter(second);
+                    return;
+                }
+                let open = |state: &Self, s: SessionId| {
+                    state
+                        .sessions
+                        .get(&s)
+                        .is_some_and(|x| x.interest_deadline.is_none())
+                };
+                let (open_a, open_b) = (open(self, first), open(self, second));
+                let mut pending = Vec::new();
+                let mut profiles = Vec::new();
+                for s in [first, second] {
+                    let (id, profile) = self
                         .federated
                         .as_mut()
-                        .and_then(|f| f.waiting.remove(&session))
-                        .flatten();
-                    self.realm_withdraw(session);
-                    self.list_locally(session);
-                    if let Some(id) = pending {
-                        let reply = self.placed_reply(session);
-                        self.reply(session, id, reply);
+                        .map(|f| (f.waiting.remove(&s).flatten(), f.profiles.remove(&s)))
+                        .unwrap_or_default();
+                    pending.push((s, id));
+                    profiles.push(profile);
+                }
+                let common = match (&profiles[0], &profiles[1]) {
+                    (Some(p), Some(q)) => fit(p, open_a, q, open_b)
+                        .map(super::rule::Fit::common_interests)
+                        .unwrap_or_default(),
+                    _ => Vec::new(),
+                };
+                for s in [first, second] {
+                    if let Some(x) = self.sessions.get_mut(&s) {
+                        x.interest_deadline = None;
                     }
                 }
-            }
-            (true, true) => {
-                let pending: Vec<(SessionId, Option<u64>)> = [first, second]
-                    .into_iter()
-                    .map(|s| {
-                        let id = self
-                            .federated
-                            .as_mut()
-                            .and_then(|f| f.waiting.remove(&s))
-                            .flatten();
-                        (s, id)
-                    })
-                    .collect();
-                let room_id = self.open_room(first, second, Vec::new());
+                let room_id = self.open_room(first, second, common);
                 for (session, id) in pending {
                     if let Some(id) = id {
                         let partner = self.match_info(session, room_id);
@@ -499,11 +747,35 @@ impl State {
     /// A realm waiter whose match fell through enters again, keeping any
     /// unanswered `enter_queue`.
     fn reenter(&mut self, session: SessionId) {
+        let Some(profile) = self
+            .federated
+            .as_ref()
+            .and_then(|f| f.profiles.get(&session).cloned())
+        else {
+            return;
+        };
+        let wire = self.realm_profile(session, &profile);
         if let Some(f) = self.federated.as_ref()
-            && !f.tell(ToLink::Enter { session })
+            && !f.tell(ToLink::Enter {
+                session,
+                profile: wire,
+            })
         {
+            let profile = self
+                .federated
+                .as_mut()
+                .and_then(|f| f.profiles.remove(&session));
+            let pending = self
+                .federated
+                .as_mut()
+                .and_then(|f| f.waiting.remove(&session))
+                .flatten();
             self.realm_withdraw(session);
-            self.list_locally(session);
+            self.list_locally(session, profile);
+            if let Some(id) = pending {
+                let reply = self.placed_reply(session);
+                self.reply(session, id, reply);
+            }
         }
     }
 
@@ -513,16 +785,8 @@ impl State {
             return;
         };
         f.up = true;
-        let local: Vec<SessionId> = self
-            .pool
-            .in_arrival_order()
-            .into_iter()
-            .filter(|&s| self.realm_eligible(s))
-            .collect();
-        for session in local {
-            self.queue.remove(session);
-            self.pool.remove(session);
-            self.enter_realm(session);
+        for session in self.pool.in_arrival_order() {
+            self.move_to_realm(session);
         }
     }
 
@@ -533,8 +797,9 @@ impl State {
         };
         f.up = false;
         let waiting: Vec<(SessionId, Option<u64>)> = f.waiting.drain().collect();
+        let mut profiles = std::mem::take(&mut f.profiles);
         for &(session, _) in &waiting {
-            self.list_locally(session);
+            self.list_locally(session, profiles.remove(&session));
         }
         for (session, pending) in waiting {
             if let Some(id) = pending {
@@ -542,5 +807,18 @@ impl State {
                 self.reply(session, id, reply);
             }
         }
+    }
+}
+
+/// A realm profile as the rule reads it.
+fn rule_profile(p: &RealmProfile) -> Profile {
+    Profile {
+        kind: p.kind,
+        meet: p.meet,
+        interests: p
+            .interests
+            .iter()
+            .map(|t| std::sync::Arc::from(t.as_str()))
+            .collect(),
     }
 }

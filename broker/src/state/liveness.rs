@@ -297,6 +297,7 @@ impl State {
                 s.interest_deadline = None;
                 self.pool.open(session);
                 self.seek(session, now);
+                self.realm_open(session);
             }
             let Some(s) = self.sessions.get(&session) else {
                 continue;

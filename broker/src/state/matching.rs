@@ -183,7 +183,6 @@ impl State {
             .parties
             .iter()
             .find(|p| p.identity.session != session)
-            .filter(|p| p.known)
             .map(|p| p.kind);
         MatchInfo {
             common_interests: room.common_interests.clone(),
@@ -226,7 +225,7 @@ impl State {
                 .get(&session)
                 .map(|s| s.kind)
                 .unwrap_or_default(),
-            known: true,
+            who: self.sessions.get(&session).and_then(|s| s.realm_who),
         }
     }
 

@@ -51,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Limits, Liveness};
 pub(crate) use liveness::REPLAY_EVENTS;
 use liveness::Replay;
+pub(crate) use pool::BUSIEST_SHOWN;
 use pool::Pool;
 use queue::Queue;
 use rate::TokenBucket;
@@ -131,6 +132,9 @@ struct BrokerSession {
     installation: Option<u64>,
     /// When a waiter with interests stops waiting for a shared one.
     interest_deadline: Option<Instant>,
+    /// What names it to the other brokers of a realm, for blocks (see
+    /// `crate::federation::blocks`); set when it enters with federation.
+    realm_who: Option<u64>,
 }
 
 /// Messages of the current room that the replay buffer no longer holds:
@@ -162,9 +166,8 @@ struct Room {
 struct RoomParty {
     identity: Identity,
     kind: Kind,
-    /// False for a partner on another broker: what it is, and who, is not
-    /// known here (see `federated`).
-    known: bool,
+    /// Its name in the realm, for blocks across brokers (see `federated`).
+    who: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -310,6 +313,7 @@ impl State {
                 kind: Kind::default(),
                 installation: None,
                 interest_deadline: None,
+                realm_who: None,
             },
         );
         Ok(Admitted {
@@ -347,6 +351,16 @@ impl State {
             && self.realm_enter(session, id, entry)
         {
             // Answered when the realm has placed or matched it.
+            self.detach_slow_consumers();
+            return;
+        }
+        if let Request::LeaveChat {
+            room_id,
+            block: true,
+        } = &request
+            && self.realm_block(session, id, *room_id)
+        {
+            // Answered once the block is written to the realm.
             self.detach_slow_consumers();
             return;
         }
@@ -432,11 +446,11 @@ impl State {
             pid: std::process::id(),
             uptime_s: self.started.elapsed().as_secs(),
             sessions: self.sessions.len(),
-            waiting: self.queue.len(),
+            waiting: self.queue.len() + self.realm_waiting(),
             rooms: self.full_rooms,
             detached: self.detached,
             log_path: self.log_path.clone(),
-            interests: self.pool.busiest(),
+            interests: self.busiest_interests(),
             federation: self.federation_status(),
         }
     }

@@ -31,7 +31,7 @@ use super::rule::Profile;
 pub(super) const SCAN_LIMIT: usize = 16;
 
 /// How many of the busiest interests `status` reports.
-pub(super) const BUSIEST_SHOWN: usize = 10;
+pub(crate) const BUSIEST_SHOWN: usize = 10;
 
 const KINDS: [Kind; 2] = [Kind::Agent, Kind::Person];
 const MEETS: [Meet; 3] = [Meet::Anyone, Meet::Agents, Meet::People];

@@ -93,24 +93,18 @@ impl State {
         if !self.is_member(session, room_id) {
             return unknown_room(room_id);
         }
+        // A member's room is there: it is forgotten only once empty. A
+        // partner on another broker is blocked in the realm instead (see
+        // `federated::realm_block`), which answers before this is reached.
         if block
-            && self
-                .rooms
-                .get(&room_id)
-                .is_some_and(|room| room.parties.iter().any(|p| !p.known))
+            && !self.is_remote_room(room_id)
+            && let Some(room) = self.rooms.get(&room_id)
         {
-            // Refused before leaving, so the caller can still choose.
-            return Reply::error(
-                ErrorCode::InvalidArguments,
-                "this partner is on another machine of the realm, and blocks do not cross machines yet; call leave_chat without block to leave",
-            );
-        }
-        // A member's room is there: it is forgotten only once empty.
-        if block && let Some(room) = self.rooms.get(&room_id) {
             let [a, b] = room.parties;
             if let Some(pair) = self.blocks.block(a.identity, b.identity) {
                 self.new_blocks.push(pair);
             }
+            self.share_block(a.who, b.who);
         }
         // The leaver's connection is alive: what its partner sent it is
         // still on its way, so nothing is reported lost.

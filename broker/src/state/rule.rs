@@ -115,8 +115,6 @@ pub(crate) fn block_key(a: Identity, b: Identity) -> (Party, Party) {
 pub(crate) struct Blocks {
     pairs: std::collections::HashSet<(Party, Party)>,
     order: std::collections::VecDeque<(Party, Party)>,
-    /// How many blocks name each party, so [`Self::involves`] is O(1).
-    named: std::collections::HashMap<Party, usize>,
 }
 
 /// Blocks one broker remembers; far more than people block in a broker's
@@ -146,9 +144,6 @@ impl Blocks {
             return false;
         }
         self.order.push_back(key);
-        for party in [key.0, key.1] {
-            *self.named.entry(party).or_default() += 1;
-        }
         if self.order.len() > MAX_BLOCKS
             && let Some(oldest) = self.order.pop_front()
         {
@@ -157,24 +152,8 @@ impl Blocks {
                 "block list full; forgetting the oldest block"
             );
             self.pairs.remove(&oldest);
-            for party in [oldest.0, oldest.1] {
-                if let Some(count) = self.named.get_mut(&party) {
-                    *count -= 1;
-                    if *count == 0 {
-                        self.named.remove(&party);
-                    }
-                }
-            }
         }
         true
-    }
-
-    /// Whether any block names `who`, by session or by installation.
-    pub(crate) fn involves(&self, who: Identity) -> bool {
-        self.named.contains_key(&Party::Session(who.session))
-            || who
-                .installation
-                .is_some_and(|i| self.named.contains_key(&Party::Installation(i)))
     }
 
     /// Whether `a` and `b` must never meet. Both keys are checked: a block
