@@ -726,16 +726,14 @@ async fn entrants_racing_one_by_one_on_three_brokers_are_matched_exactly_once() 
     assert!(rooms.values().all(|&n| n == 2), "each room has exactly two");
 }
 
-/// Matching choices under federation: the realm carries only the plain
-/// queue, so a session with interests or a `meet` choice is matched on its
-/// own broker (by the local rules), never with a remote session that does
-/// not fit; a blocked pair on one broker is never matched again through the
-/// realm; and blocking a partner on another machine is refused with a
-/// clear error, before leaving, instead of recording a block that would
-/// bind nobody.
+/// Matching choices under federation: the realm carries each waiter's
+/// profile, so a session with a `meet` choice is never matched with a
+/// remote session that does not fit; a blocked pair on one broker is never
+/// matched again through the realm; and blocking a partner on another
+/// machine works (more in `tests/federation_choices.rs`).
 #[tokio::test]
-async fn matching_choices_stay_on_their_broker_and_blocks_hold() {
-    use mcp_chat_proto::{Entry, ErrorCode, Kind, Meet, Request};
+async fn matching_choices_and_blocks_hold_across_the_realm() {
+    use mcp_chat_proto::{Entry, Kind, Meet, Request};
 
     let realm = Realm::start().await;
     let sockets = [TestSocket::new(), TestSocket::new()];
@@ -757,10 +755,17 @@ async fn matching_choices_stay_on_their_broker_and_blocks_hold() {
     ));
     let mut remote_agent = ProtoClient::connect(&sb.path).await;
     let mut local_agent = ProtoClient::connect(&sa.path).await;
-    // The remote agent waits in the realm; a plain local agent meets it
-    // there, so the person on A was never a candidate for either.
-    let room = pair(&mut remote_agent, &mut local_agent).await;
-    // A second person on A, with an interest, meets the first one locally.
+    // The remote agent waits in the realm, behind the person; a plain local
+    // agent meets it there: the person, older, was never a candidate.
+    assert_eq!(remote_agent.enter().await, Reply::Waiting { position: 2 });
+    let reply = local_agent.enter().await;
+    let room = found(&mut remote_agent).await;
+    assert!(
+        matches!(&reply, Reply::Matched { room_id, partner } if *room_id == room && partner.partner_kind == Some(Kind::Agent)),
+        "{reply:?}"
+    );
+    assert_eq!(found(&mut local_agent).await, room);
+    // A second person on A, with an interest, meets the first one.
     let mut other_person = ProtoClient::connect(&sa.path).await;
     let reply = other_person
         .request(enter(Entry {
@@ -776,26 +781,23 @@ async fn matching_choices_stay_on_their_broker_and_blocks_hold() {
         "{reply:?}"
     );
 
-    // Blocking the remote partner is refused, and the chat goes on.
-    match local_agent
-        .request(Request::LeaveChat {
-            room_id: room,
-            block: true,
-        })
-        .await
-    {
-        Reply::Error { code, message, .. } => {
-            assert_eq!(code, ErrorCode::InvalidArguments);
-            assert!(message.contains("another machine"), "{message}");
-        }
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-    assert_eq!(local_agent.say(room, "still here").await, Reply::Sent);
-    assert_eq!(received(&mut remote_agent).await, "still here");
+    // Blocking the remote partner works, and tells the partner.
+    assert_eq!(
+        local_agent
+            .request(Request::LeaveChat {
+                room_id: room,
+                block: true,
+            })
+            .await,
+        Reply::Blocked
+    );
+    assert!(matches!(
+        remote_agent.next_event().await,
+        Event::PartnerDisconnected { .. }
+    ));
 
     // Two plain sessions on A that blocked each other enter again, the
-    // only two waiting on A: a block keeps them on A's own queue (the realm
-    // does not carry blocks), where they are kept apart.
+    // only two waiting: the realm keeps them apart.
     let (mut x, mut y, xy) = mcp_chat_tests::proto_client::matched_pair(&sa.path).await;
     assert_eq!(
         x.request(Request::LeaveChat {
@@ -811,8 +813,7 @@ async fn matching_choices_stay_on_their_broker_and_blocks_hold() {
     ));
     assert!(matches!(x.enter().await, Reply::Waiting { .. }));
     assert!(matches!(y.enter().await, Reply::Waiting { .. }));
-    let status = wait_for_status(&sa.path, "A's status", |_| true).await;
-    assert_eq!(status.waiting, 2, "both wait, unmatched: {status:?}");
+    wait_for_status(&sa.path, "both to wait, unmatched", |s| s.waiting == 2).await;
     // Whoever comes next on A, plainly, meets the first of them.
     let mut third = ProtoClient::connect(&sa.path).await;
     let reply = third.request(enter(Entry::default())).await;

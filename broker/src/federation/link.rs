@@ -199,6 +199,8 @@ pub(super) async fn run(
     let mut claims = link.subscribe(link.names.claim(&link.me)).await;
     let mut presence = link.subscribe(link.names.presence()).await;
     let mut tick = tokio::time::interval(PRESENCE_EVERY);
+    // The realm's counts in `status` follow the queue as it changes.
+    let mut queue_changes = link.mirror.clone();
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
@@ -210,6 +212,7 @@ pub(super) async fn run(
             Some(claim) = next(&mut claims) => link.claim(claim).await,
             Some(beat) = next(&mut presence) => link.presence(&beat.payload),
             _ = tick.tick() => link.tick().await,
+            Ok(()) = queue_changes.changed() => link.report().await,
         }
     }
     // Leave the realm: our waiters go, so nobody claims them in vain.

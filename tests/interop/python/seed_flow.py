@@ -78,11 +78,11 @@ class ChatroomFound(_Params):
     common_interests: list[str]
     partner_kind: str | None = None
 
-# Across two brokers of a realm the partner's kind is not known (the realm
-# carries no profile yet), so the match does not name it.
+# Across two brokers of a realm the same flow holds: the realm carries each
+# waiter's profile, so the match names the partner's kind there too.
 ACROSS_BROKERS = bool(os.environ.get("MCP_CHAT_SOCKET_B"))
-FOUND_KEYS = {"room_id", "common_interests"} | (set() if ACROSS_BROKERS else {"partner_kind"})
-PARTNER_KIND = None if ACROSS_BROKERS else "agent"
+FOUND_KEYS = {"room_id", "common_interests", "partner_kind"}
+PARTNER_KIND = "agent"
 
 
 class MessageReceived(_Params):
@@ -353,12 +353,7 @@ async def seed_flow(bin_path: str, socket: str) -> None:
               "unknown_room error JSON", err)
         passed("send_message to an unknown room -> isError with {error: 'unknown_room', message}")
 
-        if ACROSS_BROKERS:
-            # Interests, whom to meet and blocks are matched per broker: the
-            # realm does not carry them yet (README, "Beyond one machine").
-            passed("interests and blocking: not across brokers (matched per broker)")
-        else:
-            await interests_and_blocking(a, b, inbox_a, inbox_b, known=(room_id,))
+        await interests_and_blocking(a, b, inbox_a, inbox_b, known=(room_id,))
 
 
 async def interests_and_blocking(a: Client, b: Client, inbox_a: Inbox, inbox_b: Inbox, known: tuple[str, ...]) -> None:
@@ -406,7 +401,13 @@ async def interests_and_blocking(a: Client, b: Client, inbox_a: Inbox, inbox_b: 
     check(res == {"status": "waiting", "position": 1}, "A enter_queue after blocking", res)
     res = without_events(tool_payload(await call(b, "enter_queue", {}), "B enter_queue"), "B enter_queue")
     check(res == {"status": "waiting", "position": 2}, "B, blocked, waits behind A", res)
-    status = without_events(tool_payload(await call(a, "chat_status", {}), "A chat_status"), "A chat_status")
+    # Across brokers, A's broker counts the realm's waiters from its mirror
+    # of the realm's queue, which follows B's entry a moment later.
+    for _ in range(100):
+        status = without_events(tool_payload(await call(a, "chat_status", {}), "A chat_status"), "A chat_status")
+        if status.get("waiting") == 2 or not ACROSS_BROKERS:
+            break
+        await asyncio.sleep(0.05)
     check(status.get("state") == "waiting" and status.get("waiting") == 2, "both wait", status)
     passed("A leave_chat {block: true}; A and B, the only two waiting, are not matched again")
 
