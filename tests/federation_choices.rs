@@ -293,7 +293,7 @@ fn compatible(a: &Entry, b: &Entry) -> bool {
 
 #[tokio::test]
 async fn random_profiles_on_three_brokers_match_once_and_leave_no_fitting_pair() {
-    const PER_BROKER: usize = 20;
+    const PER_BROKER: usize = 60;
     let realm = Realm::start().await;
     let sockets = [TestSocket::new(), TestSocket::new(), TestSocket::new()];
     let _brokers = join_all(sockets.iter().map(|s| realm.broker(s))).await;
