@@ -227,6 +227,46 @@ async fn a_blocked_pair_on_two_brokers_is_never_matched_again() {
     assert_eq!(found(&mut y).await.0, room);
 }
 
+/// Two sessions of one installation (an agent and its user's terminal)
+/// share the realm's installation hash: a block between them binds those
+/// two sessions, and each still meets anyone else, on any broker.
+#[tokio::test]
+async fn a_block_within_one_installation_binds_those_two_sessions_in_the_realm() {
+    let realm = Realm::start().await;
+    let (sa, sb) = (TestSocket::new(), TestSocket::new());
+    let _a = realm.broker(&sa).await;
+    let _b = realm.broker(&sb).await;
+    let same = Entry {
+        block_id: Some("one-installation".into()),
+        ..Entry::default()
+    };
+    let mut first = ProtoClient::connect(&sa.path).await;
+    waits(&mut first, &same).await;
+    let mut second = ProtoClient::connect(&sa.path).await;
+    let (room, _) = matched(&mut second, &same).await;
+    assert_eq!(found(&mut first).await.0, room);
+    let reply = first
+        .request(Request::LeaveChat {
+            room_id: room,
+            block: true,
+        })
+        .await;
+    assert_eq!(reply, Reply::Blocked);
+    assert!(matches!(
+        second.next_event().await,
+        Event::PartnerDisconnected { .. }
+    ));
+    waits(&mut first, &same).await;
+    waits(&mut second, &same).await;
+    waiting_is(&sb.path, 2).await;
+    let mut other = ProtoClient::connect(&sb.path).await;
+    let (room, _) = matched(&mut other, &Entry::default()).await;
+    assert_eq!(found(&mut first).await.0, room);
+    let mut another = ProtoClient::connect(&sb.path).await;
+    let (room, _) = matched(&mut another, &Entry::default()).await;
+    assert_eq!(found(&mut second).await.0, room);
+}
+
 #[tokio::test]
 async fn status_counts_waiters_and_busiest_interests_realm_wide() {
     let realm = Realm::start().await;

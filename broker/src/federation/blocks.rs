@@ -9,8 +9,14 @@
 //! hash (`block_file`) ever leaves the broker; and without the realm key a
 //! `who` says nothing about the id behind it.
 //!
+//! Each session also has a random `sid` of its own. A block between two
+//! installations binds their `who`s; one between two sessions of one
+//! installation (one user's agent and terminal, which share a `who`) binds
+//! their `sid`s, those two sessions only, as on one broker
+//! ([`RealmName`]).
+//!
 //! A block is one entry of the same bucket, keyed by a hash of the
-//! unordered pair of `who`s ([`pair_key`]): whoever reads the bucket can
+//! unordered pair of names ([`pair_key`]): whoever reads the bucket can
 //! test a pair it already knows, but cannot list who blocked whom. Blocks
 //! never expire (the bucket's byte limit bounds them). The blocking broker
 //! writes the entry before it answers `blocked`; every broker mirrors the
@@ -38,6 +44,41 @@ const BLOCK_PREFIX: &str = "p.";
 /// dropped from the mirror (the bucket keeps them), so a flood of writes
 /// cannot grow a broker without bound.
 pub(crate) const MAX_REALM_BLOCKS: usize = 1_000_000;
+
+/// How a session is named to the realm, for blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RealmName {
+    /// Keyed hash of its installation id, or random without one.
+    pub(crate) who: u64,
+    /// Random, for this session only.
+    pub(crate) sid: u64,
+}
+
+impl RealmName {
+    pub(crate) fn random() -> Self {
+        Self {
+            who: random_who(),
+            sid: random_who(),
+        }
+    }
+}
+
+/// The key a block between `a` and `b` is written under: their
+/// installations when they differ, else the two sessions.
+pub(crate) fn block_key(a: RealmName, b: RealmName) -> String {
+    if a.who != b.who {
+        pair_key(a.who, b.who)
+    } else {
+        pair_key(a.sid, b.sid)
+    }
+}
+
+/// Whether a block in `set` binds `a` and `b`, by installation or by
+/// session (both are checked, as on one broker).
+pub(crate) fn is_blocked(set: &HashSet<String>, a: RealmName, b: RealmName) -> bool {
+    !set.is_empty()
+        && (set.contains(&pair_key(a.who, b.who)) || set.contains(&pair_key(a.sid, b.sid)))
+}
 
 /// `who` for an installation id (see the module docs).
 pub(crate) fn who(key: &RealmKey, installation_id: &str) -> u64 {

@@ -104,7 +104,7 @@ use futures::StreamExt;
 use mcp_chat_proto::{InterestCount, RoomId};
 use tokio::sync::watch;
 
-use super::blocks::pair_key;
+use super::blocks::{RealmName, is_blocked};
 use super::wire::{self, Claim, ClaimAnswer, Names, QueueEntry, RealmProfile};
 use crate::state::rule::{self, Fit, Profile};
 
@@ -214,7 +214,7 @@ impl Mirror {
         &self,
         me: &Profile,
         me_open: bool,
-        my_who: u64,
+        my_name: RealmName,
         blocks: &HashSet<String>,
         before: Option<u64>,
         skip: impl Fn(u64, &Queued) -> bool,
@@ -233,7 +233,7 @@ impl Mirror {
             let Some(how) = rule::fit(me, me_open, &q.rule, q.profile.open) else {
                 continue;
             };
-            if !blocks.is_empty() && blocks.contains(&pair_key(my_who, q.profile.who())) {
+            if is_blocked(blocks, my_name, q.profile.name()) {
                 continue;
             }
             match how {
@@ -378,17 +378,18 @@ pub async fn enter_batch(realm: Realm, entrants: Vec<Entrant>) -> Batch {
     let mut left: VecDeque<Entrant> = VecDeque::new();
     for e in rest {
         let me = e.rule();
-        let my_who = e.profile.who();
+        let my_name = e.profile.name();
         let mut matched = None;
         loop {
             let blocks = realm.blocks.borrow().clone();
-            let best =
-                realm
-                    .mirror
-                    .borrow()
-                    .best(&me, e.profile.open, my_who, &blocks, None, |rev, q| {
-                        lost.contains(&rev) || ours.contains(&q.key)
-                    });
+            let best = realm.mirror.borrow().best(
+                &me,
+                e.profile.open,
+                my_name,
+                &blocks,
+                None,
+                |rev, q| lost.contains(&rev) || ours.contains(&q.key),
+            );
             let Some((rev, theirs)) = best else { break };
             lost.insert(rev);
             match realm
@@ -425,7 +426,7 @@ pub async fn enter_batch(realm: Realm, entrants: Vec<Entrant>) -> Batch {
             let Some(how) = rule::fit(&me, e.profile.open, theirs, other.profile.open) else {
                 continue;
             };
-            if blocks.contains(&pair_key(e.profile.who(), other.profile.who())) {
+            if is_blocked(&blocks, e.profile.name(), other.profile.name()) {
                 continue;
             }
             if best.is_none_or(|(rank, _)| how.rank() < rank) {
@@ -473,7 +474,7 @@ async fn claim_or_wait(
 ) -> Result<Outcome, EnterError> {
     let key = entrant.key.as_str();
     let me = entrant.rule();
-    let my_who = entrant.profile.who();
+    let my_name = entrant.profile.name();
     // Entries we failed to claim: someone else got them first.
     let mut lost: HashSet<u64> = HashSet::new();
     let mut own: Option<u64> = None;
@@ -483,7 +484,7 @@ async fn claim_or_wait(
         let best = realm.mirror.borrow().best(
             &me,
             entrant.profile.open,
-            my_who,
+            my_name,
             &blocks,
             own,
             |rev, q| lost.contains(&rev) || q.key == key,
@@ -623,6 +624,7 @@ mod tests {
             interests: tags.iter().map(|t| (*t).to_owned()).collect(),
             open,
             who: wire::who_hex(who),
+            sid: wire::who_hex(who + 1000),
         }
     }
 
@@ -656,9 +658,14 @@ mod tests {
         );
         let none = HashSet::new();
         let pick = |p: &RealmProfile, blocks: &HashSet<String>, before| {
-            m.best(&rule_profile(p), p.open, p.who(), blocks, before, |_, _| {
-                false
-            })
+            m.best(
+                &rule_profile(p),
+                p.open,
+                p.name(),
+                blocks,
+                before,
+                |_, _| false,
+            )
             .map(|(rev, _)| rev)
         };
         let agent = profile(Kind::Agent, Meet::Anyone, &[], true, 50);
@@ -677,7 +684,7 @@ mod tests {
             "only sharers while closed"
         );
         let agents_only = profile(Kind::Agent, Meet::Agents, &[], true, 53);
-        let blocked: HashSet<String> = [pair_key(53, 9)].into();
+        let blocked: HashSet<String> = [super::super::blocks::pair_key(53, 9)].into();
         assert_eq!(pick(&agents_only, &blocked, Some(2)), None);
         assert_eq!(
             pick(&agents_only, &blocked, None),

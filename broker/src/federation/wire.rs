@@ -15,6 +15,8 @@ use mcp_chat_proto::message::check_message;
 use mcp_chat_proto::{DisconnectReason, Kind, MAX_MESSAGE_BYTES, Meet, RoomId};
 use serde::{Deserialize, Serialize};
 
+use super::blocks::RealmName;
+
 /// Largest federation message read: a full chat message after JSON escaping
 /// of its worst characters, plus the envelope. Bigger ones are dropped
 /// unparsed.
@@ -93,11 +95,17 @@ pub struct RealmProfile {
     pub open: bool,
     /// Keyed hash for blocks (see `blocks`), 16 lowercase hex digits.
     pub who: String,
+    /// The session's own random name for blocks, likewise.
+    pub sid: String,
 }
 
 impl RealmProfile {
-    pub fn who(&self) -> u64 {
-        u64::from_str_radix(&self.who, 16).unwrap_or_default()
+    pub fn name(&self) -> RealmName {
+        let hex = |s: &str| u64::from_str_radix(s, 16).unwrap_or_default();
+        RealmName {
+            who: hex(&self.who),
+            sid: hex(&self.sid),
+        }
     }
 }
 
@@ -109,10 +117,12 @@ pub fn who_hex(who: u64) -> String {
 /// Checks what parsing cannot: a kind and a `meet` this broker knows,
 /// interests that are already normalised, and a well-formed `who`.
 pub fn check_profile(p: &RealmProfile) -> Result<(), Rejected> {
-    let who_ok = p.who.len() == 16
-        && p.who
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    let hex16 = |s: &str| {
+        s.len() == 16
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
+    let who_ok = hex16(&p.who) && hex16(&p.sid);
     let tags_ok = normalize_interests(&p.interests).is_ok_and(|tags| tags == p.interests);
     if p.kind == Kind::Unknown || p.meet == Meet::Unknown || !who_ok || !tags_ok {
         return Err(Rejected::Malformed);
@@ -303,6 +313,7 @@ mod tests {
             interests: vec!["chess".into(), "go".into()],
             open: false,
             who: who_hex(0xabc),
+            sid: who_hex(0xdef),
         }
     }
 
@@ -314,7 +325,13 @@ mod tests {
             arrival: Some(3),
         };
         assert_eq!(parse_entry(&encode(&entry), 5), Ok(entry.clone()));
-        assert_eq!(entry.profile.who(), 0xabc);
+        assert_eq!(
+            entry.profile.name(),
+            RealmName {
+                who: 0xabc,
+                sid: 0xdef
+            }
+        );
         assert_eq!(
             parse_entry(&encode(&entry), 2),
             Err(Rejected::Malformed),
@@ -329,7 +346,7 @@ mod tests {
         let mut bad = entry.clone();
         bad.profile.who = "../x".into();
         assert_eq!(parse_entry(&encode(&bad), 5), Err(Rejected::Malformed));
-        let unknown = br#"{"owner":"00000000000000000000000000000000","profile":{"kind":"robot","meet":"anyone","open":true,"who":"0000000000000001"}}"#;
+        let unknown = br#"{"owner":"00000000000000000000000000000000","profile":{"kind":"robot","meet":"anyone","open":true,"who":"0000000000000001","sid":"0000000000000002"}}"#;
         assert_eq!(parse_entry(unknown, 5), Err(Rejected::Malformed));
         assert_eq!(
             parse_entry(&vec![b' '; MAX_ENTRY_BYTES + 1], 5),

@@ -10,12 +10,13 @@
 //! Matching choices cross machines: an entering session first meets
 //! whoever on this broker fits it now (`super::matching`); left waiting, it
 //! waits in the realm with its profile (kind, whom it meets, interests,
-//! whether its interest wait is over, and its `who`), where claimers apply
+//! whether its interest wait is over, and its realm name), where claimers apply
 //! the same rule (`crate::federation::realm`). When its interest wait ends
 //! (timed here, on this broker's clock), the link enters it again, open.
 //!
-//! Blocks: a session is named in the realm by its `who`, a keyed hash under
-//! the realm's key (`crate::federation::blocks`); a block with a partner on
+//! Blocks: a session is named in the realm by a keyed hash of its
+//! installation id under the realm's key and a random id of its own
+//! (`crate::federation::blocks`); a block with a partner on
 //! another broker is a realm block, written to the realm's bucket before
 //! `blocked` is answered, and a block between two sessions of this broker
 //! is written there too, so claimers on every broker skip the pair. Before
@@ -35,7 +36,7 @@ use tokio::time::Instant;
 
 use super::rule::{Identity, Profile, fit};
 use super::{Place, Room, RoomParty, SessionId, State};
-use crate::federation::blocks::{self, RealmKey, pair_key};
+use crate::federation::blocks::{self, RealmKey, RealmName, block_key, is_blocked};
 use crate::federation::{FromLink, RealmProfile, ToLink, who_hex};
 
 /// What the hub knows of its link.
@@ -150,15 +151,14 @@ impl State {
     }
 
     /// Gives `session` its name in the realm: the keyed hash of its
-    /// installation id, or a random one kept for the session's life.
+    /// installation id (else a random one), and a random one of its own,
+    /// both kept for the session's life.
     fn name_in_realm(&mut self, session: SessionId, block_id: Option<&str>) {
         let key = self.federated.as_ref().and_then(|f| f.realm_key);
         if let Some(s) = self.sessions.get_mut(&session) {
-            match (key, block_id) {
-                (Some(key), Some(id)) => s.realm_who = Some(blocks::who(&key, id)),
-                _ => {
-                    s.realm_who.get_or_insert_with(blocks::random_who);
-                }
+            let name = s.realm_name.get_or_insert_with(RealmName::random);
+            if let (Some(key), Some(id)) = (key, block_id) {
+                name.who = blocks::who(&key, id);
             }
         }
     }
@@ -167,15 +167,16 @@ impl State {
     fn realm_profile(&mut self, session: SessionId, profile: &Profile) -> RealmProfile {
         let s = self.sessions.get_mut(&session);
         let open = s.as_ref().is_none_or(|s| s.interest_deadline.is_none());
-        let who = s.map_or_else(blocks::random_who, |s| {
-            *s.realm_who.get_or_insert_with(blocks::random_who)
+        let name = s.map_or_else(RealmName::random, |s| {
+            *s.realm_name.get_or_insert_with(RealmName::random)
         });
         RealmProfile {
             kind: profile.kind,
             meet: profile.meet,
             interests: profile.interests.iter().map(|t| t.to_string()).collect(),
             open,
-            who: who_hex(who),
+            who: who_hex(name.who),
+            sid: who_hex(name.sid),
         }
     }
 
@@ -231,7 +232,7 @@ impl State {
         let (Some(a), Some(b)) = (mine.and_then(|p| p.who), theirs.and_then(|p| p.who)) else {
             return false;
         };
-        let key = pair_key(a, b);
+        let key = block_key(a, b);
         let reply = self.leave_chat(session, room_id, false);
         if reply != Reply::Left {
             self.reply(session, id, reply);
@@ -254,17 +255,12 @@ impl State {
 
     /// A block between two sessions known by their realm names goes to the
     /// realm too, so claimers on every broker skip the pair.
-    pub(super) fn share_block(&mut self, a: Option<u64>, b: Option<u64>) {
+    pub(super) fn share_block(&mut self, a: Option<RealmName>, b: Option<RealmName>) {
         let (Some(a), Some(b)) = (a, b) else {
             return;
         };
-        if a == b {
-            // One installation on both sides: a block between sessions,
-            // which this broker's own blocks hold.
-            return;
-        }
         if let Some(f) = self.federated.as_mut() {
-            let key = pair_key(a, b);
+            let key = block_key(a, b);
             if !f.realm_blocks.contains(&key) {
                 blocks::remember(&mut f.realm_blocks, key.clone());
                 f.tell(ToLink::Block { key, reply: None });
@@ -292,9 +288,9 @@ impl State {
             .profiles
             .get(&session)
             .is_some_and(|mine| fit(mine, open, &rule_profile(partner), partner.open).is_some());
-        let my_who = self.sessions.get(&session).and_then(|s| s.realm_who);
-        let their_who = partner.who();
-        if !fits || my_who.is_some_and(|w| f.realm_blocks.contains(&pair_key(w, their_who))) {
+        let mine = self.sessions.get(&session).and_then(|s| s.realm_name);
+        let theirs = partner.name();
+        if !fits || mine.is_some_and(|m| is_blocked(&f.realm_blocks, m, theirs)) {
             return false;
         }
         if let Some(other) = partner_session
@@ -302,7 +298,7 @@ impl State {
                 .blocks
                 .blocked(self.identity(session), self.identity(other))
         {
-            self.share_block(my_who, Some(their_who));
+            self.share_block(mine, Some(theirs));
             return false;
         }
         true
@@ -593,14 +589,14 @@ impl State {
             _ => {
                 // The first half, or a room with a partner on another
                 // broker: that partner stands as what its profile says,
-                // named for blocks by its `who` only.
+                // named for blocks by its realm name only.
                 let stranger = RoomParty {
                     identity: Identity {
                         session: SessionId::MAX,
                         installation: None,
                     },
                     kind: partner.kind,
-                    who: Some(partner.who()),
+                    who: Some(partner.name()),
                 };
                 self.rooms.insert(
                     room,
@@ -682,11 +678,11 @@ impl State {
         };
         match (waiting(self, first), waiting(self, second)) {
             (true, true) => {
-                let who =
-                    |state: &Self, s: SessionId| state.sessions.get(&s).and_then(|x| x.realm_who);
-                let (a, b) = (who(self, first), who(self, second));
+                let name =
+                    |state: &Self, s: SessionId| state.sessions.get(&s).and_then(|x| x.realm_name);
+                let (a, b) = (name(self, first), name(self, second));
                 let realm_blocked = match (a, b, self.federated.as_ref()) {
-                    (Some(a), Some(b), Some(f)) => f.realm_blocks.contains(&pair_key(a, b)),
+                    (Some(a), Some(b), Some(f)) => is_blocked(&f.realm_blocks, a, b),
                     _ => false,
                 };
                 if realm_blocked

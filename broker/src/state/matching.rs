@@ -225,7 +225,7 @@ impl State {
                 .get(&session)
                 .map(|s| s.kind)
                 .unwrap_or_default(),
-            who: self.sessions.get(&session).and_then(|s| s.realm_who),
+            who: self.sessions.get(&session).and_then(|s| s.realm_name),
         }
     }
 

@@ -134,7 +134,7 @@ struct BrokerSession {
     interest_deadline: Option<Instant>,
     /// What names it to the other brokers of a realm, for blocks (see
     /// `crate::federation::blocks`); set when it enters with federation.
-    realm_who: Option<u64>,
+    realm_name: Option<crate::federation::blocks::RealmName>,
 }
 
 /// Messages of the current room that the replay buffer no longer holds:
@@ -167,7 +167,7 @@ struct RoomParty {
     identity: Identity,
     kind: Kind,
     /// Its name in the realm, for blocks across brokers (see `federated`).
-    who: Option<u64>,
+    who: Option<crate::federation::blocks::RealmName>,
 }
 
 #[derive(Debug)]
@@ -313,7 +313,7 @@ impl State {
                 kind: Kind::default(),
                 installation: None,
                 interest_deadline: None,
-                realm_who: None,
+                realm_name: None,
             },
         );
         Ok(Admitted {
