@@ -406,13 +406,13 @@ impl Link {
             return;
         }
         match w.rev.take() {
-            Some(rev) if !w.taken => {
+            Some(rev) => {
                 w.withdraw = Some(rev);
                 self.pending.push(session);
                 self.run_batch();
             }
-            Some(rev) => w.rev = Some(rev),
-            // Being entered (or claimed): settled when that is.
+            // Being entered (or claimed: a claim takes its entry): settled
+            // when that is.
             None => w.reopen = true,
         }
     }
