@@ -27,7 +27,7 @@ use super::rooms::{self, RemoteRoom};
 use super::wire::{
     self, Claim, ClaimAnswer, Names, Presence, RealmProfile, Rejected, RoomBody, RoomMsg,
 };
-use super::{FederationConfig, FromLink, ToLink};
+use super::{Answer, FederationConfig, FromLink, ToLink};
 use crate::config::Limits;
 use crate::state::SessionId;
 
@@ -48,7 +48,7 @@ enum Internal {
         session: SessionId,
         key: String,
         room: RoomId,
-        matched: bool,
+        answer: Answer,
         reply: async_nats::Subject,
     },
     /// A block of the realm, from its bucket.
@@ -77,6 +77,11 @@ struct Waiter {
     /// The room of a claim its hub is being asked about: a second claim
     /// meanwhile is refused at once.
     confirming: Option<RoomId>,
+    /// Its hub is pinging it before it may be matched: out of the realm
+    /// until the hub says it answered.
+    paused: bool,
+    /// That answer came before the hub's answer to the claim did.
+    resume_early: bool,
     /// When its entry was made: it is made again before the bucket's
     /// `max_age` would drop it.
     since: Instant,
@@ -327,6 +332,15 @@ impl Link {
         match command {
             ToLink::Enter { session, profile } => self.enter(session, profile, None),
             ToLink::Open { session } => self.open(session),
+            ToLink::Resume { session } => {
+                if let Some(w) = self.waiters.get_mut(&session) {
+                    if w.paused {
+                        self.enter_again(session);
+                    } else if w.confirming.is_some() {
+                        w.resume_early = true;
+                    }
+                }
+            }
             ToLink::Block { key, reply } => self.block(key, reply),
             ToLink::Withdraw { session } => {
                 if let Some(w) = self.waiters.remove(&session) {
@@ -379,6 +393,8 @@ impl Link {
                 withdraw: None,
                 reopen: false,
                 confirming: None,
+                paused: false,
+                resume_early: false,
                 since: Instant::now(),
                 taken: false,
                 orphaned_since: None,
@@ -538,17 +554,18 @@ impl Link {
                 session,
                 key,
                 room,
-                matched,
+                answer,
                 reply,
             } => {
-                let answer = wire::encode(&ClaimAnswer { matched });
-                if let Err(e) = self.client.publish(reply, answer).await {
+                let matched = answer == Answer::Taken;
+                let encoded = wire::encode(&ClaimAnswer { matched });
+                if let Err(e) = self.client.publish(reply, encoded).await {
                     tracing::warn!(error = %e, "federation: could not answer a claim");
                 }
                 if !matched && let Some(r) = self.take_room(room) {
                     r.close(false);
                 }
-                self.confirmed(session, &key, room, matched);
+                self.confirmed(session, &key, room, answer);
             }
             Internal::RealmBlock(key) => {
                 self.blocks
@@ -836,16 +853,16 @@ impl Link {
         let internal = self.internal.clone();
         let room = claim.room;
         tokio::spawn(async move {
-            let matched = matches!(
-                tokio::time::timeout(CONFIRM_WITHIN, answer).await,
-                Ok(Ok(true))
-            );
+            let answer = match tokio::time::timeout(CONFIRM_WITHIN, answer).await {
+                Ok(Ok(answer)) => answer,
+                _ => Answer::Refused,
+            };
             let _ = internal
                 .send(Internal::Confirmed {
                     session,
                     key,
                     room,
-                    matched,
+                    answer,
                     reply,
                 })
                 .await;
@@ -855,20 +872,25 @@ impl Link {
     /// The hub answered a claim of our waiter `session`: taken, it leaves
     /// the realm; refused while it still waits here (a block the claimer
     /// did not know, or a pair the hub finds unfit), it enters again,
-    /// keeping its arrival.
-    fn confirmed(&mut self, session: SessionId, key: &str, room: RoomId, matched: bool) {
-        let ours = self
+    /// keeping its arrival; quiet, it waits for the hub's `Resume`.
+    fn confirmed(&mut self, session: SessionId, key: &str, room: RoomId, answer: Answer) {
+        let Some(w) = self
             .waiters
-            .get(&session)
-            .is_some_and(|w| w.key == key && w.confirming == Some(room));
-        if !ours {
+            .get_mut(&session)
+            .filter(|w| w.key == key && w.confirming == Some(room))
+        else {
             return;
-        }
-        if matched {
-            self.waiters.remove(&session);
-            self.keys.remove(key);
-        } else {
-            self.enter_again(session);
+        };
+        match answer {
+            Answer::Taken => {
+                self.waiters.remove(&session);
+                self.keys.remove(key);
+            }
+            Answer::Quiet if !w.resume_early => {
+                w.confirming = None;
+                w.paused = true;
+            }
+            Answer::Quiet | Answer::Refused => self.enter_again(session),
         }
     }
 
@@ -1017,7 +1039,7 @@ impl Link {
         let mut orphans = Vec::new();
         for (&session, w) in &mut self.waiters {
             let queued = w.rev.is_some() && mirror.contains(&w.key);
-            if (w.rev.is_some() || w.taken) && !queued {
+            if (w.rev.is_some() || w.taken) && !queued && !w.paused {
                 let since = *w.orphaned_since.get_or_insert(now);
                 if now.duration_since(since) > ORPHAN_AFTER {
                     orphans.push(session);

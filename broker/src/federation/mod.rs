@@ -62,6 +62,9 @@ pub(crate) enum ToLink {
     },
     /// `session`'s interest wait is over: it enters again, open.
     Open { session: SessionId },
+    /// `session`, held out of the realm while it was pinged
+    /// ([`Answer::Quiet`]), answered: it enters again, keeping its place.
+    Resume { session: SessionId },
     /// Record the realm block `key` (see `blocks`); with `reply`, tell the
     /// hub once it is written ([`FromLink::BlockSaved`]).
     Block {
@@ -105,7 +108,7 @@ pub(crate) enum FromLink {
         session: SessionId,
         room: RoomId,
         local: bool,
-        confirm: Option<oneshot::Sender<bool>>,
+        confirm: Option<oneshot::Sender<Answer>>,
         partner: RealmProfile,
         partner_session: Option<SessionId>,
     },
@@ -139,6 +142,20 @@ pub(crate) enum FromLink {
     },
     /// The realm's busiest interests.
     Busiest(Vec<InterestCount>),
+}
+
+/// The hub's answer to a claim of one of its waiters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// It is in the room now.
+    Taken,
+    /// Not taken: it is gone, or the pair does not fit (a block the claimer
+    /// did not know); one still waiting enters again.
+    Refused,
+    /// Not taken: its client has been quiet, and is pinged first (as before
+    /// a local match). It stays out of the realm until it answers
+    /// ([`ToLink::Resume`]) or is dropped ([`ToLink::Withdraw`]).
+    Quiet,
 }
 
 /// The hub's end of the link.

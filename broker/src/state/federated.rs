@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use super::rule::{Identity, Profile, fit};
 use super::{Place, Room, RoomParty, SessionId, State};
 use crate::federation::blocks::{self, RealmKey, RealmName, block_key, is_blocked};
-use crate::federation::{FromLink, RealmProfile, ToLink, who_hex};
+use crate::federation::{Answer, FromLink, RealmProfile, ToLink, who_hex};
 
 /// What the hub knows of its link.
 #[derive(Debug)]
@@ -59,6 +59,9 @@ pub(crate) struct Federated {
     realm_blocks: HashSet<String>,
     /// The realm's busiest interests, as the link last counted them.
     busiest: Vec<InterestCount>,
+    /// Realm waiters whose claim found them quiet: pinged, and out of the
+    /// realm until they answer (see [`Answer::Quiet`]).
+    paused: HashSet<SessionId>,
 }
 
 impl Federated {
@@ -73,6 +76,7 @@ impl Federated {
             profiles: HashMap::new(),
             realm_blocks: HashSet::new(),
             busiest: Vec::new(),
+            paused: HashSet::new(),
         }
     }
 
@@ -347,6 +351,16 @@ impl State {
         }
         if let Some(f) = self.federated.as_mut() {
             f.profiles.remove(&session);
+            f.paused.remove(&session);
+        }
+    }
+
+    /// A realm waiter pinged before a claim answered: back to the realm.
+    pub(super) fn realm_alive(&mut self, session: SessionId) {
+        if let Some(f) = self.federated.as_mut()
+            && f.paused.remove(&session)
+        {
+            f.tell(ToLink::Resume { session });
         }
     }
 
@@ -462,10 +476,10 @@ impl State {
                 partner_session,
             } => {
                 let asked = confirm.is_some();
-                let taken =
+                let answer =
                     self.realm_matched(session, room, local, asked, &partner, partner_session);
                 if let Some(confirm) = confirm {
-                    let _ = confirm.send(taken);
+                    let _ = confirm.send(answer);
                 }
             }
             FromLink::PairedLocally { first, second } => self.paired_locally(first, second),
@@ -533,9 +547,11 @@ impl State {
 
     /// The link matched `session` into `room` with `partner`. Taken only if
     /// the session still waits in the realm and, for a claim it is asked
-    /// about, the pair still fits (see `realm_pair_fits`; a waiter refused
-    /// so stays, and its link enters it again); a claimer's match that is
-    /// not taken ends the room towards the waiter it claimed.
+    /// about, its client is fresh (a quiet one is pinged first, exactly as
+    /// before a local match, so a frozen client is never matched across
+    /// brokers either) and the pair still fits (see `realm_pair_fits`; a
+    /// waiter refused so stays, and its link enters it again); a claimer's
+    /// match that is not taken ends the room towards the waiter it claimed.
     fn realm_matched(
         &mut self,
         session: SessionId,
@@ -544,7 +560,7 @@ impl State {
         asked: bool,
         partner: &RealmProfile,
         partner_session: Option<SessionId>,
-    ) -> bool {
+    ) -> Answer {
         let waits = self
             .sessions
             .get(&session)
@@ -554,10 +570,25 @@ impl State {
                 .as_ref()
                 .is_some_and(|f| f.waiting.contains_key(&session));
         if !waits {
-            return self.refuse_match(room, local, asked);
+            if asked && let Some(f) = self.federated.as_ref() {
+                // Not (or no longer) a realm waiter: the link drops it.
+                f.tell(ToLink::Withdraw { session });
+            }
+            self.refuse_match(room, local, asked);
+            return Answer::Refused;
         }
-        if asked && !self.realm_pair_fits(session, partner, partner_session) {
-            return false;
+        if asked {
+            let now = Instant::now();
+            if !self.is_fresh(session, now) {
+                self.probe(session, now);
+                if let Some(f) = self.federated.as_mut() {
+                    f.paused.insert(session);
+                }
+                return Answer::Quiet;
+            }
+            if !self.realm_pair_fits(session, partner, partner_session) {
+                return Answer::Refused;
+            }
         }
         let open = self
             .sessions
@@ -569,7 +600,7 @@ impl State {
                 f.profiles.remove(&session),
             )
         }) else {
-            return false;
+            return Answer::Refused;
         };
         if let Some(s) = self.sessions.get_mut(&session) {
             s.interest_deadline = None;
@@ -631,12 +662,12 @@ impl State {
             );
         }
         tracing::debug!(%room, session, local, "matched through the realm");
-        true
+        Answer::Taken
     }
 
-    fn refuse_match(&mut self, room: RoomId, local: bool, asked: bool) -> bool {
+    fn refuse_match(&mut self, room: RoomId, local: bool, asked: bool) {
         if asked {
-            return false;
+            return;
         }
         // We claimed a waiter for a session that has left since.
         if local {
@@ -659,7 +690,6 @@ impl State {
                 reason: DisconnectReason::Left,
             });
         }
-        false
     }
 
     /// Opens a local room for two realm waiters of ours, if both still
@@ -792,6 +822,7 @@ impl State {
             return;
         };
         f.up = false;
+        f.paused.clear();
         let waiting: Vec<(SessionId, Option<u64>)> = f.waiting.drain().collect();
         let mut profiles = std::mem::take(&mut f.profiles);
         for &(session, _) in &waiting {

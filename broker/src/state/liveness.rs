@@ -268,6 +268,7 @@ impl State {
             s.last_seen = Instant::now();
             let was_probed = s.probe_deadline.take().is_some();
             if was_probed && s.place == Place::Waiting {
+                self.realm_alive(session);
                 self.seek(session, Instant::now());
                 self.detach_slow_consumers();
             }

@@ -592,6 +592,8 @@ impl BrokerSession {
 }
 
 #[cfg(test)]
+mod federated_tests;
+#[cfg(test)]
 mod matching_tests;
 #[cfg(test)]
 mod tests;

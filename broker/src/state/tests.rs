@@ -10,7 +10,7 @@ pub(super) struct Client {
     pub(super) connection: u64,
     token: String,
     pub(super) rx: mpsc::Receiver<BrokerMsg>,
-    kick: CancellationToken,
+    pub(super) kick: CancellationToken,
 }
 
 pub(super) fn new_state(max_sessions: usize) -> State {

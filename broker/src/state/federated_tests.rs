@@ -1,0 +1,90 @@
+//! The hub's side of a realm, with the link played by the test: a realm
+//! waiter whose client has gone quiet is pinged before a claim of it is
+//! taken, and one that never answers is never matched.
+
+use mcp_chat_proto::{BrokerMsg, Event, Kind, Meet, Request, RoomId};
+use tokio::sync::{mpsc, oneshot};
+
+use super::tests::{Client, events, join, new_state};
+use super::{Liveness, State};
+use crate::federation::{Answer, FromLink, RealmProfile, ToLink, who_hex};
+
+/// A hub with a realm that is up, and `w` waiting in it.
+fn waiting_in_realm() -> (State, mpsc::Receiver<ToLink>, Client) {
+    let (tx, mut link) = mpsc::channel(64);
+    let mut state = new_state(100).with_federation(Some(tx));
+    state.link_report(FromLink::RealmKey([7; 32]));
+    state.link_report(FromLink::Up);
+    let mut w = join(&mut state, 16);
+    state.handle_request(w.id, 9, Request::EnterQueue(Default::default()));
+    match link.try_recv() {
+        Ok(ToLink::Enter { session, profile }) => {
+            assert_eq!(session, w.id);
+            assert!(profile.open && profile.interests.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+    state.link_report(FromLink::Waiting {
+        session: w.id,
+        position: 1,
+    });
+    assert!(matches!(
+        w.rx.try_recv(),
+        Ok(BrokerMsg::Response { id: 9, .. })
+    ));
+    (state, link, w)
+}
+
+/// A remote broker's claim of `w`; the hub's answer.
+fn claim(state: &mut State, w: &Client) -> Answer {
+    let (confirm, mut answer) = oneshot::channel();
+    state.link_report(FromLink::Matched {
+        session: w.id,
+        room: RoomId::new_random(),
+        local: false,
+        confirm: Some(confirm),
+        partner: RealmProfile {
+            kind: Kind::Person,
+            meet: Meet::Anyone,
+            interests: Vec::new(),
+            open: true,
+            who: who_hex(1),
+            sid: who_hex(2),
+        },
+        partner_session: None,
+    });
+    answer.try_recv().expect("answered at once")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quiet_realm_waiter_is_pinged_before_a_claim_is_taken() {
+    let (mut state, mut link, mut w) = waiting_in_realm();
+    tokio::time::advance(Liveness::default().fresh * 2).await;
+    assert_eq!(claim(&mut state, &w), Answer::Quiet);
+    assert!(matches!(w.rx.try_recv(), Ok(BrokerMsg::Ping { .. })));
+    state.alive(w.id, w.connection);
+    assert!(matches!(link.try_recv(), Ok(ToLink::Resume { session }) if session == w.id));
+    // Back in the realm, alive: the next claim is taken.
+    assert_eq!(claim(&mut state, &w), Answer::Taken);
+    match events(&mut w).as_slice() {
+        [Event::ChatroomFound { partner, .. }] => {
+            assert_eq!(partner.partner_kind, Some(Kind::Person));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_frozen_realm_waiter_is_never_matched() {
+    let (mut state, mut link, mut w) = waiting_in_realm();
+    tokio::time::advance(Liveness::default().fresh * 2).await;
+    assert_eq!(claim(&mut state, &w), Answer::Quiet);
+    assert!(matches!(w.rx.try_recv(), Ok(BrokerMsg::Ping { .. })));
+    tokio::time::advance(Liveness::default().probe_timeout).await;
+    state.expire(tokio::time::Instant::now());
+    assert!(w.kick.is_cancelled(), "its connection is dropped");
+    assert!(matches!(link.try_recv(), Ok(ToLink::Withdraw { session }) if session == w.id));
+    // Held for a resume, not in the realm: a late claim is refused.
+    assert_eq!(claim(&mut state, &w), Answer::Refused);
+    assert!(events(&mut w).is_empty(), "no chatroom.found");
+}
