@@ -36,8 +36,12 @@
 //! 4. The owner's hub is the arbiter: it matches its waiter only if the
 //!    session is still waiting (it may have left) and the pair is still
 //!    compatible in its eyes (a block it knows and the claimer's mirror did
-//!    not yet hold), and answers; a refusal or no answer (dead broker) sends
-//!    the claimer back to step 1. A waiter refused for a block enters again.
+//!    not yet hold), and its client is fresh, and answers; a refusal or no
+//!    answer (dead broker) sends the claimer back to step 1. A waiter
+//!    refused for a block enters again; one whose client was quiet is
+//!    pinged and enters again (keeping its arrival) once it answers, so a
+//!    frozen client is never matched. Either way its new entry runs the
+//!    protocol as any entrant does, so the argument below still holds.
 //!
 //! Why no waiter is matched twice: an entry is deleted by exactly one
 //! compare-and-set, so at most one claim request exists per entry (after a
