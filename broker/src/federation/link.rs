@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::fault;
 use super::realm::{self, Mirror, Outcome, Realm};
 use super::rooms::{self, RemoteRoom};
 use super::wire::{self, Claim, ClaimAnswer, Names, Presence, Rejected, RoomBody, RoomMsg};
@@ -806,7 +807,7 @@ impl Link {
         let old: Vec<(SessionId, String, u64)> = self
             .waiters
             .iter()
-            .filter(|(_, w)| now.duration_since(w.since) > realm::QUEUE_MAX_AGE / 2)
+            .filter(|(_, w)| now.duration_since(w.since) > fault::queue_max_age() / 2)
             .filter_map(|(&s, w)| w.rev.map(|rev| (s, w.key.clone(), rev)))
             .collect();
         for (session, key, rev) in old {
@@ -887,7 +888,7 @@ async fn setup(
             .create_key_value(kv::Config {
                 bucket,
                 history: 1,
-                max_age: realm::QUEUE_MAX_AGE,
+                max_age: fault::queue_max_age(),
                 max_bytes: 64 * 1024 * 1024,
                 // Values are broker ids; the server counts headers in too.
                 max_value_size: 1024,

@@ -27,6 +27,7 @@
 //! has the figures and the estimate.
 
 pub mod config;
+mod fault;
 mod link;
 mod realm;
 mod rooms;

@@ -190,7 +190,7 @@ pub async fn enter_batch(realm: Realm, entrants: Vec<(u64, String)>) -> Batch {
         };
         lost.insert(rev);
         match realm.store.delete_expect_revision(&theirs, Some(rev)).await {
-            Ok(()) => {}
+            Ok(()) => super::fault::claimed(),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
             Err(e) => tracing::warn!(error = %e, "claiming a waiter failed"),
         }
@@ -286,7 +286,7 @@ async fn claim_or_wait(
         }
         lost.insert(rev);
         match realm.store.delete_expect_revision(&theirs, Some(rev)).await {
-            Ok(()) => {}
+            Ok(()) => super::fault::claimed(),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
             // Unknown outcome: ask the owner anyway; it matches once.
             Err(e) => tracing::warn!(error = %e, "claiming a waiter failed"),
