@@ -15,7 +15,8 @@
 //!   protocol; read its docs for why no waiter is matched twice.
 //! - `rooms`: messages of rooms spanning two brokers, through a JetStream
 //!   stream (message ids, explicit acks, per-room sequence numbers).
-//! - `link`: the task: connection, presence, liveness, and routing.
+//! - `link`: the task: connection, presence, liveness, and routing;
+//!   `diagnose` puts into words why NATS refuses it.
 //!
 //! How far it carries: every cross-broker match costs a few KV operations on
 //! the realm's bucket (one stream, so one Raft group in a cluster; about
@@ -27,6 +28,7 @@
 //! has the figures and the estimate.
 
 pub mod config;
+mod diagnose;
 mod fault;
 mod link;
 mod realm;
