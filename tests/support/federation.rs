@@ -47,13 +47,16 @@ pub async fn connected(socket: &Path) -> StatusInfo {
     .await
 }
 
-/// Waits until the broker on `socket` reports a federation error, and
-/// returns it; it is not in the realm then.
-pub async fn failed(socket: &Path) -> String {
-    let status = wait_for_status(socket, "the broker to report its federation error", |s| {
-        s.federation
-            .as_ref()
-            .is_some_and(|f| f.last_error.is_some())
+/// Waits until the broker on `socket` reports a federation error saying
+/// `why` (any case), and returns it; it is not in the realm then.
+pub async fn failed(socket: &Path, why: &str) -> String {
+    let why = why.to_lowercase();
+    let status = wait_for_status(socket, &format!("a federation error saying {why:?}"), |s| {
+        s.federation.as_ref().is_some_and(|f| {
+            f.last_error
+                .as_ref()
+                .is_some_and(|e| e.to_lowercase().contains(&why))
+        })
     })
     .await;
     let f = status.federation.unwrap();
