@@ -94,3 +94,27 @@ impl Explainer {
         self.explained = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_error_is_explained_once_then_shown_explained() {
+        let bare = || "nats: IO error".to_owned();
+        let why = "IO error: invalid peer certificate: UnknownIssuer".to_owned();
+        let mut e = Explainer::default();
+        assert_eq!(e.shown(bare()), (bare(), true));
+        // One attempt at a time.
+        assert_eq!(e.shown(bare()), (bare(), false));
+        assert_eq!(e.explained(bare(), Some(why.clone())), Some(why.clone()));
+        assert_eq!(e.shown(bare()), (why, false));
+        // Another error is explained anew; a passing one explains nothing.
+        let other = || "nats: timed out".to_owned();
+        assert_eq!(e.shown(other()), (other(), true));
+        assert_eq!(e.explained(other(), None), None);
+        // Once connected, the next failure is looked at afresh.
+        e.reset();
+        assert_eq!(e.shown(bare()), (bare(), true));
+    }
+}
