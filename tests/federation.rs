@@ -555,9 +555,56 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The realm's rooms stream and its queue bucket's stream.
+const REPLICATED: [&str; 2] = ["MCPCHAT_ROOMS_test", "KV_mcpchat_queue_test"];
+
+/// The server (`n0`, `n1`, `n2`) leading `stream`, as JetStream's stream
+/// info says (asked again while an election is under way).
+async fn stream_leader(js: &async_nats::jetstream::Context, stream: &str) -> String {
+    loop {
+        // Without a leader the stream does not answer at all.
+        if let Ok(mut stream) = js.get_stream(stream).await
+            && let Ok(info) = stream.info().await
+            && let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone())
+        {
+            return leader;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The index in `nodes` of the node leading the realm's rooms stream, once
+/// the queue bucket's stream is led by the same node (asked of the leader
+/// with a preferred stepdown, until it is).
+async fn leader_of_both(nodes: &[NatsServer]) -> usize {
+    let [rooms, queue] = REPLICATED;
+    let client = async_nats::connect(nodes[0].url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    within("the streams to have one leader", async {
+        loop {
+            let target = stream_leader(&js, rooms).await;
+            if stream_leader(&js, queue).await == target {
+                return target.trim_start_matches('n').parse().unwrap();
+            }
+            let answer = client
+                .request(
+                    format!("$JS.API.STREAM.LEADER.STEPDOWN.{queue}"),
+                    serde_json::to_vec(&serde_json::json!({"placement": {"preferred": target}}))
+                        .unwrap()
+                        .into(),
+                )
+                .await
+                .unwrap();
+            let answer: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap();
+            assert!(answer.get("error").is_none(), "stepdown: {answer}");
+        }
+    })
+    .await
+}
+
 /// A 3-node NATS cluster with the realm's stream and bucket replicated 3
-/// times; one node is killed while 100 cross-broker pairs exchange 100
-/// messages each: nothing is lost, duplicated or reordered.
+/// times; the node leading both is killed while 100 cross-broker pairs
+/// exchange 100 messages each: nothing is lost, duplicated or reordered.
 #[tokio::test]
 async fn a_cluster_node_dies_mid_chat_and_nothing_is_lost() {
     const PAIRS: usize = 100;
@@ -615,6 +662,9 @@ async fn a_cluster_node_dies_mid_chat_and_nothing_is_lost() {
         let room = pair(&mut a, &mut b).await;
         pairs.push((a, b, room));
     }
+    // The node to kill: the leader of the rooms stream (the messages' Raft
+    // group), with the queue bucket's leadership moved to it as well.
+    let leader = leader_of_both(&nodes).await;
     let (halfway_tx, mut halfway) = tokio::sync::mpsc::channel(PAIRS);
     let (killed_tx, killed) = tokio::sync::watch::channel(false);
     let chats = pairs
@@ -650,7 +700,8 @@ async fn a_cluster_node_dies_mid_chat_and_nothing_is_lost() {
             for _ in 0..PAIRS {
                 halfway.recv().await.unwrap();
             }
-            nodes[0].kill().await.unwrap();
+            eprintln!("killing n{leader}, the leader of both streams");
+            nodes[leader].kill().await.unwrap();
             killed_tx.send(true).unwrap();
         };
         tokio::join!(join_all(chats), kill);
@@ -658,6 +709,17 @@ async fn a_cluster_node_dies_mid_chat_and_nothing_is_lost() {
     tokio::time::timeout(std::time::Duration::from_secs(120), run)
         .await
         .expect("the chats finish within 2 minutes");
+    // The node killed did lead both: the survivors elected new leaders.
+    let survivor = nodes
+        .iter()
+        .enumerate()
+        .find(|(i, _)| *i != leader)
+        .unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(survivor.1.url()).await.unwrap());
+    for stream in REPLICATED {
+        let now = within("a new leader", stream_leader(&js, stream)).await;
+        assert_ne!(now, format!("n{leader}"), "{stream}");
+    }
 }
 
 /// The race across brokers through the full claim protocol: on each of 3

@@ -12,7 +12,9 @@
 //!   through its machine-readable ready line, never its log wording.
 //! - [`sys`]: `/proc` readers (memory, CPU, zombies, command lines), the
 //!   open-file limit, lock holders and signals.
-//! - [`nats`]: a real `nats-server` with JetStream, for federation.
+//! - [`nats`]: a real `nats-server` with JetStream, for federation;
+//!   [`nats_auth`] makes its TLS certificates and operator-mode credentials,
+//!   and [`tcp_proxy`] partitions a broker from it.
 //! - [`token_bucket`]: client-side pacing under a broker's send limit.
 //!
 //! Vocabulary, as across the workspace: a *broker session* is what the
@@ -22,8 +24,10 @@
 pub mod broker;
 pub mod client;
 pub mod nats;
+pub mod nats_auth;
 pub mod proto_client;
 pub mod sys;
+pub mod tcp_proxy;
 pub mod token_bucket;
 
 use std::time::Duration;

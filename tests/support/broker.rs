@@ -41,7 +41,9 @@ impl BrokerProcess {
         Self::start_command(command, socket).await
     }
 
-    async fn start_command(mut command: Command, socket: &Path) -> Self {
+    /// Starts `command` (from [`BrokerChild::command`], with arguments and
+    /// environment added) as [`Self::start`] does.
+    pub async fn start_command(mut command: Command, socket: &Path) -> Self {
         command.env("MCP_CHAT_LOG", "info,mcp_chat_broker=debug");
         match BrokerChild::start(command, socket).await {
             Ok(broker) => Self(broker),

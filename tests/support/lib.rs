@@ -11,6 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 pub mod broker;
+pub mod federation;
 pub mod mcp_client;
 pub mod script;
 

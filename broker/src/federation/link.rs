@@ -13,8 +13,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use async_nats::Event;
 use async_nats::jetstream::{self, consumer, kv, stream};
-use async_nats::{Event, ServerAddr};
 use futures::StreamExt;
 use mcp_chat_proto::{DisconnectReason, FederationStatus, InterestCount, RoomId};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -22,6 +22,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::blocks::{self, RealmKey};
+use super::diagnose::{self, Explainer};
+use super::fault;
 use super::realm::{self, Entrant, Mirror, Outcome, Realm};
 use super::rooms::{self, RemoteRoom};
 use super::wire::{
@@ -60,6 +62,12 @@ enum Internal {
     Problem(String),
     /// Enter `session` again after a failed attempt.
     Retry(SessionId),
+    /// What a connection attempt of our own said about the client's bare
+    /// error (see `diagnose`).
+    Explained {
+        bare: String,
+        why: Option<String>,
+    },
 }
 
 /// One of our sessions in the realm queue.
@@ -135,6 +143,7 @@ struct Link {
     seen: HashMap<String, Instant>,
     rejected: u64,
     last_error: Option<String>,
+    explainer: Explainer,
     last_status: Option<FederationStatus>,
 }
 
@@ -198,6 +207,7 @@ pub(super) async fn run(
         seen: HashMap::new(),
         rejected: 0,
         last_error: None,
+        explainer: Explainer::default(),
         last_status: None,
     };
     link.start_tasks(stop.clone());
@@ -242,8 +252,8 @@ async fn connect(
     config: &FederationConfig,
     internal: mpsc::Sender<Internal>,
 ) -> Result<async_nats::Client, String> {
-    let mut options = async_nats::ConnectOptions::new()
-        .name("mcp-chat-broker")
+    let (options, addrs) = diagnose::settings(config).await?;
+    options
         .retry_on_initial_connect()
         .ping_interval(Duration::from_secs(2))
         .event_callback(move |event| {
@@ -251,25 +261,10 @@ async fn connect(
             async move {
                 let _ = internal.send(Internal::Nats(event)).await;
             }
-        });
-    if let Some(path) = &config.credentials {
-        options = options
-            .credentials_file(path)
-            .await
-            .map_err(|e| format!("reading credentials {}: {e}", path.display()))?;
-    }
-    if let (Some(user), Some(password)) = (&config.user, &config.password) {
-        options = options.user_and_password(user.clone(), password.clone());
-    }
-    if let Some(ca) = &config.tls_ca {
-        options = options.add_root_certificates(ca.clone()).require_tls(true);
-    }
-    let addrs = config
-        .urls
-        .iter()
-        .map(|u| u.parse::<ServerAddr>().map_err(|e| format!("{u}: {e}")))
-        .collect::<Result<Vec<_>, _>>()?;
-    options.connect(addrs).await.map_err(|e| e.to_string())
+        })
+        .connect(addrs)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 impl Link {
@@ -584,6 +579,14 @@ impl Link {
                     self.enter_again(session);
                 }
             }
+            Internal::Explained { bare, why } => {
+                let shown = self.last_error.as_ref() == Some(&bare);
+                if let Some(why) = self.explainer.explained(bare, why)
+                    && shown
+                {
+                    self.last_error = Some(why);
+                }
+            }
         }
     }
 
@@ -591,6 +594,7 @@ impl Link {
         match event {
             Event::Connected => {
                 tracing::info!("federation: connected to NATS");
+                self.explainer.reset();
                 self.connected = true;
                 self.since = unix_now();
                 self.down_at = None;
@@ -627,7 +631,16 @@ impl Link {
             }
             Event::ClientError(e) => {
                 tracing::debug!(error = %e, "federation: NATS client error");
-                self.last_error = Some(e.to_string());
+                let (shown, explain) = self.explainer.shown(e.to_string());
+                self.last_error = Some(shown);
+                if explain {
+                    let (config, internal) = (self.config.clone(), self.internal.clone());
+                    let bare = e.to_string();
+                    tokio::spawn(async move {
+                        let why = diagnose::explain(config).await;
+                        let _ = internal.send(Internal::Explained { bare, why }).await;
+                    });
+                }
             }
             other => tracing::debug!(event = %other, "federation: NATS event"),
         }
@@ -1023,7 +1036,7 @@ impl Link {
         let old: Vec<(SessionId, String, u64)> = self
             .waiters
             .iter()
-            .filter(|(_, w)| now.duration_since(w.since) > realm::QUEUE_MAX_AGE / 2)
+            .filter(|(_, w)| now.duration_since(w.since) > fault::queue_max_age() / 2)
             .filter_map(|(&s, w)| w.rev.map(|rev| (s, w.key.clone(), rev)))
             .collect();
         for (session, key, rev) in old {
@@ -1109,7 +1122,7 @@ async fn setup(
             .create_key_value(kv::Config {
                 bucket,
                 history: 1,
-                max_age: realm::QUEUE_MAX_AGE,
+                max_age: fault::queue_max_age(),
                 max_bytes: 64 * 1024 * 1024,
                 // Values are entries (`wire::QueueEntry`); the server
                 // counts headers in too.

@@ -18,7 +18,8 @@
 //!   to other brokers, and the realm's blocks bucket.
 //! - `rooms`: messages of rooms spanning two brokers, through a JetStream
 //!   stream (message ids, explicit acks, per-room sequence numbers).
-//! - `link`: the task: connection, presence, liveness, and routing.
+//! - `link`: the task: connection, presence, liveness, and routing;
+//!   `diagnose` puts into words why NATS refuses it.
 //!
 //! How far it carries: every cross-broker match costs a few KV operations on
 //! the realm's bucket (one stream, so one Raft group in a cluster; about
@@ -31,6 +32,8 @@
 
 pub(crate) mod blocks;
 pub mod config;
+mod diagnose;
+mod fault;
 mod link;
 mod realm;
 mod rooms;

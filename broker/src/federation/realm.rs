@@ -401,7 +401,7 @@ pub async fn enter_batch(realm: Realm, entrants: Vec<Entrant>) -> Batch {
                 .delete_expect_revision(&theirs.key, Some(rev))
                 .await
             {
-                Ok(()) => {}
+                Ok(()) => super::fault::claimed(),
                 Err(x) if x.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                 Err(x) => tracing::warn!(error = %x, "claiming a waiter failed"),
             }
@@ -534,7 +534,7 @@ async fn claim_or_wait(
             .delete_expect_revision(&theirs.key, Some(rev))
             .await
         {
-            Ok(()) => {}
+            Ok(()) => super::fault::claimed(),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
             // Unknown outcome: ask the owner anyway; it matches once.
             Err(e) => tracing::warn!(error = %e, "claiming a waiter failed"),

@@ -1,0 +1,108 @@
+//! What the federation tests beyond `tests/federation.rs` share: brokers
+//! configured by a `config.toml` (as users configure them), and the waits
+//! of a match across brokers.
+
+use std::path::{Path, PathBuf};
+
+use mcp_chat_proto::{DisconnectReason, Event, Reply, RoomId, StatusInfo};
+use mcp_chat_testkit::BrokerChild;
+use mcp_chat_testkit::proto_client::wait_for_status;
+
+use crate::{BrokerProcess, ProtoClient, bin_path};
+
+/// Writes `config.toml` with a `[federation]` table of `lines` (`url = …`,
+/// `realm = …`, …) under `dir`, and returns its path.
+pub fn write_config(dir: &Path, lines: &[String]) -> PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, format!("[federation]\n{}\n", lines.join("\n"))).unwrap();
+    path
+}
+
+/// A broker on `socket` reading `config` (its settings, credentials file
+/// and TLS CA), with `grace_ms` for remote rooms and `env` set; returned
+/// once it listens (not necessarily in the realm: see [`connected`]).
+pub async fn start_broker(
+    socket: &Path,
+    config: &Path,
+    grace_ms: u64,
+    env: &[(&str, &str)],
+) -> BrokerProcess {
+    let mut command = BrokerChild::command(&bin_path("mcp-chat-broker"), socket);
+    command
+        .arg("--config")
+        .arg(config)
+        .arg("--federation-grace-ms")
+        .arg(grace_ms.to_string());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    BrokerProcess::start_command(command, socket).await
+}
+
+/// Waits until the broker on `socket` is in its realm.
+pub async fn connected(socket: &Path) -> StatusInfo {
+    wait_for_status(socket, "the broker to join the realm", |s| {
+        s.federation.as_ref().is_some_and(|f| f.connected)
+    })
+    .await
+}
+
+/// Waits until the broker on `socket` reports a federation error saying
+/// `why` (any case), and returns it; it is not in the realm then.
+pub async fn failed(socket: &Path, why: &str) -> String {
+    let why = why.to_lowercase();
+    let status = wait_for_status(socket, &format!("a federation error saying {why:?}"), |s| {
+        s.federation.as_ref().is_some_and(|f| {
+            f.last_error
+                .as_ref()
+                .is_some_and(|e| e.to_lowercase().contains(&why))
+        })
+    })
+    .await;
+    let f = status.federation.unwrap();
+    assert!(!f.connected, "{f:?}");
+    f.last_error.unwrap()
+}
+
+pub async fn found(client: &mut ProtoClient) -> RoomId {
+    match client.next_event().await {
+        Event::ChatroomFound { room_id, .. } => room_id,
+        other => panic!("expected chatroom.found, got {other:?}"),
+    }
+}
+
+pub async fn received(client: &mut ProtoClient) -> String {
+    match client.next_event().await {
+        Event::MessageReceived { message, .. } => message,
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+pub async fn ended(client: &mut ProtoClient) -> DisconnectReason {
+    match client.next_event().await {
+        Event::PartnerDisconnected { reason, .. } => reason,
+        other => panic!("expected partner.disconnected, got {other:?}"),
+    }
+}
+
+/// `a` waits, then `b` is matched with it (across brokers, or on one).
+pub async fn pair(a: &mut ProtoClient, b: &mut ProtoClient) -> RoomId {
+    assert_eq!(a.enter().await, Reply::Waiting { position: 1 });
+    let reply = b.enter().await;
+    let room = found(a).await;
+    assert!(
+        matches!(reply, Reply::Matched { room_id, .. } if room_id == room),
+        "{reply:?}"
+    );
+    assert_eq!(found(b).await, room);
+    room
+}
+
+/// `a` and `b` meet and say one line each way.
+pub async fn chat(a: &mut ProtoClient, b: &mut ProtoClient) {
+    let room = pair(a, b).await;
+    assert_eq!(a.say(room, "hello from a").await, Reply::Sent);
+    assert_eq!(received(b).await, "hello from a");
+    assert_eq!(b.say(room, "hello from b").await, Reply::Sent);
+    assert_eq!(received(a).await, "hello from b");
+}
