@@ -758,6 +758,68 @@ async fn sessions_past_the_cap_are_refused_until_one_ends() {
     assert_eq!(third.call("chat_status", json!({})).await["state"], "idle");
 }
 
+/// A server started under a low descriptor limit lowers its session cap to
+/// what the limit serves, so the surplus gets the clear 503 rather than a
+/// connection nobody accepts: every session within the cap holds a broker
+/// connection and an open event stream, and still works.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_session_cap_fits_the_descriptor_limit() {
+    let socket = TestSocket::new();
+    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg("ulimit -Sn 160 && ulimit -Hn 160 && exec \"$0\" \"$@\"")
+        .arg(bin_path("mcp-chat"))
+        .args(["serve", "--http", "127.0.0.1:0"])
+        .env("MCP_CHAT_SOCKET", &socket.path)
+        .env("MCP_CHAT_BROKER", bin_path("mcp-chat-broker"))
+        .env_remove("MCP_CHAT_HTTP_TOKEN")
+        .env_remove("MCP_CHAT_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    let server = HttpServer::spawn(command).await;
+    // (160 - 64 reserved) / 3 descriptors a session.
+    let cap = 32;
+    assert!(
+        server.said(&format!("at most {cap} sessions")),
+        "{:?}",
+        server.startup
+    );
+    let mut open = Vec::new();
+    for _ in 0..cap {
+        let mut session = RawSession::open(server.addr, None).await;
+        assert_eq!(
+            session.call("chat_status", json!({})).await["state"],
+            "idle"
+        );
+        let stream = session.event_stream().await;
+        open.push((session, stream));
+    }
+    let response = send(
+        server.addr,
+        initialize_request(server.addr)
+            .body(initialize_body())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    for (session, _) in &mut open {
+        assert_eq!(
+            session.call("chat_status", json!({})).await["state"],
+            "idle"
+        );
+    }
+    let mut probe = mcp_chat_tests::ProtoClient::connect(&socket.path).await;
+    assert_eq!(
+        probe.status().await.sessions,
+        cap + 1,
+        "each holds its broker connection"
+    );
+}
+
 // --- sessions end, partners are told ------------------------------------------------------
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! Only your own broker is trusted. A socket directory another user made
 //! first, or a socket some other user's process listens on, gets not one
-//! byte from any client: `status`, `join`, `doctor` and the stdio server
-//! each refuse before writing, and say why.
+//! byte from any client: `status`, `join`, `doctor`, the stdio server and
+//! `serve --http` each refuse before writing, and say why.
 //!
 //! The hostile side is a relay run as `nobody` (root is needed to set that
 //! up; elsewhere the tests say "skipped"). It reports each connection it
@@ -16,7 +16,7 @@ use std::process::Stdio;
 
 use mcp_chat_tests::{McpClient, TestSocket, bin_path, within};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
 
 const NOBODY: u32 = 65534;
@@ -131,6 +131,78 @@ async fn run(socket: &Path, args: &[&str]) -> (std::process::ExitStatus, String)
     (output.status, text)
 }
 
+/// `mcp-chat serve --http` on `socket`: a session is opened over HTTP and
+/// calls `enter_queue`; returns what that call answered, as raw HTTP.
+async fn enter_queue_over_http(socket: &Path) -> String {
+    let mut server = tokio::process::Command::new(bin_path("mcp-chat"))
+        .args(["serve", "--http", "127.0.0.1:0"])
+        .env("MCP_CHAT_SOCKET", socket)
+        .env("MCP_CHAT_BROKER", bin_path("mcp-chat-broker"))
+        .env_remove("MCP_CHAT_TOKEN")
+        .env_remove("MCP_CHAT_HTTP_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
+    let addr = within("the HTTP server's address", async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("serve exited");
+            if let Some(url) = line.strip_prefix("mcp-chat: serving MCP over HTTP at http://") {
+                return url.trim().trim_end_matches("/mcp").to_owned();
+            }
+        }
+    })
+    .await;
+    let initialize = json!({
+        "jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "trust-test", "version": "0"},
+        },
+    });
+    let opened = post(&addr, None, &initialize).await;
+    assert!(opened.starts_with("HTTP/1.1 200"), "{opened}");
+    let session = opened
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("mcp-session-id")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no session id: {opened}"));
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    post(&addr, Some(&session), &initialized).await;
+    let call = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "enter_queue", "arguments": {}},
+    });
+    post(&addr, Some(&session), &call).await
+}
+
+/// One POST to `/mcp` on a connection of its own, read to its end.
+async fn post(addr: &str, session: Option<&str>, message: &serde_json::Value) -> String {
+    let body = message.to_string();
+    let session = session
+        .map(|id| format!("mcp-session-id: {id}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\nmcp-protocol-version: 2025-11-25\r\n{session}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    within("an HTTP response", async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        String::from_utf8_lossy(&response).into_owned()
+    })
+    .await
+}
+
 /// The test socket's parent made traversable, and its own directory made
 /// by `nobody`, open to all, the way a squatter would leave it.
 fn squatted_dir(socket: &TestSocket) -> PathBuf {
@@ -174,6 +246,12 @@ async fn a_directory_another_user_made_first_gets_not_one_byte() {
     );
     drop(agent);
 
+    let answer = enter_queue_over_http(&socket.path).await;
+    assert!(
+        answer.contains("broker_unreachable") && answer.contains("uid 65534"),
+        "serve --http names the directory's owner: {answer}"
+    );
+
     assert_eq!(relay.connections_so_far().await, Vec::<String>::new());
 }
 
@@ -189,7 +267,7 @@ async fn a_listener_run_by_another_user_gets_not_one_byte() {
     std::os::unix::fs::chown(&dir, Some(0), Some(0)).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
 
-    for args in [&["status"][..], &["join"]] {
+    for args in [&["status"][..], &["join"], &["doctor"]] {
         let (status, text) = run(&socket.path, args).await;
         assert!(!status.success(), "mcp-chat {args:?} succeeded: {text}");
         assert!(
@@ -206,6 +284,13 @@ async fn a_listener_run_by_another_user_gets_not_one_byte() {
             .unwrap()
             .contains("runs as uid 65534"),
         "{failure}"
+    );
+    assert_eq!(relay.next_connection().await, "conn 0");
+
+    let answer = enter_queue_over_http(&socket.path).await;
+    assert!(
+        answer.contains("runs as uid 65534"),
+        "serve --http says whose listener it is: {answer}"
     );
     assert_eq!(relay.next_connection().await, "conn 0");
 }

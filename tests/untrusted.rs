@@ -171,17 +171,35 @@ async fn a_flood_reaches_the_model_a_bounded_piece_at_a_time() {
     let mut got = Vec::new();
     let mut results = 0;
     let mut saw_more_pending = false;
+    // What the previous result said was still waiting: events only pile up
+    // in the shim meanwhile, so the next result must account for them all.
+    let mut said_pending = 0;
     while got.len() < MESSAGES {
         let pulled = b.call("wait_for_events", json!({"timeout_s": 25})).await;
         results += 1;
         let size = serde_json::to_string(&pulled).unwrap().len();
         assert!(size <= MAX_RESULT_BYTES, "a result of {size} bytes");
         let value = pulled.structured_content.unwrap();
-        saw_more_pending |= value.get("more_pending").is_some();
-        for event in value["events"].as_array().unwrap() {
+        let events = value["events"].as_array().unwrap();
+        let pending = value
+            .get("more_pending")
+            .map_or(0, |n| n.as_u64().unwrap() as usize);
+        saw_more_pending |= pending > 0;
+        assert!(
+            events.len() + pending >= said_pending,
+            "{said_pending} said pending, then {} events and {pending} pending",
+            events.len()
+        );
+        for event in events {
             assert_eq!(event["type"], "message.received", "{event}");
             got.push(event["message"].as_str().unwrap()[..5].to_owned());
         }
+        assert!(
+            got.len() + pending <= MESSAGES,
+            "{pending} said pending after {} of {MESSAGES}",
+            got.len()
+        );
+        said_pending = pending;
     }
     let expected: Vec<String> = (0..MESSAGES).map(|i| format!("{i:05}")).collect();
     assert_eq!(got, expected, "all of them, in order, none twice");

@@ -449,3 +449,25 @@ async fn run(
     drop(waiting);
     closed.cancel();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refusal's words come from the other end of the socket: on a
+    /// person's terminal (`join`, `status`) they are shown, never obeyed.
+    #[test]
+    fn a_refusal_is_shown_with_its_hidden_characters_revealed() {
+        let refused = ConnectError::Refused {
+            path: PathBuf::from("/run/mcp-chat/broker.sock"),
+            code: ErrorCode::BrokerFull,
+            message: "full\u{2028}\u{2029}\u{61c}\u{1b}[2J\u{202e}".to_owned(),
+        };
+        let shown = refused.to_string();
+        assert!(!shown.chars().any(crate::untrusted::is_hidden), "{shown:?}");
+        assert!(
+            shown.ends_with(r"(broker_full): full\u{2028}\u{2029}\u{61c}\x1b[2J\u{202e}"),
+            "{shown}"
+        );
+    }
+}

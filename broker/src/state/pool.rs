@@ -193,27 +193,39 @@ impl Pool {
         self.waiters.get(&session).map(|w| w.arrival)
     }
 
-    /// The busiest interests, busiest first (ties by name).
+    /// The busiest interests, busiest first (ties by name). It runs on every
+    /// `status`, so it reads at most [`BUSIEST_SHOWN`] entries and makes one
+    /// range lookup per count taken, however many interests tie: each
+    /// count's names are a contiguous run of the set, read from its start.
     pub(super) fn busiest(&self) -> Vec<InterestCount> {
         let mut top: Vec<InterestCount> = Vec::with_capacity(BUSIEST_SHOWN);
-        // Walk down the counts, taking each count's names in order, until
-        // ten are taken; a count's names come highest name first, so each
-        // run is reversed into name order.
-        let mut run: Vec<InterestCount> = Vec::new();
-        for (waiting, interest) in self.by_count.iter().rev() {
-            if run.last().is_some_and(|last| last.waiting != *waiting) {
-                if top.len() >= BUSIEST_SHOWN {
-                    break;
-                }
-                top.extend(run.drain(..).rev());
-            }
-            run.push(InterestCount {
-                interest: interest.to_string(),
-                waiting: *waiting,
-            });
+        // Sorts before every name of a count.
+        let first_name: Arc<str> = Arc::from("");
+        let mut taken: Option<usize> = None;
+        while top.len() < BUSIEST_SHOWN {
+            let next = match taken {
+                None => self.by_count.last(),
+                Some(count) => self
+                    .by_count
+                    .range(..(count, Arc::clone(&first_name)))
+                    .next_back(),
+            };
+            let Some(&(count, _)) = next else {
+                break;
+            };
+            let room = BUSIEST_SHOWN - top.len();
+            top.extend(
+                self.by_count
+                    .range((count, Arc::clone(&first_name))..)
+                    .take_while(|(waiting, _)| *waiting == count)
+                    .take(room)
+                    .map(|(waiting, interest)| InterestCount {
+                        interest: interest.to_string(),
+                        waiting: *waiting,
+                    }),
+            );
+            taken = Some(count);
         }
-        top.extend(run.drain(..).rev());
-        top.truncate(BUSIEST_SHOWN);
         top
     }
 
@@ -263,6 +275,27 @@ mod tests {
             meet: Meet::Anyone,
             interests: tags.iter().map(|t| Arc::from(*t)).collect(),
         }
+    }
+
+    /// Thousands of interests tied at the cut-off: the first names of the
+    /// tie are shown, in order, after the busier ones.
+    #[test]
+    fn a_large_tie_yields_its_first_names_in_order() {
+        let mut pool = Pool::default();
+        for i in 0..5_000 {
+            pool.insert(i, profile(&[&format!("i{i:05}")]), false);
+        }
+        pool.insert(5_000, profile(&["i04999"]), false);
+        pool.insert(5_001, profile(&["zz"]), false);
+        pool.insert(5_002, profile(&["zz"]), false);
+        let top: Vec<(String, usize)> = pool
+            .busiest()
+            .into_iter()
+            .map(|c| (c.interest, c.waiting))
+            .collect();
+        let mut expected = vec![("i04999".to_owned(), 2), ("zz".to_owned(), 2)];
+        expected.extend((0..8).map(|i| (format!("i{i:05}"), 1)));
+        assert_eq!(top, expected);
     }
 
     #[test]

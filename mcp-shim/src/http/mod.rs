@@ -22,6 +22,7 @@
 //! - [`web`]: the chat page for people at `/`, with its own gate.
 
 mod chats;
+mod fd_budget;
 pub mod guard;
 mod handler;
 mod modern_http;
@@ -60,10 +61,11 @@ pub const MCP_PATH: &str = "/mcp";
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8931";
 /// Default `--session-timeout`.
 pub const DEFAULT_SESSION_TIMEOUT_S: u64 = 300;
-/// Default `--max-sessions`. Each session may hold a broker connection,
-/// a file descriptor, and the usual soft limit on those is 1,024; a
-/// client stuck in a reconnect loop hits this cap, with a clear 503, long
-/// before the process runs out of descriptors or memory.
+/// Default `--max-sessions`. A client stuck in a reconnect loop hits this
+/// cap, with a clear 503, before the process runs out of descriptors or
+/// memory: each session may hold three descriptors, so at start the server
+/// raises its soft limit (often 1,024) and lowers the cap to what the
+/// limit allows (`fd_budget`).
 pub const DEFAULT_MAX_SESSIONS: usize = 1_000;
 /// Largest request body accepted. Chat messages are at most 16 KiB.
 const MAX_REQUEST_BODY: usize = 1 << 20;
@@ -167,6 +169,10 @@ pub fn run_then(
         exposure,
         same_user: check == Some(LoopbackCheck::SocketOwner),
         token,
+    };
+    let args = &ServeArgs {
+        max_sessions: fd_budget::fit_sessions(args.max_sessions),
+        ..args.clone()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
