@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use mcp_chat_tests::mcp_client::matched_room;
+use mcp_chat_tests::mcp_client::found_room;
 use mcp_chat_tests::{
     BrokerProcess, McpClient, TestSocket, bin_path, interop_python, repo_root, within,
 };
@@ -279,6 +279,16 @@ impl RawModern {
         result["structuredContent"].clone()
     }
 
+    /// The acknowledgement of a `subscriptions/listen`, whatever else comes first.
+    async fn acknowledged(&mut self) -> Value {
+        loop {
+            let message = self.message().await;
+            if message["method"] == "notifications/subscriptions/acknowledged" {
+                return message;
+            }
+        }
+    }
+
     /// Waits for `notifications/resources/updated` for `uri`, then reads it.
     async fn updated_then_read(&mut self, uri: &str, listen: u64) -> Value {
         loop {
@@ -337,11 +347,7 @@ async fn a_modern_stdio_client_gets_events_as_a_resource_and_no_custom_notificat
             json!({"notifications": {"resourceSubscriptions": ["chat://events", "chat://other"]}}),
         )
         .await;
-    let ack = modern.message().await;
-    assert_eq!(
-        ack["method"], "notifications/subscriptions/acknowledged",
-        "{ack}"
-    );
+    let ack = modern.acknowledged().await;
     assert_eq!(
         ack["params"]["notifications"]["resourceSubscriptions"],
         json!(["chat://events"]),
@@ -363,8 +369,8 @@ async fn a_modern_stdio_client_gets_events_as_a_resource_and_no_custom_notificat
 
     let waiting = modern.call("enter_queue", json!({})).await;
     assert_eq!(waiting["status"], "waiting", "{waiting}");
-    let room = matched_room(&partner.ok("enter_queue", json!({})).await);
-    partner.expect_notification("chatroom.found").await;
+    let reply = partner.ok("enter_queue", json!({})).await;
+    let room = found_room(&mut partner, &reply).await;
     let found = modern.updated_then_read("chat://events", listen).await;
     assert_eq!(
         found["events"],
