@@ -153,6 +153,7 @@ async fn initialize_tells_clients_what_they_need() {
         "leave_chat",
         "wait_for_events",
         "untrusted",
+        "arrives escaped",
     ] {
         assert!(
             instructions.contains(needle),
