@@ -310,6 +310,10 @@ impl XorShift {
     }
 }
 
+/// Waits of `enter_queue` (15 s each) a live shim gets to be matched once
+/// the chaos stops.
+const MATCH_WAITS: usize = 4;
+
 async fn broker_gone(broker: &AutoStartedBroker) {
     within("the killed broker to be gone", async {
         // Not our child: there is no exit to wait on, so look.
@@ -435,16 +439,24 @@ async fn chat_again(alive: &mut [Shim]) {
         }
     }
     let entered = futures::future::join_all(alive.iter_mut().map(|shim| async move {
-        match shim.enter(15).await {
-            Ok(body) if body["status"] == "matched" => shim.room.clone().unwrap(),
-            Ok(body) => panic!("shim {}: not matched within 15 s: {body}", shim.id),
-            // Matched just as the load stopped, with the news still on its
-            // way: that room serves as well as a new one.
-            Err(failure) if failure["error"] == "already_in_room" => {
-                shim.room.clone().expect("the match came with the error")
+        // Waiting for the match itself: on a loaded machine one wait may
+        // run out first, and asking again keeps the place in the queue.
+        for _ in 0..MATCH_WAITS {
+            match shim.enter(15).await {
+                Ok(body) if body["status"] == "matched" => return shim.room.clone().unwrap(),
+                Ok(body) => assert_eq!(body["status"], "waiting", "shim {}: {body}", shim.id),
+                // Matched just as the load stopped, with the news still on its
+                // way: that room serves as well as a new one.
+                Err(failure) if failure["error"] == "already_in_room" => {
+                    return shim.room.clone().expect("the match came with the error");
+                }
+                Err(failure) => panic!("shim {}: enter_queue failed: {failure}", shim.id),
             }
-            Err(failure) => panic!("shim {}: enter_queue failed: {failure}", shim.id),
         }
+        panic!(
+            "shim {}: not matched in {MATCH_WAITS} waits of 15 s",
+            shim.id
+        )
     }))
     .await;
     let mut rooms: HashMap<String, Vec<usize>> = HashMap::new();

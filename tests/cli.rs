@@ -85,15 +85,18 @@ async fn two_people_chat_through_join_and_next_finds_a_third() {
     bob.expect("stranger: hello bob").await;
     // A hostile partner tries to clear the screen, retitle the terminal and
     // forge a line from us.
-    bob.type_line("\u{1b}[2J\u{1b}]0;pwned\u{7}\u{9b}31m hi\u{202e}")
+    // And hides words in Unicode tag characters, invisible on screen.
+    bob.type_line("\u{1b}[2J\u{1b}]0;pwned\u{7}\u{9b}31m hi\u{202e}\u{e0041}\u{200b}")
         .await;
     let line = ann.expect("stranger: ").await;
     assert!(
-        !line.chars().any(|c| c.is_control() || c == '\u{202e}'),
+        !line
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '\u{202e}' | '\u{e0041}' | '\u{200b}')),
         "raw control characters reached the terminal: {line:?}"
     );
     assert!(
-        line.contains(r"\x1b[2J\x1b]0;pwned\x07\x9b31m hi\u{202e}"),
+        line.contains(r"\x1b[2J\x1b]0;pwned\x07\x9b31m hi\u{202e}\u{e0041}\u{200b}"),
         "{line:?}"
     );
 

@@ -11,7 +11,7 @@
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 
-use mcp_chat_tests::mcp_client::matched_room;
+use mcp_chat_tests::mcp_client::meet;
 use mcp_chat_tests::{AutoStartedBroker, BrokerProcess, McpClient, ProtoClient, TestSocket};
 use serde_json::json;
 
@@ -51,15 +51,7 @@ async fn shims_recover_against_a_fresh_broker_after_the_hub_panics() {
     let old_pid = broker.child.id().unwrap();
     let mut a = McpClient::spawn(&socket.path).await;
     let mut b = McpClient::spawn(&socket.path).await;
-    a.ok("enter_queue", json!({})).await;
-    let room = matched_room(&b.ok("enter_queue", json!({})).await);
-    for client in [&mut a, &mut b] {
-        let found = client.expect_notification("chatroom.found").await;
-        assert_eq!(
-            found,
-            json!({"room_id": room, "common_interests": [], "partner_kind": "agent"})
-        );
-    }
+    let room = meet(&mut a, &mut b).await;
 
     let status = kill_the_hub(&mut broker).await;
     assert!(!status.success(), "exits non-zero: {status:?}");
@@ -73,16 +65,8 @@ async fn shims_recover_against_a_fresh_broker_after_the_hub_panics() {
     let fresh = AutoStartedBroker::find(&socket.path).expect("a fresh broker holds the lock");
     assert_ne!(fresh.pid, old_pid);
     assert!(fresh.is_alive());
-    assert_eq!(a.ok("enter_queue", json!({})).await["status"], "waiting");
-    let again = matched_room(&b.ok("enter_queue", json!({})).await);
+    let again = meet(&mut a, &mut b).await;
     assert_ne!(again, room);
-    for client in [&mut a, &mut b] {
-        let found = client.expect_notification("chatroom.found").await;
-        assert_eq!(
-            found,
-            json!({"room_id": again, "common_interests": [], "partner_kind": "agent"})
-        );
-    }
     a.ok(
         "send_message",
         json!({"room_id": again, "message": "back", "untrusted": true}),

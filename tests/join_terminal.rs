@@ -126,7 +126,12 @@ fn last_line(screen: &str) -> &str {
 #[tokio::test]
 async fn a_message_arriving_while_you_type_leaves_your_line_intact() {
     let socket = TestSocket::new();
-    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    // The stranger answers the broker's pings only while the test reads it,
+    // which it does only once the pane shows the match; a waiter quiet for
+    // a fifth of a heartbeat is pinged before it is matched, so with the
+    // default (2 s) a slow start of the pane would stall the match. A long
+    // heartbeat keeps the stranger fresh.
+    let _broker = BrokerProcess::start(&socket.path, &["--heartbeat-ms", "600000"]).await;
     let mut stranger = ProtoClient::connect(&socket.path).await;
     assert!(matches!(stranger.enter().await, Reply::Waiting { .. }));
 

@@ -20,6 +20,12 @@ async fn installation(socket: &Path, state: &Path) -> McpClient {
     .await
 }
 
+/// The broker pings a waiter quiet for a fifth of a heartbeat (2 s by
+/// default) before matching it, and passes it over meanwhile: tests of who
+/// meets whom run with a long heartbeat, so a loaded machine cannot reorder
+/// the line between one client's call and the next.
+const IN_LINE: &[&str] = &["--heartbeat-ms", "600000"];
+
 fn without_events(mut value: Value) -> Value {
     value.as_object_mut().unwrap().remove("events");
     value
@@ -28,7 +34,7 @@ fn without_events(mut value: Value) -> Value {
 #[tokio::test]
 async fn a_shared_interest_is_met_first_and_said() {
     let socket = TestSocket::new();
-    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let _broker = BrokerProcess::start(&socket.path, IN_LINE).await;
     let plain = McpClient::spawn(&socket.path).await;
     let mut a = McpClient::spawn(&socket.path).await;
     let b = McpClient::spawn(&socket.path).await;
@@ -74,15 +80,23 @@ async fn after_the_interest_wait_anyone_will_do() {
             json!({"interests": ["chess"], "interest_wait_s": 1}),
         )
         .await;
-    assert_eq!(
-        without_events(plain.ok("enter_queue", json!({})).await),
-        json!({"status": "waiting", "position": 2})
-    );
+    // Usually hopeful still holds out for chess, and plain waits behind
+    // it; on a loaded machine hopeful's second may be over already, and
+    // plain is matched at once. Either way the match is what follows.
+    let reply = without_events(plain.ok("enter_queue", json!({})).await);
+    if reply["status"] == "waiting" {
+        assert_eq!(reply, json!({"status": "waiting", "position": 2}));
+    } else {
+        assert_eq!(reply["status"], "matched", "{reply}");
+    }
+    // One answer of the broker: while both wait, hopeful's chess shows.
     let status = plain.ok("chat_status", json!({})).await;
-    assert_eq!(
-        status["busiest_interests"],
-        json!([{"interest": "chess", "waiting": 1}])
-    );
+    if status["waiting"] == 2 {
+        assert_eq!(
+            status["busiest_interests"],
+            json!([{"interest": "chess", "waiting": 1}])
+        );
+    }
     // The match comes when hopeful's wait is over: waited for, not slept.
     let found = hopeful.expect_notification("chatroom.found").await;
     assert_eq!(found["common_interests"], json!([]));
@@ -92,7 +106,7 @@ async fn after_the_interest_wait_anyone_will_do() {
 #[tokio::test]
 async fn whom_to_meet_and_what_one_is() {
     let socket = TestSocket::new();
-    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let _broker = BrokerProcess::start(&socket.path, IN_LINE).await;
     let mut picky = McpClient::spawn(&socket.path).await;
     let agent = McpClient::spawn(&socket.path).await;
     let person = McpClient::spawn(&socket.path).await;
@@ -115,7 +129,7 @@ async fn whom_to_meet_and_what_one_is() {
 #[tokio::test]
 async fn a_block_holds_for_new_sessions_of_the_same_installations() {
     let socket = TestSocket::new();
-    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let _broker = BrokerProcess::start(&socket.path, IN_LINE).await;
     let homes = tempfile::tempdir().unwrap();
     let state = |name: &str| homes.path().join(name);
     let mut ann = installation(&socket.path, &state("ann")).await;

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::process::Stdio;
 
 use mcp_chat_tests::broker::processes_mentioning;
-use mcp_chat_tests::mcp_client::matched_room;
+use mcp_chat_tests::mcp_client::{found_room, matched_room, meet};
 use mcp_chat_tests::{AutoStartedBroker, BrokerProcess, McpClient, TestSocket, bin_path, within};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -153,6 +153,7 @@ async fn initialize_tells_clients_what_they_need() {
         "leave_chat",
         "wait_for_events",
         "untrusted",
+        "arrives escaped",
     ] {
         assert!(
             instructions.contains(needle),
@@ -249,11 +250,15 @@ async fn seed_flow_by_pull_alone() {
     let b = McpClient::spawn(&socket.path).await;
     let (mut pa, mut pb) = (Puller { seen: vec![] }, Puller { seen: vec![] });
     pa.call(&a, "enter_queue", json!({})).await;
-    let room = matched_room(&pb.call(&b, "enter_queue", json!({})).await);
-    for (puller, client) in [(&mut pa, &a), (&mut pb, &b)] {
-        let found = puller.until(client, "chatroom.found").await;
-        assert_eq!(found["room_id"], room);
+    // Matched at once, or a moment later when the broker first pings a
+    // quiet waiter: the chatroom.found events are what count.
+    let reply = pb.call(&b, "enter_queue", json!({})).await;
+    let room = pa.until(&a, "chatroom.found").await["room_id"].clone();
+    if reply["status"] == "matched" {
+        assert_eq!(reply["room_id"], room, "{reply}");
     }
+    assert_eq!(pb.until(&b, "chatroom.found").await["room_id"], room);
+    let room = room.as_str().unwrap().to_owned();
     for i in 0..10 {
         pa.call(
             &a,
@@ -351,11 +356,7 @@ async fn every_error_path() {
         );
     }
     // After all that, both sessions still work.
-    a.ok("enter_queue", json!({})).await;
-    assert_eq!(
-        matched_room(&b.ok("enter_queue", json!({})).await).len(),
-        36
-    );
+    assert_eq!(meet(&mut a, &mut b).await.len(), 36);
 }
 
 #[tokio::test]
@@ -425,11 +426,17 @@ async fn enter_queue_can_wait_for_a_partner_with_progress() {
     // The waiting call reports progress at once, so we know it is queued.
     let progress = a.progress().await;
     assert_eq!(progress.total, Some(50.0));
-    let room = matched_room(&b.ok("enter_queue", json!({})).await);
+    // b is matched at once, or told `waiting` when the broker first pings
+    // a (quiet for two seconds on a loaded machine): a's answer is what counts.
+    let reply = b.ok("enter_queue", json!({})).await;
     let result = within("waiting enter_queue", a_call).await.unwrap();
     let structured = result.structured_content.unwrap();
-    assert_eq!(structured["status"], "matched");
-    assert_eq!(structured["room_id"], room);
+    let room = matched_room(&structured);
+    if reply["status"] == "matched" {
+        assert_eq!(matched_room(&reply), room);
+    } else {
+        assert_eq!(reply["status"], "waiting", "{reply}");
+    }
 }
 
 #[tokio::test]
@@ -490,13 +497,8 @@ async fn a_broker_restart_is_reported_and_tools_work_again() {
         assert_eq!(gone, json!({"room_id": room, "reason": "broker_restart"}));
     }
     let _restarted = AutoStartedBroker::find(&socket.path).expect("a new broker");
-    assert_eq!(a.ok("enter_queue", json!({})).await["status"], "waiting");
-    let again = matched_room(&b.ok("enter_queue", json!({})).await);
+    let again = meet(&mut a, &mut b).await;
     assert_ne!(again, room);
-    assert_eq!(
-        b.expect_notification("chatroom.found").await,
-        json!({"room_id": again, "common_interests": [], "partner_kind": "agent"})
-    );
     a.ok("send_message", json!({"room_id": again, "message": "back"}))
         .await;
     let got = b.expect_notification("message.received").await;
@@ -574,8 +576,9 @@ async fn stdout_carries_only_json_rpc() {
         }
         if seen_ids.contains(&2) && partner.is_none() {
             // A partner makes the shim push notifications too.
-            let b = McpClient::spawn(&socket.path).await;
-            let room = matched_room(&b.ok("enter_queue", json!({})).await);
+            let mut b = McpClient::spawn(&socket.path).await;
+            let reply = b.ok("enter_queue", json!({})).await;
+            let room = found_room(&mut b, &reply).await;
             b.ok("send_message", json!({"room_id": room, "message": "hi"}))
                 .await;
             send(json!({"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"chat_status","arguments":{}}})).await;

@@ -17,7 +17,7 @@ fn smuggled() -> String {
         .chars()
         .map(|c| char::from_u32(0xe0000 + u32::from(c)).unwrap())
         .collect();
-    format!("hello{hidden}\u{200b}\u{202e}")
+    format!("hello{hidden}\u{200b}\u{202e}\u{2066}\u{2028}\u{feff}\u{61c}\u{85}\u{1b}")
 }
 
 /// Matched at once or, on a loaded machine, a moment later: the
@@ -46,9 +46,8 @@ fn assert_safe_for_a_model(text: &str) {
         assert!(!text.contains(forbidden), "{forbidden:?} in {text}");
     }
     assert!(
-        !text
-            .chars()
-            .any(|c| matches!(c, '\u{e0000}'..='\u{e007f}' | '\u{200b}' | '\u{202e}')),
+        !text.chars().any(|c| c.is_control()
+            || matches!(c, '\u{e0000}'..='\u{e007f}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}' | '\u{61c}')),
         "a hidden character in {text:?}"
     );
 }

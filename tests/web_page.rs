@@ -42,8 +42,18 @@ fn artifacts() -> PathBuf {
 }
 
 async fn scenario(name: &str) {
+    scenario_with(name, &[]).await;
+}
+
+/// The broker pings a waiter quiet for a fifth of a heartbeat (2 s by
+/// default) before matching it, and passes it over meanwhile: a scenario
+/// that checks who is first in line runs with a long heartbeat, so a loaded
+/// machine cannot reorder the line while a page loads.
+const IN_LINE: &[&str] = &["--heartbeat-ms", "600000"];
+
+async fn scenario_with(name: &str, broker_args: &[&str]) {
     let socket = TestSocket::new();
-    let _broker = BrokerProcess::start(&socket.path, &[]).await;
+    let _broker = BrokerProcess::start(&socket.path, broker_args).await;
     let script = repo_root().join("tests/interop/python/web_page.py");
     let mut command = Command::new(interop_python());
     command
@@ -88,12 +98,12 @@ async fn pages_sharing_an_interest_meet_and_see_it_and_bad_interests_are_refused
 
 #[tokio::test]
 async fn a_page_meeting_agents_meets_a_stdio_agent_and_not_another_page() {
-    scenario("meet").await;
+    scenario_with("meet", IN_LINE).await;
 }
 
 #[tokio::test]
 async fn a_page_blocks_its_partner_and_the_two_are_not_matched_again() {
-    scenario("block").await;
+    scenario_with("block", IN_LINE).await;
 }
 
 /// `mcp-chat web --no-open`, running; its page's address.

@@ -274,12 +274,17 @@ async fn cross_pair(a: &BrokerChild, b: &BrokerChild) -> anyhow::Result<(Client,
         Reply::Waiting { .. } => {}
         other => bail!("the first waiter should wait, got {other:?}"),
     }
-    let room = match y.request(Request::EnterQueue(Default::default())).await? {
-        Reply::Matched { room_id, .. } => room_id,
-        Reply::Waiting { .. } => y.chatroom_found().await?,
-        other => bail!("no match: {other:?}"),
-    };
-    if x.chatroom_found().await? != room {
+    // As `Client::pair`: y is matched at once or a moment later (after the
+    // broker pings x, which reading x answers); both are told by
+    // `chatroom.found`, which y gets in either case.
+    let reply = y.request(Request::EnterQueue(Default::default())).await?;
+    let room = x.chatroom_found().await?;
+    match reply {
+        Reply::Matched { room_id, .. } if room_id == room => {}
+        Reply::Waiting { .. } => {}
+        other => bail!("no match into {room}: {other:?}"),
+    }
+    if y.chatroom_found().await? != room {
         bail!("one match, two rooms");
     }
     Ok((x, y, room))

@@ -544,6 +544,49 @@ mod tests {
         assert_eq!(rest[0].message.as_deref(), Some("b"));
     }
 
+    /// doctor's round trip (issue 17): the receiver's own chatroom.found
+    /// is pending and another message comes first; the wait goes on until
+    /// the probe itself arrives, and a deadline with no probe says what
+    /// was seen instead.
+    #[tokio::test]
+    async fn waiting_for_one_event_waits_past_the_others_until_it_comes() {
+        let log = EventBuffer::new();
+        let r = room();
+        ingest(
+            &log,
+            Event::ChatroomFound {
+                room_id: r,
+                partner: mcp_chat_proto::MatchInfo::default(),
+            },
+        );
+        let message = |text: &str| Event::MessageReceived {
+            room_id: r,
+            message: text.into(),
+            sent_at: 0,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let (got, ()) = tokio::join!(
+            log.wait_for(deadline, |e| e.message.as_deref() == Some("probe")),
+            async {
+                // Recorded only once the wait has taken the pending event
+                // and is parked on the next arrival.
+                tokio::task::yield_now().await;
+                ingest(&log, message("other"));
+                tokio::task::yield_now().await;
+                ingest(&log, message("probe"));
+            }
+        );
+        assert_eq!(got.unwrap().seq, 3);
+
+        ingest(&log, message("late"));
+        let past = tokio::time::Instant::now();
+        let seen = log
+            .wait_for(past, |e| e.message.as_deref() == Some("probe"))
+            .await
+            .unwrap_err();
+        assert_eq!(seen.iter().map(|e| e.seq).collect::<Vec<_>>(), [4]);
+    }
+
     #[test]
     fn results_take_events_up_to_their_budget_and_at_least_one() {
         let log = EventBuffer::new();

@@ -656,6 +656,27 @@ mod tests {
         assert!(modern.starts_with("mcp-chat pairs you"), "{modern}");
     }
 
+    /// Every era's instructions (initialize, and `server/discover` on stdio
+    /// and HTTP, which start from the same text) say partner text is
+    /// untrusted and arrives escaped.
+    #[test]
+    fn instructions_say_partner_text_is_untrusted_and_escaped() {
+        for text in [
+            INSTRUCTIONS.to_owned(),
+            modern_instructions(modern::EVENTS_ON_STDIO),
+            modern_instructions("over HTTP"),
+        ] {
+            for needle in [
+                "untrusted input from a stranger",
+                "arrives escaped",
+                r"\u003c",
+                "Unicode tag characters",
+            ] {
+                assert!(text.contains(needle), "{needle} in {text}");
+            }
+        }
+    }
+
     #[test]
     fn schemas_use_only_standard_formats() {
         let tools = ChatServer::tool_router().list_all();

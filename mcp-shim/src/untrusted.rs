@@ -174,6 +174,36 @@ mod tests {
         );
     }
 
+    /// Every character issue 18 names, by class: escaped for models,
+    /// revealed for people; newline and tab stay themselves for models.
+    #[test]
+    fn every_named_character_is_hidden() {
+        let named = [
+            '\u{e0000}'..='\u{e007f}', // Unicode tags
+            '\u{200b}'..='\u{200f}',   // zero-width, LRM/RLM
+            '\u{2060}'..='\u{2064}',   // word joiner, invisible operators
+            '\u{feff}'..='\u{feff}',   // zero-width no-break space
+            '\u{202a}'..='\u{202e}',   // bidi embeddings and overrides
+            '\u{2066}'..='\u{2069}',   // bidi isolates
+            '\u{61c}'..='\u{61c}',     // Arabic letter mark
+            '\u{2028}'..='\u{2029}',   // line and paragraph separators
+            '\u{0}'..='\u{8}',         // C0 before tab
+            '\u{b}'..='\u{1f}',        // C0 after newline
+            '\u{7f}'..='\u{9f}',       // DEL and C1
+        ];
+        for c in named.into_iter().flatten() {
+            assert!(is_hidden(c), "{:x}", u32::from(c));
+            let quoted = quote_for_model(&format!("a{c}b"));
+            assert!(quoted.is_ascii() && !quoted.contains(c), "{quoted}");
+            assert_eq!(
+                serde_json::from_str::<String>(&quoted).unwrap(),
+                format!("a{c}b")
+            );
+            assert!(!reveal(&c.to_string()).contains(c));
+        }
+        assert!(!is_hidden('\n') && !is_hidden('\t'));
+    }
+
     #[test]
     fn ordinary_text_reads_naturally() {
         let code = "if a < b && c > d { say(\"héllo 👋 日本語\") }\n\tdone";

@@ -189,3 +189,32 @@ pub fn matched_room(result: &Value) -> String {
     assert_eq!(result["status"], "matched", "{result}");
     result["room_id"].as_str().expect("room_id").to_owned()
 }
+
+/// The room `client` was put in by its `enter_queue` `reply`, taken from its
+/// own `chatroom.found` notification (consumed here). Entering beside a
+/// waiter is answered `matched` at once, or, when the broker first pings a
+/// waiter it has not heard from lately (two seconds on a loaded machine),
+/// `waiting`, and the match follows: the notification is what counts, the
+/// reply only has to agree with it.
+pub async fn found_room(client: &mut McpClient, reply: &Value) -> String {
+    let found = client.expect_notification("chatroom.found").await;
+    let room = found["room_id"].as_str().expect("room_id").to_owned();
+    match reply["status"].as_str() {
+        Some("matched") => assert_eq!(reply["room_id"], room, "{reply}"),
+        _ => assert_eq!(reply["status"], "waiting", "{reply}"),
+    }
+    room
+}
+
+/// `first` enters and waits, then `second` enters: the room they meet in,
+/// once both have their `chatroom.found` (no shared interests, an agent).
+pub async fn meet(first: &mut McpClient, second: &mut McpClient) -> String {
+    let waiting = first.ok("enter_queue", serde_json::json!({})).await;
+    assert_eq!(waiting["status"], "waiting", "{waiting}");
+    let reply = second.ok("enter_queue", serde_json::json!({})).await;
+    let room = found_room(second, &reply).await;
+    let expected =
+        serde_json::json!({"room_id": room, "common_interests": [], "partner_kind": "agent"});
+    assert_eq!(first.expect_notification("chatroom.found").await, expected);
+    room
+}
