@@ -20,7 +20,7 @@ use mcp_chat_testkit::nats::NatsServer;
 use mcp_chat_testkit::proto_client::wait_for_status;
 use mcp_chat_testkit::tcp_proxy::TcpProxy;
 use mcp_chat_tests::federation::{
-    chat, connected, ended, found, pair, received, start_broker, write_config,
+    chat, connected, ended, found, met, pair, received, start_broker, write_config,
 };
 use mcp_chat_tests::{BrokerProcess, ProtoClient, TestSocket, within};
 
@@ -105,10 +105,7 @@ async fn a_broker_cut_off_from_a_running_nats_server() {
     let mut a6 = ProtoClient::connect(&sa.path).await;
     let reply = a6.enter().await;
     let room = found(&mut b2).await;
-    assert!(
-        matches!(reply, Reply::Matched { room_id, .. } if room_id == room),
-        "{reply:?}"
-    );
+    assert!(met(&reply, room), "{reply:?}");
     assert_eq!(found(&mut a6).await, room);
     assert_eq!(a6.say(room, "across again").await, Reply::Sent);
     assert_eq!(received(&mut b2).await, "across again");
@@ -156,19 +153,11 @@ async fn a_waiter_whose_claimer_died_enters_again_and_is_matched() {
     waiting_in_realm(&sb.path, 1).await;
     // The next entrant, on B, meets a1.
     let mut b1 = ProtoClient::connect(&sb.path).await;
-    // a1 has been quiet while it waited, so A pings it before it lets a
-    // claim take it: b1 may be told `waiting` first and be claimed by a1
-    // a moment later. Either way both are told the same room.
+    // a1 has been quiet while it waited: b1 may be told `waiting` first
+    // (see `met`).
     let reply = b1.enter().await;
     let room = found(&mut a1).await;
-    assert!(
-        match reply {
-            Reply::Matched { room_id, .. } => room_id == room,
-            Reply::Waiting { .. } => true,
-            _ => false,
-        },
-        "{reply:?}"
-    );
+    assert!(met(&reply, room), "{reply:?}");
     assert_eq!(found(&mut b1).await, room);
     assert_eq!(a1.say(room, "found you").await, Reply::Sent);
     assert_eq!(received(&mut b1).await, "found you");

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use mcp_chat_proto::{DisconnectReason, Event, Reply, RoomId, StatusInfo};
+use mcp_chat_proto::{DisconnectReason, Event, MatchInfo, Reply, RoomId, StatusInfo};
 use mcp_chat_testkit::BrokerChild;
 use mcp_chat_testkit::proto_client::wait_for_status;
 
@@ -65,9 +65,29 @@ pub async fn failed(socket: &Path, why: &str) -> String {
 }
 
 pub async fn found(client: &mut ProtoClient) -> RoomId {
+    found_with_partner(client).await.0
+}
+
+/// The next event is `chatroom.found`: its room and what it says of the
+/// partner.
+pub async fn found_with_partner(client: &mut ProtoClient) -> (RoomId, MatchInfo) {
     match client.next_event().await {
-        Event::ChatroomFound { room_id, .. } => room_id,
+        Event::ChatroomFound { room_id, partner } => (room_id, partner),
         other => panic!("expected chatroom.found, got {other:?}"),
+    }
+}
+
+/// Whether `reply`, to a session entering while a partner waits, agrees
+/// with the room both were then told of: `matched` into that room, or
+/// `waiting`. A waiter whose client has been quiet for a while is pinged by
+/// its broker before it may be matched (so a frozen client never is), and
+/// the newcomer is then told `waiting` and claimed by the waiter a moment
+/// later; on a busy machine any waiter can be that quiet.
+pub fn met(reply: &Reply, room: RoomId) -> bool {
+    match reply {
+        Reply::Matched { room_id, .. } => *room_id == room,
+        Reply::Waiting { .. } => true,
+        _ => false,
     }
 }
 
@@ -90,10 +110,7 @@ pub async fn pair(a: &mut ProtoClient, b: &mut ProtoClient) -> RoomId {
     assert_eq!(a.enter().await, Reply::Waiting { position: 1 });
     let reply = b.enter().await;
     let room = found(a).await;
-    assert!(
-        matches!(reply, Reply::Matched { room_id, .. } if room_id == room),
-        "{reply:?}"
-    );
+    assert!(met(&reply, room), "{reply:?}");
     assert_eq!(found(b).await, room);
     room
 }
