@@ -232,6 +232,29 @@ mod tests {
     }
 
     #[test]
+    fn counts_are_optional_on_the_wire() {
+        // Without `delivered` or a report (a broker from before the
+        // counts): read as nothing confirmed, nothing reported.
+        let mut m = serde_json::to_value(msg("hi")).unwrap();
+        m.as_object_mut().unwrap().remove("delivered");
+        m["body"] = serde_json::json!({"kind": "end", "reason": "left"});
+        let back: RoomMsg = parse(&serde_json::to_vec(&m).unwrap()).unwrap();
+        assert_eq!(back.delivered, 0);
+        assert_eq!(
+            back.body,
+            RoomBody::End {
+                reason: DisconnectReason::Left,
+                report: None
+            }
+        );
+        let mut progress = msg("hi");
+        progress.body = RoomBody::Progress;
+        progress.delivered = 7;
+        assert_eq!(check_room_msg(&progress), Ok(()));
+        assert_eq!(parse::<RoomMsg>(&encode(&progress)), Ok(progress));
+    }
+
+    #[test]
     fn ids_are_lowercase_hex_of_32() {
         assert!(is_id(&fresh_id()));
         assert!(!is_id("ABCDEF0123456789ABCDEF0123456789"));
