@@ -35,6 +35,10 @@ const PRESENCE_EVERY: Duration = Duration::from_secs(1);
 const ENDED_KEPT: Duration = Duration::from_secs(600);
 /// How long the hub has to accept a claimed waiter.
 const CONFIRM_WITHIN: Duration = Duration::from_secs(4);
+/// Idle heartbeat of this broker's pull requests for room messages, and
+/// how long each request lasts: two missed beats re-issue the pull.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
 /// How long leaving the realm waits for the rooms' last messages (a
 /// shutdown's `End`s) to be stored.
 const LAST_WORDS_WITHIN: Duration = Duration::from_secs(3);
@@ -985,7 +989,17 @@ async fn consume(
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+            // A pull request held by a server that dies is noticed only
+            // by its missing heartbeats; async-nats' default (15 s, so
+            // about 30 s) would stall the room that long after a cluster
+            // node fails, so the server beats more often.
+            let mut messages = consumer
+                .stream()
+                .heartbeat(PULL_HEARTBEAT)
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await
+                .map_err(|e| e.to_string())?;
             while let Some(message) = messages.next().await {
                 match message {
                     Ok(message) => {
