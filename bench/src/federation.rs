@@ -275,7 +275,14 @@ async fn cross_pair(a: &BrokerChild, b: &BrokerChild) -> anyhow::Result<(Client,
         other => bail!("the first waiter should wait, got {other:?}"),
     }
     let room = match y.request(Request::EnterQueue(Default::default())).await? {
-        Reply::Matched { room_id, .. } => room_id,
+        // Its `chatroom.found` comes too (before or after the reply): taken
+        // here, so the first event after the match is the first message.
+        Reply::Matched { room_id, .. } => {
+            if y.chatroom_found().await? != room_id {
+                bail!("matched into one room, told of another");
+            }
+            room_id
+        }
         Reply::Waiting { .. } => y.chatroom_found().await?,
         other => bail!("no match: {other:?}"),
     };
