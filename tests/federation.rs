@@ -885,3 +885,284 @@ async fn matching_choices_and_blocks_hold_across_the_realm() {
         "{reply:?}"
     );
 }
+
+/// A broker joined to `realm` with `grace_ms` and more flags (`extra`).
+async fn broker_with(
+    realm: &Realm,
+    socket: &TestSocket,
+    grace_ms: u64,
+    extra: &[&str],
+) -> BrokerProcess {
+    let grace = grace_ms.to_string();
+    let url = realm.nats.url();
+    let mut args = vec![
+        "--federation",
+        &url,
+        "--realm",
+        &realm.name,
+        "--federation-grace-ms",
+        &grace,
+    ];
+    args.extend_from_slice(extra);
+    let broker = BrokerProcess::start(&socket.path, &args).await;
+    connected(&socket.path).await;
+    broker
+}
+
+fn send_signal(pid: u32, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
+    rustix::process::kill_process(pid, signal).unwrap();
+}
+
+/// Issue 11 §4 across brokers: a receiving shim on broker B is SIGSTOPped
+/// while its partner on broker A sends 16 KiB messages until B gives up on
+/// it. A's `partner.disconnected` carries the exact count of messages that
+/// never reached the receiver: B reports what it took in and what of that
+/// its client never got, and A adds what crossed the end on the way.
+#[tokio::test]
+async fn a_frozen_receiver_on_another_broker_costs_the_sender_an_exact_undelivered_count() {
+    use mcp_chat_tests::McpClient;
+    use serde_json::{Value, json};
+
+    let realm = Realm::start().await;
+    let (sa, sb) = (TestSocket::new(), TestSocket::new());
+    let _a = broker_with(&realm, &sa, 20_000, mcp_chat_tests::UNTHROTTLED).await;
+    let mut quick = mcp_chat_tests::UNTHROTTLED.to_vec();
+    quick.extend(["--heartbeat-ms", "500", "--resume-grace-ms", "300"]);
+    let _b = broker_with(&realm, &sb, 20_000, &quick).await;
+    let mut a = McpClient::spawn(&sa.path).await;
+    let mut b = McpClient::spawn(&sb.path).await;
+    a.ok("enter_queue", json!({})).await;
+    b.ok("enter_queue", json!({})).await;
+    let room = a.expect_notification("chatroom.found").await["room_id"].clone();
+    assert_eq!(
+        b.expect_notification("chatroom.found").await["room_id"],
+        room
+    );
+    let room = room.as_str().unwrap().to_owned();
+    b.channel_event().await;
+    send_signal(b.child.id().unwrap(), rustix::process::Signal::STOP);
+
+    let filler = "x".repeat(mcp_chat_proto::MAX_MESSAGE_BYTES - 8);
+    let mut sent = 0u64;
+    loop {
+        let result = a
+            .call(
+                "send_message",
+                json!({"room_id": room, "message": format!("{sent:05} {filler}")}),
+            )
+            .await;
+        if result.is_error == Some(true) {
+            let failure: Value =
+                serde_json::from_str(&result.content[0].as_text().unwrap().text).unwrap();
+            if failure["error"] == "rate_limited" {
+                continue;
+            }
+            assert_eq!(failure["error"], "partner_gone", "{failure}");
+            break;
+        }
+        sent += 1;
+        assert!(
+            sent < 20_000,
+            "broker B never gave up on the frozen receiver"
+        );
+    }
+    let gone = loop {
+        let (method, params) = a.notification().await;
+        if method == "partner.disconnected" {
+            break params;
+        }
+    };
+    assert_eq!(gone["reason"], "disconnected", "{gone}");
+    let undelivered = gone["undelivered"].as_u64().unwrap();
+    let unconfirmed = gone["unconfirmed"].as_u64().unwrap();
+
+    send_signal(b.child.id().unwrap(), rustix::process::Signal::CONT);
+    // b reads what reached its socket, then finds its session gone.
+    let mut received = Vec::new();
+    loop {
+        let (method, params) = b.notification().await;
+        match method.as_str() {
+            "message.received" => {
+                received.push(params["message"].as_str().unwrap()[..5].to_owned())
+            }
+            "partner.disconnected" => break,
+            other => panic!("{other}: {params}"),
+        }
+    }
+    let in_order: Vec<String> = (0..received.len()).map(|i| format!("{i:05}")).collect();
+    assert_eq!(
+        received, in_order,
+        "what arrived, arrived in order from the first"
+    );
+    let received = received.len() as u64;
+    assert!(undelivered > 0, "the receiver's buffers filled up");
+    assert_eq!(
+        sent,
+        received + undelivered,
+        "every message answered sent reached the receiver or was reported ({unconfirmed} unconfirmed)"
+    );
+    assert!(
+        unconfirmed <= received,
+        "unconfirmed ones were on the receiver's side"
+    );
+}
+
+/// A receiving broker killed with SIGKILL mid-stream reports nothing, so its
+/// partner's broker counts from what it knows: the receiver's client
+/// acknowledged the first messages (its broker said so on the receiver's
+/// next message), and every other message answered `sent` is reported
+/// `undelivered` (never stored in JetStream) or `unconfirmed` (stored, never
+/// confirmed): acknowledged + undelivered + unconfirmed = sent.
+#[tokio::test]
+async fn a_killed_receiving_broker_leaves_counts_that_add_up() {
+    const ACKNOWLEDGED: u64 = 5;
+    const READ_ONLY: u64 = 7;
+    let realm = Realm::start().await;
+    let (sa, sb) = (TestSocket::new(), TestSocket::new());
+    let _a = broker_with(&realm, &sa, 3_000, mcp_chat_tests::UNTHROTTLED).await;
+    let b_broker = broker_with(&realm, &sb, 3_000, mcp_chat_tests::UNTHROTTLED).await;
+    let mut a = ProtoClient::connect(&sa.path).await;
+    let mut b = ProtoClient::connect(&sb.path).await;
+    let room = pair(&mut a, &mut b).await;
+    let mut sent = 0u64;
+    for i in 0..ACKNOWLEDGED {
+        assert_eq!(a.say(room, &format!("m{i}")).await, Reply::Sent);
+        sent += 1;
+        assert_eq!(received(&mut b).await, format!("m{i}"));
+    }
+    // b acknowledges them, then speaks: its broker's message carries the
+    // confirmation, so once a reads it, A knows.
+    b.ack_read().await;
+    assert_eq!(b.say(room, "got them").await, Reply::Sent);
+    assert_eq!(received(&mut a).await, "got them");
+    // Read by b but never acknowledged.
+    for i in 0..READ_ONLY {
+        assert_eq!(a.say(room, &format!("n{i}")).await, Reply::Sent);
+        sent += 1;
+        assert_eq!(received(&mut b).await, format!("n{i}"));
+    }
+    b_broker.signal(rustix::process::Signal::KILL);
+    // a goes on sending until A gives the room up.
+    let mut i = 0;
+    loop {
+        match a.say(room, &format!("late{i}")).await {
+            Reply::Sent => sent += 1,
+            Reply::Error { code, .. } => {
+                assert_eq!(code, mcp_chat_proto::ErrorCode::PartnerGone);
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+        i += 1;
+    }
+    let Event::PartnerDisconnected {
+        reason,
+        undelivered,
+        unconfirmed,
+        ..
+    } = a.next_event().await
+    else {
+        panic!("expected partner.disconnected");
+    };
+    assert_eq!(reason, DisconnectReason::Disconnected);
+    assert!(
+        unconfirmed + undelivered >= READ_ONLY,
+        "{unconfirmed} {undelivered}"
+    );
+    assert_eq!(
+        ACKNOWLEDGED + undelivered + unconfirmed,
+        sent,
+        "every message answered sent is confirmed or reported ({undelivered} undelivered, {unconfirmed} unconfirmed)"
+    );
+}
+
+/// A link that cannot get its messages stored (the NATS server is stopped
+/// with SIGSTOP) holds the sender back with `rate_limited` and a retry
+/// hint, as a local partner's full backlog does, instead of ending the room
+/// with `federation_lost`; once the server runs again every message arrives,
+/// in order, and the room goes on.
+#[tokio::test]
+async fn a_stalled_link_holds_the_sender_back_and_loses_nothing() {
+    const TOTAL: u64 = 800;
+    let realm = Realm::start().await;
+    let (sa, sb) = (TestSocket::new(), TestSocket::new());
+    let _a = broker_with(&realm, &sa, 60_000, mcp_chat_tests::UNTHROTTLED).await;
+    let _b = broker_with(&realm, &sb, 60_000, mcp_chat_tests::UNTHROTTLED).await;
+    let mut a = ProtoClient::connect(&sa.path).await;
+    let mut b = ProtoClient::connect(&sb.path).await;
+    let room = pair(&mut a, &mut b).await;
+
+    send_signal(realm.nats.pid(), rustix::process::Signal::STOP);
+    let mut sent = 0u64;
+    loop {
+        match a.say(room, &format!("m{sent}")).await {
+            Reply::Sent => sent += 1,
+            Reply::Error {
+                code,
+                retry_after_ms,
+                ..
+            } => {
+                assert_eq!(code, mcp_chat_proto::ErrorCode::RateLimited);
+                assert!(retry_after_ms.is_some_and(|ms| ms > 0));
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(sent < TOTAL, "the sender was never held back");
+    }
+    send_signal(realm.nats.pid(), rustix::process::Signal::CONT);
+    while sent < TOTAL {
+        match a.say(room, &format!("m{sent}")).await {
+            Reply::Sent => sent += 1,
+            Reply::Error {
+                code: mcp_chat_proto::ErrorCode::RateLimited,
+                retry_after_ms,
+                ..
+            } => {
+                // The broker's own back-off hint, as a client honours it.
+                let wait = retry_after_ms.unwrap_or(100);
+                tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    for i in 0..TOTAL {
+        assert_eq!(received(&mut b).await, format!("m{i}"));
+    }
+    // The room is whole: b's reply is a's very next event (no
+    // partner.disconnected came before it).
+    assert_eq!(b.say(room, "all here").await, Reply::Sent);
+    assert_eq!(received(&mut a).await, "all here");
+}
+
+/// A broker stopped with SIGTERM tells its remote partners
+/// `partner.disconnected {shutdown}` before it leaves the realm, instead of
+/// falling silent (which they would hear as `disconnected` after the
+/// grace, here longer than the test waits).
+#[tokio::test]
+async fn a_broker_shutdown_reaches_remote_partners_as_shutdown() {
+    let realm = Realm::start().await;
+    let (sa, sb) = (TestSocket::new(), TestSocket::new());
+    let _a = realm.broker(&sa, 60_000).await;
+    let mut b_broker = realm.broker(&sb, 60_000).await;
+    let mut a = ProtoClient::connect(&sa.path).await;
+    let mut b = ProtoClient::connect(&sb.path).await;
+    let room = pair(&mut a, &mut b).await;
+    assert_eq!(a.say(room, "before").await, Reply::Sent);
+    assert_eq!(received(&mut b).await, "before");
+    b_broker.terminate();
+    assert_eq!(
+        a.next_event().await,
+        Event::PartnerDisconnected {
+            room_id: room,
+            reason: DisconnectReason::Shutdown,
+            undelivered: 0,
+            unconfirmed: 0,
+        }
+    );
+    assert!(b_broker.wait_exit().await.success());
+    // A serves on.
+    let mut a2 = ProtoClient::connect(&sa.path).await;
+    assert_eq!(a2.enter().await, Reply::Waiting { position: 1 });
+}

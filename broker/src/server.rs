@@ -13,8 +13,10 @@
 //!
 //! Shutdown order: stop accepting, tell the hub (which sends `Shutdown` and
 //! partner notices and releases every outbox), wait for connections to flush
-//! up to `drain_timeout`, cut off the rest, then drop the listener, which
-//! unlinks the socket before releasing the lock.
+//! up to `drain_timeout`, cut off the rest, let a federation link store its
+//! rooms' last messages (`partner.disconnected {shutdown}` for remote
+//! partners) and leave the realm, then drop the listener, which unlinks the
+//! socket before releasing the lock.
 //!
 //! If the hub ends while the broker is serving (it panicked: a bug), nobody
 //! can be served any more, so the broker must not live on holding the socket
@@ -84,10 +86,11 @@ pub async fn run(
             .ok()
     });
     let link_stop = CancellationToken::new();
-    let link = config
+    let (link, link_task) = config
         .federation
         .clone()
-        .map(|f| crate::federation::spawn(f, config.limits(), link_stop.clone()));
+        .map(|f| crate::federation::spawn(f, config.limits(), link_stop.clone()))
+        .unzip();
     let (hub, mut hub_task) = Hub::spawn(
         config.max_sessions,
         config.liveness,
@@ -97,7 +100,7 @@ pub async fn run(
         config.log_path.as_deref(),
         crate::hub::HubIo {
             blocks,
-            federation: link.map(|(port, _)| port),
+            federation: link,
         },
     );
     // Cancelled on every way out, after the hub: the link then leaves the
@@ -193,6 +196,15 @@ pub async fn run(
         connections.wait().await;
     }
     let ended = hub_task.await;
+    // The hub told the link how its remote rooms ended (`shutdown`); with
+    // the hub gone the link sends that on, leaves the realm and returns.
+    if let Some(link) = link_task
+        && tokio::time::timeout(config.drain_timeout, link)
+            .await
+            .is_err()
+    {
+        tracing::warn!("the federation link did not finish leaving the realm in time");
+    }
     drop(listener);
     if let Err(e) = ended {
         let why = describe(Err(e));

@@ -91,6 +91,19 @@ impl Client {
         Ok(id)
     }
 
+    /// Acknowledges every event read so far (kept or taken), as a shim
+    /// does, so the broker counts them delivered; returns how many that is.
+    pub async fn ack_read(&mut self) -> anyhow::Result<u64> {
+        let seq = self.last_seq.unwrap_or(0);
+        within(
+            "acknowledging events",
+            self.writer.send(ClientMsg::Ack { seq }),
+        )
+        .await?
+        .context("acknowledging events")?;
+        Ok(seq)
+    }
+
     /// Sends a request now.
     pub async fn send(&mut self, request: Request) -> anyhow::Result<u64> {
         let id = self.feed(request).await?;

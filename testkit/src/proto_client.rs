@@ -49,6 +49,11 @@ impl ProtoClient {
         expect(self.client.next_frame().await, "a frame")
     }
 
+    /// Acknowledges every event read so far; returns the last one's seq.
+    pub async fn ack_read(&mut self) -> u64 {
+        expect(self.client.ack_read().await, "acknowledging events")
+    }
+
     pub async fn enter(&mut self) -> Reply {
         expect(self.client.enter().await, "entering the queue")
     }

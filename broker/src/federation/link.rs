@@ -20,6 +20,7 @@ use mcp_chat_proto::{DisconnectReason, FederationStatus, InterestCount, RoomId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::blocks::{self, RealmKey};
 use super::diagnose::{self, Explainer};
@@ -39,6 +40,13 @@ const PRESENCE_EVERY: Duration = Duration::from_secs(1);
 const ENDED_KEPT: Duration = Duration::from_secs(600);
 /// How long the hub has to accept a claimed waiter.
 const CONFIRM_WITHIN: Duration = Duration::from_secs(4);
+/// Idle heartbeat of this broker's pull requests for room messages, and
+/// how long each request lasts: two missed beats re-issue the pull.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+/// How long leaving the realm waits for the rooms' last messages (a
+/// shutdown's `End`s) to be stored.
+const LAST_WORDS_WITHIN: Duration = Duration::from_secs(3);
 
 /// What the link's helper tasks report to it.
 enum Internal {
@@ -140,6 +148,8 @@ struct Link {
     /// Entries of waiters that left while NATS was away: deleted once back.
     stale: Vec<(String, u64)>,
     rooms: HashMap<RoomId, RemoteRoom>,
+    /// The rooms' publishers.
+    publishers: TaskTracker,
     seen: HashMap<String, Instant>,
     rejected: u64,
     last_error: Option<String>,
@@ -204,6 +214,7 @@ pub(super) async fn run(
         ended: HashMap::new(),
         stale: Vec::new(),
         rooms: HashMap::new(),
+        publishers: TaskTracker::new(),
         seen: HashMap::new(),
         rejected: 0,
         last_error: None,
@@ -229,6 +240,21 @@ pub(super) async fn run(
             _ = tick.tick() => link.tick().await,
             Ok(()) = queue_changes.changed() => link.report().await,
         }
+    }
+    // The hub is gone (a shutdown): what it queued comes first, so the
+    // rooms' ends reach their partners before we leave.
+    while let Ok(command) = from_hub.try_recv() {
+        link.command(command);
+    }
+    for (_, room) in link.rooms.drain() {
+        room.close(false);
+    }
+    link.publishers.close();
+    if tokio::time::timeout(LAST_WORDS_WITHIN, link.publishers.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("federation: some rooms' last messages were not stored in time");
     }
     // Leave the realm: our waiters go, so nobody claims them in vain.
     if let Some(store) = &link.store {
@@ -352,17 +378,27 @@ impl Link {
             } => {
                 let sent = self
                     .rooms
-                    .get(&room)
+                    .get_mut(&room)
                     .map(|r| r.send(RoomBody::Text { text, sent_at }));
                 if sent == Some(false) {
-                    tracing::warn!(%room, "federation: a room's messages piled up while NATS was away; ending it");
+                    // The hub's credit per room keeps this from happening.
+                    tracing::error!(%room, "federation: a room's outbox overflowed; ending it");
                     self.end_room(room, DisconnectReason::FederationLost);
                 }
             }
-            ToLink::End { room, reason } => {
-                if let Some(r) = self.take_room(room) {
-                    r.send(rooms::end(reason));
+            ToLink::End {
+                room,
+                reason,
+                report,
+            } => {
+                if let Some(mut r) = self.take_room(room) {
+                    r.send(rooms::end(reason, Some(report)));
                     r.close(true);
+                }
+            }
+            ToLink::Delivered { room, count } => {
+                if let Some(r) = self.rooms.get(&room) {
+                    r.confirm(count);
                 }
             }
         }
@@ -533,8 +569,12 @@ impl Link {
             Internal::Entered(batch) => {
                 self.batch_running = false;
                 for d in batch.dangling {
-                    let room = self.open_room(d.room, d.partner, d.secret);
-                    room.send(rooms::end(DisconnectReason::Disconnected));
+                    let mut room = self.open_room(d.room, d.partner, d.secret);
+                    // Nothing was said in it: nothing to report.
+                    room.send(rooms::end(
+                        DisconnectReason::Disconnected,
+                        Some(wire::EndReport::default()),
+                    ));
                     room.close(true);
                 }
                 for (session, key, outcome) in batch.outcomes {
@@ -776,15 +816,14 @@ impl Link {
     }
 
     fn open_room(&self, room: RoomId, partner: String, secret: String) -> RemoteRoom {
-        RemoteRoom::open(
-            &self.js,
-            &self.names,
-            &self.me,
-            room,
-            partner,
-            secret,
-            self.limits,
-        )
+        let to = rooms::Publishing {
+            js: &self.js,
+            names: &self.names,
+            me: &self.me,
+            to_hub: &self.to_hub,
+            tasks: &self.publishers,
+        };
+        RemoteRoom::open(&to, room, partner, secret, self.limits)
     }
 
     /// Removes a room, remembering for a while that it ended.
@@ -937,14 +976,23 @@ impl Link {
             }
             return;
         };
-        let delivered = match room.accept(msg, Instant::now()) {
-            Ok(d) => d,
+        let accepted = match room.accept(msg, Instant::now()) {
+            Ok(a) => a,
             Err(why) => {
                 self.reject(why, "room message");
                 return;
             }
         };
-        for body in delivered {
+        if let Some(count) = accepted.delivered {
+            let _ = self
+                .to_hub
+                .send(FromLink::Delivered {
+                    room: room_id,
+                    count,
+                })
+                .await;
+        }
+        for body in accepted.ready {
             match body {
                 RoomBody::Text { text, sent_at } => {
                     let _ = self
@@ -956,7 +1004,8 @@ impl Link {
                         })
                         .await;
                 }
-                RoomBody::End { reason } => {
+                RoomBody::Progress => {}
+                RoomBody::End { reason, report } => {
                     if let Some(r) = self.take_room(room_id) {
                         r.close(false);
                     }
@@ -965,6 +1014,7 @@ impl Link {
                         .send(FromLink::PartnerEnded {
                             room: room_id,
                             reason,
+                            report,
                         })
                         .await;
                     return;
@@ -986,7 +1036,15 @@ impl Link {
             r.close(false);
             let hub = self.to_hub.clone();
             tokio::spawn(async move {
-                let _ = hub.send(FromLink::PartnerEnded { room, reason }).await;
+                // Vanished: the hub counts what it cannot know as
+                // unconfirmed.
+                let _ = hub
+                    .send(FromLink::PartnerEnded {
+                        room,
+                        reason,
+                        report: None,
+                    })
+                    .await;
             });
         }
     }
@@ -1169,7 +1227,17 @@ async fn consume(
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+            // A pull request held by a server that dies is noticed only
+            // by its missing heartbeats; async-nats' default (15 s, so
+            // about 30 s) would stall the room that long after a cluster
+            // node fails, so the server beats more often.
+            let mut messages = consumer
+                .stream()
+                .heartbeat(PULL_HEARTBEAT)
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await
+                .map_err(|e| e.to_string())?;
             while let Some(message) = messages.next().await {
                 match message {
                     Ok(message) => {

@@ -44,7 +44,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use config::FederationConfig;
-pub(crate) use wire::{RealmProfile, who_hex};
+pub(crate) use wire::{EndReport, RealmProfile, who_hex};
 
 use crate::config::Limits;
 use crate::state::SessionId;
@@ -82,11 +82,16 @@ pub(crate) enum ToLink {
         text: String,
         sent_at: u64,
     },
-    /// Our side of `room` ended.
+    /// Our side of `room` ended, with what became of the partner's texts
+    /// here.
     End {
         room: RoomId,
         reason: DisconnectReason,
+        report: EndReport,
     },
+    /// Our client has acknowledged `count` of the partner's texts in
+    /// `room` (sent on, batched, for the partner's counts).
+    Delivered { room: RoomId, count: u64 },
 }
 
 /// Link → hub.
@@ -128,10 +133,24 @@ pub(crate) enum FromLink {
         text: String,
         sent_at: u64,
     },
-    /// The remote side of `room` ended.
+    /// The remote side of `room` ended: with its report when its broker
+    /// said so, without when it vanished (silence, or NATS lost).
     PartnerEnded {
         room: RoomId,
         reason: DisconnectReason,
+        report: Option<EndReport>,
+    },
+    /// `count` of our texts in `room` are stored in JetStream, all told:
+    /// the hub's credit for that room (see `state::remote`).
+    Published {
+        room: RoomId,
+        count: u64,
+    },
+    /// The partner's client has acknowledged `count` of our texts in
+    /// `room` (untrusted: the hub keeps it within what it sent).
+    Delivered {
+        room: RoomId,
+        count: u64,
     },
     Status(FederationStatus),
     /// The realm's key, before `Up`.

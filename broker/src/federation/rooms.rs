@@ -14,25 +14,39 @@
 //! (`wire::check_room_msg`), then against the room: it must name a room
 //! this broker has with that partner broker and that secret, and keep to
 //! the room's message and byte rates.
+//!
+//! Delivery counts: every message also says how many of the other side's
+//! texts its sender's client has acknowledged (`delivered`, sent alone as
+//! `Progress` when there is nothing else to say), and a room's `End` says
+//! what became of the rest (`EndReport`). The publisher tells the hub how
+//! many of its texts JetStream has stored (`FromLink::Published`): the
+//! hub's credit per room, so a sender is asked to wait instead of piling
+//! up messages here.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use mcp_chat_proto::{DisconnectReason, RoomId};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use super::FromLink;
 use super::wire::{self, Names, Rejected, RoomBody, RoomMsg};
 use crate::config::{Limits, SendLimit};
 use crate::state::rate::TokenBucket;
 
 /// How far a room's inbound messages may run ahead of a gap.
 const MAX_AHEAD: usize = 1024;
-/// Outbound messages queued per room while NATS is slow or away: at the
-/// default send rate, longer than the grace.
+/// Outbound messages queued per room while NATS is slow or away: twice the
+/// hub's credit per room (`state::remote::ROOM_CREDIT`), so a text the hub
+/// lets through always fits, and so does the room's end.
 const OUTBOX: usize = 1024;
+/// How long a confirmation waits for a text to carry it before it is sent
+/// alone: confirmations are batched.
+const PROGRESS_AFTER: Duration = Duration::from_millis(100);
 /// The rooms stream keeps messages this long at most…
 pub const STREAM_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// …and this many bytes, dropping the oldest beyond.
@@ -47,21 +61,43 @@ pub struct RemoteRoom {
     secret: String,
     outbox: mpsc::Sender<RoomBody>,
     stop: CancellationToken,
+    /// How many of the partner's texts our client has acknowledged: read
+    /// by the publisher, which stamps it on what it sends.
+    delivered: watch::Sender<u64>,
+    /// Texts queued for the partner, all told: the most it can confirm.
+    texts_out: u64,
+    /// The highest confirmation the partner sent us.
+    confirmed: u64,
     next_in: u64,
     ahead: BTreeMap<u64, RoomBody>,
     messages: TokenBucket,
     bytes: TokenBucket,
 }
 
-/// What an accepted inbound message amounts to, in order.
-pub type Delivered = Vec<RoomBody>;
+/// What an accepted inbound message amounts to.
+#[derive(Debug, Default)]
+pub struct Accepted {
+    /// Bodies that can be delivered now, in order.
+    pub ready: Vec<RoomBody>,
+    /// The partner's confirmation, when it moved on (at most what we sent).
+    pub delivered: Option<u64>,
+}
+
+/// Where a room's publisher reports, and what it keeps itself to.
+pub struct Publishing<'a> {
+    pub js: &'a jetstream::Context,
+    pub names: &'a Names,
+    pub me: &'a str,
+    pub to_hub: &'a mpsc::Sender<FromLink>,
+    /// Publishers run on it, so that leaving the realm can wait for the
+    /// rooms' last words.
+    pub tasks: &'a TaskTracker,
+}
 
 impl RemoteRoom {
     /// Opens our side of `room` and starts its publisher.
     pub fn open(
-        js: &jetstream::Context,
-        names: &Names,
-        me: &str,
+        to: &Publishing<'_>,
         room: RoomId,
         partner: String,
         secret: String,
@@ -69,13 +105,18 @@ impl RemoteRoom {
     ) -> Self {
         let (outbox, rx) = mpsc::channel(OUTBOX);
         let stop = CancellationToken::new();
-        tokio::spawn(publish(
-            js.clone(),
-            names.room(&partner),
-            Envelope {
-                room,
-                secret: secret.clone(),
-                from: me.to_owned(),
+        let (delivered, delivered_rx) = watch::channel(0);
+        to.tasks.spawn(publish(
+            Publisher {
+                js: to.js.clone(),
+                subject: to.names.room(&partner),
+                envelope: Envelope {
+                    room,
+                    secret: secret.clone(),
+                    from: to.me.to_owned(),
+                },
+                to_hub: to.to_hub.clone(),
+                delivered: delivered_rx,
             },
             rx,
             stop.clone(),
@@ -97,6 +138,9 @@ impl RemoteRoom {
             secret,
             outbox,
             stop,
+            delivered,
+            texts_out: 0,
+            confirmed: 0,
             next_in: 1,
             ahead: BTreeMap::new(),
             messages: TokenBucket::full(double(limits.messages, OUTBOX as f64)),
@@ -104,10 +148,26 @@ impl RemoteRoom {
         }
     }
 
-    /// Queues `body` for the partner. False: the outbox is full (NATS has
-    /// been away too long), and the room must end.
-    pub fn send(&self, body: RoomBody) -> bool {
-        self.outbox.try_send(body).is_ok()
+    /// Queues `body` for the partner. False: the outbox is full, which the
+    /// hub's credit per room keeps from happening.
+    pub fn send(&mut self, body: RoomBody) -> bool {
+        let text = matches!(body, RoomBody::Text { .. });
+        let queued = self.outbox.try_send(body).is_ok();
+        if queued && text {
+            self.texts_out += 1;
+        }
+        queued
+    }
+
+    /// Our client has acknowledged `count` of the partner's texts.
+    pub fn confirm(&self, count: u64) {
+        self.delivered.send_if_modified(|v| {
+            let moved = count > *v;
+            if moved {
+                *v = count;
+            }
+            moved
+        });
     }
 
     /// Stops publishing (after what is queued, if `flush`).
@@ -119,7 +179,7 @@ impl RemoteRoom {
 
     /// Checks an inbound message against this room and returns what can be
     /// delivered now, in order.
-    pub fn accept(&mut self, msg: RoomMsg, now: Instant) -> Result<Delivered, Rejected> {
+    pub fn accept(&mut self, msg: RoomMsg, now: Instant) -> Result<Accepted, Rejected> {
         if msg.from != self.partner || msg.secret != self.secret {
             return Err(Rejected::NotMember);
         }
@@ -129,21 +189,34 @@ impl RemoteRoom {
         if msg.seq - self.next_in > MAX_AHEAD as u64 {
             return Err(Rejected::TooFarAhead);
         }
-        if let RoomBody::Text { text, .. } = &msg.body {
-            let len = text.len() as f64;
+        // A confirmation alone counts as a message of no text, so a peer
+        // cannot flood them either.
+        let len = match &msg.body {
+            RoomBody::Text { text, .. } => Some(text.len() as f64),
+            RoomBody::Progress => Some(0.0),
+            RoomBody::End { .. } => None,
+        };
+        if let Some(len) = len {
             if self.messages.wait_for(now, 1.0).is_err() || self.bytes.wait_for(now, len).is_err() {
                 return Err(Rejected::TooFast);
             }
             self.messages.spend(1.0);
             self.bytes.spend(len);
         }
+        // Never more than we sent; the highest counts, in whatever order
+        // the messages come.
+        let claimed = msg.delivered.min(self.texts_out);
+        let delivered = (claimed > self.confirmed).then(|| {
+            self.confirmed = claimed;
+            claimed
+        });
         self.ahead.insert(msg.seq, msg.body);
         let mut ready = Vec::new();
         while let Some(body) = self.ahead.remove(&self.next_in) {
             self.next_in += 1;
             ready.push(body);
         }
-        Ok(ready)
+        Ok(Accepted { ready, delivered })
     }
 }
 
@@ -153,42 +226,81 @@ struct Envelope {
     from: String,
 }
 
+struct Publisher {
+    js: jetstream::Context,
+    subject: String,
+    envelope: Envelope,
+    to_hub: mpsc::Sender<FromLink>,
+    delivered: watch::Receiver<u64>,
+}
+
+/// What wakes a publisher.
+enum Next {
+    Body(RoomBody),
+    Progress,
+}
+
 /// Publishes a room's outbound messages, until `stop`. Whatever is queued
 /// goes out at once (up to [`WINDOW`] messages), then their acks are
 /// awaited; one that failed is published again, with the same message id,
 /// until it is stored (so a retry that did reach the stream is not stored
 /// twice). A retry can land behind a later message of its batch: the
 /// receiver puts them back in `seq` order. The next batch waits for every
-/// ack of the one before.
-async fn publish(
-    js: jetstream::Context,
-    subject: String,
-    envelope: Envelope,
-    mut rx: mpsc::Receiver<RoomBody>,
-    stop: CancellationToken,
-) {
+/// ack of the one before; then the hub hears how many texts are stored.
+/// Every message carries our client's latest confirmation; one that moved
+/// with nothing to carry it goes alone after [`PROGRESS_AFTER`].
+async fn publish(mut p: Publisher, mut rx: mpsc::Receiver<RoomBody>, stop: CancellationToken) {
     let mut seq = 0;
-    while let Some(first) = tokio::select! {
-        () = stop.cancelled() => None,
-        body = rx.recv() => body,
-    } {
-        let mut batch = vec![first];
+    let mut stamped = 0;
+    let mut published = 0;
+    loop {
+        let next = tokio::select! {
+            () = stop.cancelled() => return,
+            body = rx.recv() => match body {
+                Some(body) => Next::Body(body),
+                None => return,
+            },
+            Ok(()) = p.delivered.changed() => Next::Progress,
+        };
+        let mut batch = match next {
+            Next::Body(body) => vec![body],
+            Next::Progress => {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(PROGRESS_AFTER) => {}
+                }
+                Vec::new()
+            }
+        };
         while batch.len() < WINDOW
             && !matches!(batch.last(), Some(RoomBody::End { .. }))
             && let Ok(body) = rx.try_recv()
         {
             batch.push(body);
         }
+        let delivered = *p.delivered.borrow_and_update();
+        if batch.is_empty() {
+            if delivered <= stamped {
+                continue;
+            }
+            batch.push(RoomBody::Progress);
+        }
+        stamped = delivered;
         let end = matches!(batch.last(), Some(RoomBody::End { .. }));
+        let texts = batch
+            .iter()
+            .filter(|b| matches!(b, RoomBody::Text { .. }))
+            .count() as u64;
         let mut pending: Vec<(bytes::Bytes, String)> = batch
             .into_iter()
             .map(|body| {
                 seq += 1;
                 let msg = RoomMsg {
-                    room: envelope.room,
-                    secret: envelope.secret.clone(),
-                    from: envelope.from.clone(),
+                    room: p.envelope.room,
+                    secret: p.envelope.secret.clone(),
+                    from: p.envelope.from.clone(),
                     seq,
+                    delivered,
                     body,
                 };
                 (wire::encode(&msg), msg.msg_id())
@@ -196,19 +308,29 @@ async fn publish(
             .collect();
         let mut backoff = Duration::from_millis(50);
         while !pending.is_empty() {
-            let attempt = publish_all(&js, &subject, std::mem::take(&mut pending));
+            let attempt = publish_all(&p.js, &p.subject, std::mem::take(&mut pending));
             pending = tokio::select! {
                 () = stop.cancelled() => return,
                 failed = attempt => failed,
             };
             if !pending.is_empty() {
-                tracing::debug!(room = %envelope.room, failed = pending.len(), "room publish failed; retrying");
+                tracing::debug!(room = %p.envelope.room, failed = pending.len(), "room publish failed; retrying");
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
+        }
+        if texts > 0 {
+            published += texts;
+            let _ = p
+                .to_hub
+                .send(FromLink::Published {
+                    room: p.envelope.room,
+                    count: published,
+                })
+                .await;
         }
         if end {
             return;
@@ -237,20 +359,23 @@ async fn publish_all(
             .await;
         acks.push(((payload, id), sent));
     }
-    let mut failed = Vec::new();
-    for (message, sent) in acks {
+    // Awaited together: each ack's timeout starts when it is awaited, so
+    // one by one a server gone silent would cost a timeout per message.
+    let stored = futures::future::join_all(acks.into_iter().map(|(message, sent)| async move {
         let stored = match sent {
             Ok(ack) => ack.await.is_ok(),
             Err(_) => false,
         };
-        if !stored {
-            failed.push(message);
-        }
-    }
-    failed
+        (message, stored)
+    }))
+    .await;
+    stored
+        .into_iter()
+        .filter_map(|(message, stored)| (!stored).then_some(message))
+        .collect()
 }
 
 /// The end a room's messages report, for a reason the partner may see.
-pub fn end(reason: DisconnectReason) -> RoomBody {
-    RoomBody::End { reason }
+pub fn end(reason: DisconnectReason, report: Option<wire::EndReport>) -> RoomBody {
+    RoomBody::End { reason, report }
 }

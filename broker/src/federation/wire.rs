@@ -200,6 +200,12 @@ pub struct RoomMsg {
     /// 1, 2, 3… per room and direction: the receiver delivers in this
     /// order, once each.
     pub seq: u64,
+    /// How many of the *receiver's* texts in this room the sender's client
+    /// has acknowledged so far (piggybacked on every message, or sent alone
+    /// as [`RoomBody::Progress`]). Untrusted: the receiver keeps the
+    /// highest, never above what it sent.
+    #[serde(default)]
+    pub delivered: u64,
     pub body: RoomBody,
 }
 
@@ -211,8 +217,29 @@ pub enum RoomBody {
         /// Milliseconds since the Unix epoch, when the sender's broker took it.
         sent_at: u64,
     },
-    /// The sender's session left the room (or is gone).
-    End { reason: DisconnectReason },
+    /// Only `delivered` moved on: the client acknowledged more while its
+    /// side had nothing to say.
+    Progress,
+    /// The sender's session left the room (or is gone), with what became
+    /// of the receiver's texts on the sender's side: `None` when there was
+    /// nothing to report.
+    End {
+        reason: DisconnectReason,
+        #[serde(default)]
+        report: Option<EndReport>,
+    },
+}
+
+/// What became of one direction's texts when the room ended on the side
+/// that received them. Untrusted: the other side clamps it to what it sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndReport {
+    /// Texts taken in for the client, all told.
+    pub received: u64,
+    /// Of those, never written to the client.
+    pub undelivered: u64,
+    /// Of those, written to the client but never acknowledged.
+    pub unconfirmed: u64,
 }
 
 impl RoomMsg {
@@ -258,7 +285,8 @@ pub fn check_room_msg(msg: &RoomMsg) -> Result<(), Rejected> {
     }
     match &msg.body {
         RoomBody::Text { text, .. } => check_message(text).map_err(|_| Rejected::BadText),
-        RoomBody::End { reason } => match reason {
+        RoomBody::Progress => Ok(()),
+        RoomBody::End { reason, .. } => match reason {
             DisconnectReason::Unknown => Err(Rejected::Malformed),
             _ => Ok(()),
         },
@@ -280,6 +308,7 @@ mod tests {
             secret: fresh_id(),
             from: fresh_id(),
             seq: 1,
+            delivered: 0,
             body: RoomBody::Text {
                 text: text.into(),
                 sent_at: 0,
@@ -352,6 +381,29 @@ mod tests {
             parse_entry(&vec![b' '; MAX_ENTRY_BYTES + 1], 5),
             Err(Rejected::Oversized)
         );
+    }
+
+    #[test]
+    fn counts_are_optional_on_the_wire() {
+        // Without `delivered` or a report (a broker from before the
+        // counts): read as nothing confirmed, nothing reported.
+        let mut m = serde_json::to_value(msg("hi")).unwrap();
+        m.as_object_mut().unwrap().remove("delivered");
+        m["body"] = serde_json::json!({"kind": "end", "reason": "left"});
+        let back: RoomMsg = parse(&serde_json::to_vec(&m).unwrap()).unwrap();
+        assert_eq!(back.delivered, 0);
+        assert_eq!(
+            back.body,
+            RoomBody::End {
+                reason: DisconnectReason::Left,
+                report: None
+            }
+        );
+        let mut progress = msg("hi");
+        progress.body = RoomBody::Progress;
+        progress.delivered = 7;
+        assert_eq!(check_room_msg(&progress), Ok(()));
+        assert_eq!(parse::<RoomMsg>(&encode(&progress)), Ok(progress));
     }
 
     #[test]

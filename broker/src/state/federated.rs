@@ -34,10 +34,11 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
 
+use super::remote::RemoteRooms;
 use super::rule::{Identity, Profile, fit};
-use super::{Place, Room, RoomParty, SessionId, State};
+use super::{Delivery, Place, Room, RoomParty, SessionId, State};
 use crate::federation::blocks::{self, RealmKey, RealmName, block_key, is_blocked};
-use crate::federation::{Answer, FromLink, RealmProfile, ToLink, who_hex};
+use crate::federation::{Answer, EndReport, FromLink, RealmProfile, ToLink, who_hex};
 
 /// What the hub knows of its link.
 #[derive(Debug)]
@@ -49,8 +50,9 @@ pub(crate) struct Federated {
     /// Sessions waiting in the realm, with the id of an `enter_queue` not
     /// yet answered.
     waiting: HashMap<SessionId, Option<u64>>,
-    /// Rooms whose partner is on another broker, while that partner is in.
-    remote: HashSet<RoomId>,
+    /// Rooms whose partner is on another broker, while that partner is in,
+    /// with their delivery counts and credit (`super::remote`).
+    pub(super) remote: RemoteRooms,
     /// The realm's key, once the link has it; kept across outages.
     realm_key: Option<RealmKey>,
     /// What the sessions waiting in the realm asked for.
@@ -71,7 +73,7 @@ impl Federated {
             up: false,
             status: FederationStatus::default(),
             waiting: HashMap::new(),
-            remote: HashSet::new(),
+            remote: RemoteRooms::default(),
             realm_key: None,
             profiles: HashMap::new(),
             realm_blocks: HashSet::new(),
@@ -81,7 +83,7 @@ impl Federated {
     }
 
     /// Hands `msg` to the link. False when the link is overloaded or gone.
-    fn tell(&self, msg: ToLink) -> bool {
+    pub(super) fn tell(&self, msg: ToLink) -> bool {
         match self.to_link.try_send(msg) {
             Ok(()) => true,
             Err(TrySendError::Full(msg)) => {
@@ -424,24 +426,36 @@ impl State {
 
     /// A message for the remote partner: handed to the link.
     pub(super) fn relay_remote(&mut self, room_id: RoomId, text: String, sent_at: u64) -> bool {
-        self.federated.as_ref().is_some_and(|f| {
+        let told = self.federated.as_ref().is_some_and(|f| {
             f.tell(ToLink::Send {
                 room: room_id,
                 text,
                 sent_at,
             })
-        })
+        });
+        if told {
+            self.remote_sent(room_id);
+        }
+        told
     }
 
-    /// Our side of a remote room ended: the partner's broker is told.
-    pub(super) fn end_remote(&mut self, room_id: RoomId, reason: DisconnectReason) {
-        if let Some(f) = self.federated.as_mut()
-            && f.remote.remove(&room_id)
-        {
-            f.tell(ToLink::End {
-                room: room_id,
-                reason,
-            });
+    /// Our side of a remote room ended: the partner's broker is told, with
+    /// what our member's client did not get of its texts (`counts`).
+    pub(super) fn end_remote(
+        &mut self,
+        room_id: RoomId,
+        reason: DisconnectReason,
+        counts: Delivery,
+    ) {
+        if self.is_remote_room(room_id) {
+            let report = self.remote_report(room_id, counts);
+            if let Some(f) = self.federated.as_ref() {
+                f.tell(ToLink::End {
+                    room: room_id,
+                    reason,
+                    report,
+                });
+            }
         }
     }
 
@@ -487,39 +501,14 @@ impl State {
                 room,
                 text,
                 sent_at,
-            } => {
-                if self.is_remote_room(room)
-                    && let Some(&member) = self.rooms.get(&room).and_then(|r| r.members.first())
-                {
-                    self.emit(
-                        member,
-                        Event::MessageReceived {
-                            room_id: room,
-                            message: text,
-                            sent_at,
-                        },
-                    );
-                }
-            }
-            FromLink::PartnerEnded { room, reason } => {
-                let was_remote = self
-                    .federated
-                    .as_mut()
-                    .is_some_and(|f| f.remote.remove(&room));
-                if was_remote
-                    && let Some(&member) = self.rooms.get(&room).and_then(|r| r.members.first())
-                {
-                    self.emit(
-                        member,
-                        Event::PartnerDisconnected {
-                            room_id: room,
-                            reason,
-                            undelivered: 0,
-                            unconfirmed: 0,
-                        },
-                    );
-                }
-            }
+            } => self.remote_message(room, text, sent_at),
+            FromLink::PartnerEnded {
+                room,
+                reason,
+                report,
+            } => self.remote_ended(room, reason, report),
+            FromLink::Published { room, count } => self.remote_published(room, count),
+            FromLink::Delivered { room, count } => self.remote_delivered(room, count),
             FromLink::Status(status) => {
                 if let Some(f) = self.federated.as_mut() {
                     f.status = status;
@@ -688,6 +677,7 @@ impl State {
             f.tell(ToLink::End {
                 room,
                 reason: DisconnectReason::Left,
+                report: EndReport::default(),
             });
         }
     }

@@ -184,6 +184,7 @@ impl State {
         let resume_token = s.resume_token.clone();
         let written = s.written.clone();
         let waiting = s.place == Place::Waiting;
+        self.remote_acked(session, claim.last_seq);
         if waiting {
             self.queue.set_attached(session, true);
             self.pool.relist(session);
@@ -256,6 +257,7 @@ impl State {
             let seq = seq.min(s.next_seq.saturating_sub(1));
             s.written.advance_to(seq);
             s.replay.forget_through(seq);
+            self.remote_acked(session, seq);
         }
     }
 

@@ -24,7 +24,8 @@
 //! - `liveness`: dropped connections, resuming them, and the timers.
 //! - `rate`: the token bucket behind `rate_limited`.
 //! - `federated`: waiting through a realm of brokers, and rooms whose
-//!   partner is on another broker (see `crate::federation`).
+//!   partner is on another broker (see `crate::federation`); `remote`:
+//!   those rooms' delivery counts and credit.
 
 mod federated;
 mod liveness;
@@ -32,6 +33,7 @@ mod matching;
 mod pool;
 mod queue;
 pub(crate) mod rate;
+mod remote;
 mod rooms;
 pub(crate) mod rule;
 
@@ -407,8 +409,11 @@ impl State {
         let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         for id in &ids {
             match self.sessions.get(id).map(|s| s.place) {
+                // Every outbox is flushed for the drain timeout, so no
+                // counts are claimed; the partner's broker counts what
+                // never reached ours.
                 Some(Place::InRoom(room_id)) => {
-                    self.end_remote(room_id, DisconnectReason::Shutdown)
+                    self.end_remote(room_id, DisconnectReason::Shutdown, Delivery::default())
                 }
                 Some(Place::Waiting) => self.realm_withdraw(*id),
                 _ => {}

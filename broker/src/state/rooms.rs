@@ -39,6 +39,15 @@ impl State {
             }
         }
         if self.is_remote_room(room_id) {
+            if !self.remote_has_credit(room_id) {
+                // As with a local partner's backlog: nothing is lost and
+                // nothing claimed sent while the link catches up.
+                return rate_limited(
+                    PARTNER_BACKLOG_RETRY,
+                    "your earlier messages are still on their way to your partner's machine",
+                    "send again",
+                );
+            }
             let sent_at = now_ms();
             if !self.relay_remote(room_id, message, sent_at) {
                 return rate_limited(
@@ -128,7 +137,7 @@ impl State {
         reason: DisconnectReason,
         counts: Delivery,
     ) {
-        self.end_remote(room_id, reason);
+        self.end_remote(room_id, reason, counts);
         let partner = self.partner_of(session, room_id);
         let Some(room) = self.rooms.get_mut(&room_id) else {
             return;

@@ -1,0 +1,337 @@
+//! The hub's ledger of rooms whose partner is on another broker: what makes
+//! "`sent` means delivered or reported" hold across brokers, and the credit
+//! that holds a sender back instead of piling messages up in the link.
+//!
+//! Per room the hub counts, for its own member's texts: `sent` (answered
+//! `sent`), `published` (stored in JetStream, as the link reports) and
+//! `confirmed` (acknowledged by the partner's client, as the partner's
+//! broker reports, piggybacked on its messages). For the partner's texts it
+//! counts what it took in for its member (`received`) and how many of those
+//! the member's client acknowledged (sent on to the partner's broker).
+//!
+//! When the room ends the member's `partner.disconnected` says:
+//! - the partner's broker ended it and reported (`EndReport`): texts it
+//!   never took in (they crossed the end) plus those it reports never
+//!   written to its client are `undelivered`; those it reports written but
+//!   not acknowledged are `unconfirmed`;
+//! - the partner's broker vanished (silence, or NATS lost): texts never
+//!   stored in JetStream are `undelivered` (they never left this machine),
+//!   stored but never confirmed are `unconfirmed`.
+//!
+//! Everything the partner's broker says is untrusted, and kept within what
+//! this side sent.
+
+use std::collections::{HashMap, VecDeque};
+
+use mcp_chat_proto::{DisconnectReason, Event, RoomId};
+
+use super::{Delivery, Place, SessionId, State};
+use crate::federation::{EndReport, ToLink};
+
+/// Texts of one room handed to the link and not yet stored in JetStream,
+/// at most; past that the sender is asked to wait (`rate_limited`). Half
+/// the link's outbox per room, so what the hub lets through always fits.
+pub(super) const ROOM_CREDIT: u64 = 512;
+
+/// The remote rooms, while their partner is in them.
+#[derive(Debug, Default)]
+pub(crate) struct RemoteRooms(HashMap<RoomId, Ledger>);
+
+impl RemoteRooms {
+    pub(super) fn insert(&mut self, room: RoomId) -> bool {
+        self.0.insert(room, Ledger::default()).is_none()
+    }
+
+    pub(super) fn take(&mut self, room: &RoomId) -> Option<Ledger> {
+        self.0.remove(room)
+    }
+
+    pub(super) fn contains(&self, room: &RoomId) -> bool {
+        self.0.contains_key(room)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn get_mut(&mut self, room: &RoomId) -> Option<&mut Ledger> {
+        self.0.get_mut(room)
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Ledger {
+    sent: u64,
+    published: u64,
+    confirmed: u64,
+    received: u64,
+    /// `(event seq, received so far)` of the partner's texts not yet
+    /// acknowledged by our member's client, oldest first.
+    unacked: VecDeque<(u64, u64)>,
+    acked: u64,
+}
+
+impl Ledger {
+    /// Whether one more text fits in the link's queue for this room.
+    fn has_credit(&self) -> bool {
+        self.sent.saturating_sub(self.published) < ROOM_CREDIT
+    }
+
+    /// What the partner's broker reported at its end, kept within what we
+    /// sent.
+    fn reported(&self, report: EndReport) -> Delivery {
+        let received = report.received.min(self.sent);
+        let undelivered = report.undelivered.min(received);
+        Delivery {
+            undelivered: self.sent - received + undelivered,
+            unconfirmed: report.unconfirmed.min(received - undelivered),
+        }
+    }
+
+    /// The partner's broker vanished: only what we know here counts.
+    fn unreported(&self) -> Delivery {
+        let confirmed = self.confirmed.min(self.sent);
+        let stored = self.published.max(confirmed).min(self.sent);
+        Delivery {
+            undelivered: self.sent - stored,
+            unconfirmed: stored - confirmed,
+        }
+    }
+
+    /// Our report of the partner's texts, when our side ends.
+    fn report(&self, counts: Delivery) -> EndReport {
+        EndReport {
+            received: self.received,
+            undelivered: counts.undelivered,
+            unconfirmed: counts.unconfirmed,
+        }
+    }
+}
+
+impl State {
+    /// Whether the sender may hand the link one more text for `room_id`.
+    pub(super) fn remote_has_credit(&self, room_id: RoomId) -> bool {
+        self.federated
+            .as_ref()
+            .and_then(|f| f.remote.0.get(&room_id))
+            .is_none_or(Ledger::has_credit)
+    }
+
+    /// A text for the partner was answered `sent`.
+    pub(super) fn remote_sent(&mut self, room_id: RoomId) {
+        if let Some(l) = self.ledger(room_id) {
+            l.sent += 1;
+        }
+    }
+
+    /// Our report when our side of `room_id` ends, `counts` being what our
+    /// member's client did not get of the partner's texts.
+    pub(super) fn remote_report(&mut self, room_id: RoomId, counts: Delivery) -> EndReport {
+        self.federated
+            .as_mut()
+            .and_then(|f| f.remote.take(&room_id))
+            .map(|l| l.report(counts))
+            .unwrap_or_default()
+    }
+
+    /// A text from the remote partner, for our member.
+    pub(super) fn remote_message(&mut self, room_id: RoomId, message: String, sent_at: u64) {
+        if !self.is_remote_room(room_id) {
+            // Ended here already: the partner counts it as not taken in.
+            return;
+        }
+        let Some(&member) = self.rooms.get(&room_id).and_then(|r| r.members.first()) else {
+            return;
+        };
+        let Some(seq) = self.sessions.get(&member).map(|s| s.next_seq) else {
+            return;
+        };
+        self.emit(
+            member,
+            Event::MessageReceived {
+                room_id,
+                message,
+                sent_at,
+            },
+        );
+        if let Some(l) = self.ledger(room_id) {
+            l.received += 1;
+            l.unacked.push_back((seq, l.received));
+        }
+    }
+
+    /// Our member's client holds every event up to `seq`: the partner's
+    /// broker hears how many of its texts that covers.
+    pub(super) fn remote_acked(&mut self, session: SessionId, seq: u64) {
+        let Some(Place::InRoom(room_id)) = self.sessions.get(&session).map(|s| s.place) else {
+            return;
+        };
+        let Some(l) = self.ledger(room_id) else {
+            return;
+        };
+        let before = l.acked;
+        while let Some(&(event, count)) = l.unacked.front()
+            && event <= seq
+        {
+            l.acked = count;
+            l.unacked.pop_front();
+        }
+        if l.acked > before {
+            let count = l.acked;
+            if let Some(f) = self.federated.as_ref() {
+                // Lost only when the link is overloaded: a later count
+                // covers it.
+                f.tell(ToLink::Delivered {
+                    room: room_id,
+                    count,
+                });
+            }
+        }
+    }
+
+    pub(super) fn remote_published(&mut self, room_id: RoomId, count: u64) {
+        if let Some(l) = self.ledger(room_id) {
+            l.published = l.published.max(count.min(l.sent));
+        }
+    }
+
+    pub(super) fn remote_delivered(&mut self, room_id: RoomId, count: u64) {
+        if let Some(l) = self.ledger(room_id) {
+            l.confirmed = l.confirmed.max(count.min(l.sent));
+        }
+    }
+
+    /// The remote side of `room_id` ended: our member is told why, and
+    /// what became of its texts.
+    pub(super) fn remote_ended(
+        &mut self,
+        room_id: RoomId,
+        reason: DisconnectReason,
+        report: Option<EndReport>,
+    ) {
+        let Some(ledger) = self
+            .federated
+            .as_mut()
+            .and_then(|f| f.remote.take(&room_id))
+        else {
+            return;
+        };
+        let counts = match report {
+            Some(report) => ledger.reported(report),
+            None => ledger.unreported(),
+        };
+        if counts != Delivery::default() {
+            tracing::warn!(%room_id, undelivered = counts.undelivered, unconfirmed = counts.unconfirmed, "a remote partner's room ended with texts not confirmed delivered");
+        }
+        if let Some(&member) = self.rooms.get(&room_id).and_then(|r| r.members.first()) {
+            self.emit(
+                member,
+                Event::PartnerDisconnected {
+                    room_id,
+                    reason,
+                    undelivered: counts.undelivered,
+                    unconfirmed: counts.unconfirmed,
+                },
+            );
+        }
+    }
+
+    fn ledger(&mut self, room_id: RoomId) -> Option<&mut Ledger> {
+        self.federated
+            .as_mut()
+            .and_then(|f| f.remote.get_mut(&room_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ledger(sent: u64, published: u64, confirmed: u64) -> Ledger {
+        Ledger {
+            sent,
+            published,
+            confirmed,
+            ..Ledger::default()
+        }
+    }
+
+    #[test]
+    fn a_report_counts_what_crossed_the_end_as_undelivered() {
+        let l = ledger(10, 10, 4);
+        let report = EndReport {
+            received: 8,
+            undelivered: 3,
+            unconfirmed: 1,
+        };
+        // 2 never taken in, 3 never written there; 1 written, unacknowledged.
+        assert_eq!(
+            l.reported(report),
+            Delivery {
+                undelivered: 5,
+                unconfirmed: 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_lying_report_is_kept_within_what_was_sent() {
+        let l = ledger(5, 5, 0);
+        let report = EndReport {
+            received: u64::MAX,
+            undelivered: u64::MAX,
+            unconfirmed: u64::MAX,
+        };
+        assert_eq!(
+            l.reported(report),
+            Delivery {
+                undelivered: 5,
+                unconfirmed: 0
+            }
+        );
+        let report = EndReport {
+            received: 5,
+            undelivered: 1,
+            unconfirmed: u64::MAX,
+        };
+        assert_eq!(
+            l.reported(report),
+            Delivery {
+                undelivered: 1,
+                unconfirmed: 4
+            }
+        );
+    }
+
+    #[test]
+    fn a_vanished_partner_leaves_the_unconfirmed_and_the_never_stored() {
+        // 12 sent, 10 stored in JetStream, 6 acknowledged by the partner.
+        assert_eq!(
+            ledger(12, 10, 6).unreported(),
+            Delivery {
+                undelivered: 2,
+                unconfirmed: 4
+            }
+        );
+        // A confirmation beyond what was stored still counts as stored.
+        assert_eq!(
+            ledger(12, 3, 6).unreported(),
+            Delivery {
+                undelivered: 6,
+                unconfirmed: 0
+            }
+        );
+        // And a count beyond what was sent is nothing more than all of it.
+        assert_eq!(ledger(3, 3, u64::MAX).unreported(), Delivery::default());
+    }
+
+    #[test]
+    fn credit_runs_out_until_the_link_has_stored_some() {
+        let mut l = ledger(ROOM_CREDIT - 1, 0, 0);
+        assert!(l.has_credit());
+        l.sent += 1;
+        assert!(!l.has_credit());
+        l.published = 1;
+        assert!(l.has_credit());
+    }
+}
