@@ -7,97 +7,14 @@
 
 #![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
-use std::path::Path;
-
 use futures::future::join_all;
-use mcp_chat_proto::{DisconnectReason, Event, Reply, RoomId, StatusInfo};
+use mcp_chat_proto::{DisconnectReason, Event, Reply, RoomId};
 use mcp_chat_testkit::nats::NatsServer;
 use mcp_chat_testkit::proto_client::wait_for_status;
+use mcp_chat_tests::federation::{
+    Realm, connected, ended, found, found_with_partner, met, pair, received,
+};
 use mcp_chat_tests::{BrokerProcess, ProtoClient, TestSocket, within};
-
-/// One realm: a server, and brokers joined to it.
-struct Realm {
-    nats: NatsServer,
-    name: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Realm {
-    async fn start() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("mcp-chat-nats")
-            .tempdir()
-            .unwrap();
-        let nats = NatsServer::start(dir.path()).await.unwrap();
-        Self {
-            nats,
-            name: "test".into(),
-            _dir: dir,
-        }
-    }
-
-    /// A broker joined to the realm, with `grace_ms` for remote rooms, once
-    /// its status says it is connected.
-    async fn broker(&self, socket: &TestSocket, grace_ms: u64) -> BrokerProcess {
-        let grace = grace_ms.to_string();
-        let url = self.nats.url();
-        let broker = BrokerProcess::start(
-            &socket.path,
-            &[
-                "--federation",
-                &url,
-                "--realm",
-                &self.name,
-                "--federation-grace-ms",
-                &grace,
-            ],
-        )
-        .await;
-        connected(&socket.path).await;
-        broker
-    }
-}
-
-async fn connected(socket: &Path) -> StatusInfo {
-    wait_for_status(socket, "the broker to join the realm", |s| {
-        s.federation.as_ref().is_some_and(|f| f.connected)
-    })
-    .await
-}
-
-async fn found(client: &mut ProtoClient) -> RoomId {
-    match client.next_event().await {
-        Event::ChatroomFound { room_id, .. } => room_id,
-        other => panic!("expected chatroom.found, got {other:?}"),
-    }
-}
-
-async fn received(client: &mut ProtoClient) -> String {
-    match client.next_event().await {
-        Event::MessageReceived { message, .. } => message,
-        other => panic!("expected a message, got {other:?}"),
-    }
-}
-
-async fn ended(client: &mut ProtoClient) -> DisconnectReason {
-    match client.next_event().await {
-        Event::PartnerDisconnected { reason, .. } => reason,
-        other => panic!("expected partner.disconnected, got {other:?}"),
-    }
-}
-
-/// `a` waits, then `b` (on another broker) is matched with it.
-async fn pair(a: &mut ProtoClient, b: &mut ProtoClient) -> RoomId {
-    assert_eq!(a.enter().await, Reply::Waiting { position: 1 });
-    let reply = b.enter().await;
-    let room = found(a).await;
-    assert!(
-        matches!(reply, Reply::Matched { room_id, .. } if room_id == room),
-        "{reply:?}"
-    );
-    assert_eq!(found(b).await, room);
-    room
-}
 
 #[tokio::test]
 async fn three_brokers_match_fifo_chat_and_leave() {
@@ -139,10 +56,7 @@ async fn three_brokers_match_fifo_chat_and_leave() {
     let mut a2 = ProtoClient::connect(&sa.path).await;
     let reply = a2.enter().await;
     let room2 = found(&mut c1).await;
-    assert!(
-        matches!(reply, Reply::Matched { room_id, .. } if room_id == room2),
-        "{reply:?}"
-    );
+    assert!(met(&reply, room2), "{reply:?}");
     assert_eq!(found(&mut a2).await, room2);
     let mut b2 = ProtoClient::connect(&sb.path).await;
     assert_eq!(b2.enter().await, Reply::Waiting { position: 1 });
@@ -151,10 +65,7 @@ async fn three_brokers_match_fifo_chat_and_leave() {
     let mut b3 = ProtoClient::connect(&sb.path).await;
     let reply = b3.enter().await;
     let room3 = found(&mut b2).await;
-    assert!(
-        matches!(reply, Reply::Matched { room_id, .. } if room_id == room3),
-        "{reply:?}"
-    );
+    assert!(met(&reply, room3), "{reply:?}");
     assert_eq!(b2.say(room3, "local").await, Reply::Sent);
     found(&mut b3).await;
     assert_eq!(received(&mut b3).await, "local");
@@ -822,11 +733,10 @@ async fn matching_choices_and_blocks_hold_across_the_realm() {
     assert_eq!(remote_agent.enter().await, Reply::Waiting { position: 2 });
     let reply = local_agent.enter().await;
     let room = found(&mut remote_agent).await;
-    assert!(
-        matches!(&reply, Reply::Matched { room_id, partner } if *room_id == room && partner.partner_kind == Some(Kind::Agent)),
-        "{reply:?}"
-    );
-    assert_eq!(found(&mut local_agent).await, room);
+    assert!(met(&reply, room), "{reply:?}");
+    let (found_room, partner) = found_with_partner(&mut local_agent).await;
+    assert_eq!(found_room, room);
+    assert_eq!(partner.partner_kind, Some(Kind::Agent));
     // A second person on A, with an interest, meets the first one.
     let mut other_person = ProtoClient::connect(&sa.path).await;
     let reply = other_person
@@ -838,10 +748,10 @@ async fn matching_choices_and_blocks_hold_across_the_realm() {
         }))
         .await;
     let people_room = found(&mut person).await;
-    assert!(
-        matches!(&reply, Reply::Matched { room_id, partner } if *room_id == people_room && partner.partner_kind == Some(Kind::Person)),
-        "{reply:?}"
-    );
+    assert!(met(&reply, people_room), "{reply:?}");
+    let (found_room, partner) = found_with_partner(&mut other_person).await;
+    assert_eq!(found_room, people_room);
+    assert_eq!(partner.partner_kind, Some(Kind::Person));
 
     // Blocking the remote partner works, and tells the partner.
     assert_eq!(
@@ -880,10 +790,7 @@ async fn matching_choices_and_blocks_hold_across_the_realm() {
     let mut third = ProtoClient::connect(&sa.path).await;
     let reply = third.request(enter(Entry::default())).await;
     let room_x = found(&mut x).await;
-    assert!(
-        matches!(reply, Reply::Matched { room_id, .. } if room_id == room_x),
-        "{reply:?}"
-    );
+    assert!(met(&reply, room_x), "{reply:?}");
 }
 
 /// A broker joined to `realm` with `grace_ms` and more flags (`extra`).

@@ -14,37 +14,9 @@ use mcp_chat_proto::matching::kinds_compatible;
 use mcp_chat_proto::{
     Entry, ErrorCode, Event, Kind, MatchInfo, Meet, Reply, Request, RoomId, StatusInfo,
 };
-use mcp_chat_testkit::nats::NatsServer;
 use mcp_chat_testkit::proto_client::wait_for_status;
-use mcp_chat_tests::{BrokerProcess, ProtoClient, TestSocket, within};
-
-struct Realm {
-    nats: NatsServer,
-    _dir: tempfile::TempDir,
-}
-
-impl Realm {
-    async fn start() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("mcp-chat-nats")
-            .tempdir()
-            .unwrap();
-        let nats = NatsServer::start(dir.path()).await.unwrap();
-        Self { nats, _dir: dir }
-    }
-
-    /// A broker joined to the realm, once its status says so.
-    async fn broker(&self, socket: &TestSocket) -> BrokerProcess {
-        let url = self.nats.url();
-        let broker =
-            BrokerProcess::start(&socket.path, &["--federation", &url, "--realm", "choices"]).await;
-        wait_for_status(&socket.path, "the broker to join the realm", |s| {
-            s.federation.as_ref().is_some_and(|f| f.connected)
-        })
-        .await;
-        broker
-    }
-}
+use mcp_chat_tests::federation::{Realm, found_with_partner, met};
+use mcp_chat_tests::{ProtoClient, TestSocket, within};
 
 fn entry(kind: Kind, meet: Meet, interests: &[&str], wait: u64) -> Entry {
     Entry {
@@ -65,21 +37,15 @@ async fn waits(client: &mut ProtoClient, e: &Entry) {
     assert!(matches!(reply, Reply::Waiting { .. }), "{reply:?}");
 }
 
-async fn found(client: &mut ProtoClient) -> (RoomId, MatchInfo) {
-    match client.next_event().await {
-        Event::ChatroomFound { room_id, partner } => (room_id, partner),
-        other => panic!("expected chatroom.found, got {other:?}"),
-    }
-}
-
-/// `client` enters and is matched at once; its room and what it is told.
+/// `client` enters and is matched (at once, or claimed by its quiet partner
+/// a moment later: see `met`); its room and what it is told.
 async fn matched(client: &mut ProtoClient, e: &Entry) -> (RoomId, MatchInfo) {
     let reply = enter(client, e).await;
-    let (room, info) = found(client).await;
-    assert!(
-        matches!(&reply, Reply::Matched { room_id, partner } if *room_id == room && *partner == info),
-        "{reply:?}"
-    );
+    let (room, info) = found_with_partner(client).await;
+    assert!(met(&reply, room), "{reply:?}");
+    if let Reply::Matched { partner, .. } = &reply {
+        assert_eq!(*partner, info, "the reply and chatroom.found disagree");
+    }
     (room, info)
 }
 
@@ -93,8 +59,8 @@ async fn waiting_is(socket: &Path, n: usize) -> StatusInfo {
 async fn a_shared_interest_meets_across_brokers_before_an_older_non_sharer() {
     let realm = Realm::start().await;
     let (sa, sb) = (TestSocket::new(), TestSocket::new());
-    let _a = realm.broker(&sa).await;
-    let _b = realm.broker(&sb).await;
+    let _a = realm.broker(&sa, 20_000).await;
+    let _b = realm.broker(&sb, 20_000).await;
     let plain = Entry::default();
     let mut old = ProtoClient::connect(&sa.path).await;
     waits(&mut old, &plain).await;
@@ -115,7 +81,7 @@ async fn a_shared_interest_meets_across_brokers_before_an_older_non_sharer() {
     .await;
     assert_eq!(info.common_interests, vec!["chess".to_owned()]);
     assert_eq!(info.partner_kind, Some(Kind::Agent));
-    let (theirs, info) = found(&mut sharer).await;
+    let (theirs, info) = found_with_partner(&mut sharer).await;
     assert_eq!(theirs, room);
     assert_eq!(info.common_interests, vec!["chess".to_owned()]);
     assert_eq!(info.partner_kind, Some(Kind::Person));
@@ -123,25 +89,25 @@ async fn a_shared_interest_meets_across_brokers_before_an_older_non_sharer() {
     let mut next = ProtoClient::connect(&sb.path).await;
     let (room, info) = matched(&mut next, &plain).await;
     assert!(info.common_interests.is_empty());
-    assert_eq!(found(&mut old).await.0, room);
+    assert_eq!(found_with_partner(&mut old).await.0, room);
 }
 
 #[tokio::test]
 async fn an_interest_wait_falls_back_to_anyone_across_brokers() {
     let realm = Realm::start().await;
     let (sa, sb) = (TestSocket::new(), TestSocket::new());
-    let _a = realm.broker(&sa).await;
-    let _b = realm.broker(&sb).await;
+    let _a = realm.broker(&sa, 20_000).await;
+    let _b = realm.broker(&sb, 20_000).await;
     let mut picky = ProtoClient::connect(&sa.path).await;
     waits(&mut picky, &entry(Kind::Agent, Meet::Anyone, &["go"], 1)).await;
     // A plain session on B does not share the interest: both wait, until
     // the picky one's wait is over and it enters again, open.
     let mut plain = ProtoClient::connect(&sb.path).await;
     waits(&mut plain, &Entry::default()).await;
-    let (room, info) = found(&mut plain).await;
+    let (room, info) = found_with_partner(&mut plain).await;
     assert!(info.common_interests.is_empty());
     assert_eq!(info.partner_kind, Some(Kind::Agent));
-    assert_eq!(found(&mut picky).await.0, room);
+    assert_eq!(found_with_partner(&mut picky).await.0, room);
     assert_eq!(picky.say(room, "hello from A").await, Reply::Sent);
     match plain.next_event().await {
         Event::MessageReceived { message, .. } => assert_eq!(message, "hello from A"),
@@ -153,8 +119,8 @@ async fn an_interest_wait_falls_back_to_anyone_across_brokers() {
 async fn whom_one_meets_holds_across_brokers() {
     let realm = Realm::start().await;
     let (sa, sb) = (TestSocket::new(), TestSocket::new());
-    let _a = realm.broker(&sa).await;
-    let _b = realm.broker(&sb).await;
+    let _a = realm.broker(&sa, 20_000).await;
+    let _b = realm.broker(&sb, 20_000).await;
     let mut agents_only = ProtoClient::connect(&sa.path).await;
     waits(&mut agents_only, &entry(Kind::Agent, Meet::Agents, &[], 0)).await;
     // A person on B: the agents-only agent on A is not for them.
@@ -165,13 +131,13 @@ async fn whom_one_meets_holds_across_brokers() {
     let mut agent = ProtoClient::connect(&sb.path).await;
     let (room, info) = matched(&mut agent, &Entry::default()).await;
     assert_eq!(info.partner_kind, Some(Kind::Agent));
-    let (theirs, info) = found(&mut agents_only).await;
+    let (theirs, info) = found_with_partner(&mut agents_only).await;
     assert_eq!((theirs, info.partner_kind), (room, Some(Kind::Agent)));
     // A person on A who meets people only gets the person on B.
     let mut people_only = ProtoClient::connect(&sa.path).await;
     let (room, info) = matched(&mut people_only, &entry(Kind::Person, Meet::People, &[], 0)).await;
     assert_eq!(info.partner_kind, Some(Kind::Person));
-    let (theirs, info) = found(&mut person).await;
+    let (theirs, info) = found_with_partner(&mut person).await;
     assert_eq!((theirs, info.partner_kind), (room, Some(Kind::Person)));
 }
 
@@ -179,8 +145,8 @@ async fn whom_one_meets_holds_across_brokers() {
 async fn a_blocked_pair_on_two_brokers_is_never_matched_again() {
     let realm = Realm::start().await;
     let (sa, sb) = (TestSocket::new(), TestSocket::new());
-    let _a = realm.broker(&sa).await;
-    let _b = realm.broker(&sb).await;
+    let _a = realm.broker(&sa, 20_000).await;
+    let _b = realm.broker(&sb, 20_000).await;
     let x_entry = Entry {
         block_id: Some("installation-x".into()),
         ..Entry::default()
@@ -193,7 +159,7 @@ async fn a_blocked_pair_on_two_brokers_is_never_matched_again() {
     waits(&mut x, &x_entry).await;
     let mut y = ProtoClient::connect(&sb.path).await;
     let (room, _) = matched(&mut y, &y_entry).await;
-    assert_eq!(found(&mut x).await.0, room);
+    assert_eq!(found_with_partner(&mut x).await.0, room);
     // X blocks its partner on the other broker.
     let reply = x
         .request(Request::LeaveChat {
@@ -221,10 +187,10 @@ async fn a_blocked_pair_on_two_brokers_is_never_matched_again() {
     // A third session meets X, the first in line; then a fourth meets Y.
     let mut third = ProtoClient::connect(&sb.path).await;
     let (room, _) = matched(&mut third, &Entry::default()).await;
-    assert_eq!(found(&mut x).await.0, room);
+    assert_eq!(found_with_partner(&mut x).await.0, room);
     let mut fourth = ProtoClient::connect(&sa.path).await;
     let (room, _) = matched(&mut fourth, &Entry::default()).await;
-    assert_eq!(found(&mut y).await.0, room);
+    assert_eq!(found_with_partner(&mut y).await.0, room);
 }
 
 /// Two sessions of one installation (an agent and its user's terminal)
@@ -234,8 +200,8 @@ async fn a_blocked_pair_on_two_brokers_is_never_matched_again() {
 async fn a_block_within_one_installation_binds_those_two_sessions_in_the_realm() {
     let realm = Realm::start().await;
     let (sa, sb) = (TestSocket::new(), TestSocket::new());
-    let _a = realm.broker(&sa).await;
-    let _b = realm.broker(&sb).await;
+    let _a = realm.broker(&sa, 20_000).await;
+    let _b = realm.broker(&sb, 20_000).await;
     let same = Entry {
         block_id: Some("one-installation".into()),
         ..Entry::default()
@@ -244,7 +210,7 @@ async fn a_block_within_one_installation_binds_those_two_sessions_in_the_realm()
     waits(&mut first, &same).await;
     let mut second = ProtoClient::connect(&sa.path).await;
     let (room, _) = matched(&mut second, &same).await;
-    assert_eq!(found(&mut first).await.0, room);
+    assert_eq!(found_with_partner(&mut first).await.0, room);
     let reply = first
         .request(Request::LeaveChat {
             room_id: room,
@@ -261,18 +227,18 @@ async fn a_block_within_one_installation_binds_those_two_sessions_in_the_realm()
     waiting_is(&sb.path, 2).await;
     let mut other = ProtoClient::connect(&sb.path).await;
     let (room, _) = matched(&mut other, &Entry::default()).await;
-    assert_eq!(found(&mut first).await.0, room);
+    assert_eq!(found_with_partner(&mut first).await.0, room);
     let mut another = ProtoClient::connect(&sb.path).await;
     let (room, _) = matched(&mut another, &Entry::default()).await;
-    assert_eq!(found(&mut second).await.0, room);
+    assert_eq!(found_with_partner(&mut second).await.0, room);
 }
 
 #[tokio::test]
 async fn status_counts_waiters_and_busiest_interests_realm_wide() {
     let realm = Realm::start().await;
     let (sa, sb) = (TestSocket::new(), TestSocket::new());
-    let _a = realm.broker(&sa).await;
-    let _b = realm.broker(&sb).await;
+    let _a = realm.broker(&sa, 20_000).await;
+    let _b = realm.broker(&sb, 20_000).await;
     // Three who cannot meet: kinds apart, and interests unshared during
     // their (long) interest waits.
     let mut p = ProtoClient::connect(&sa.path).await;
@@ -336,7 +302,7 @@ async fn random_profiles_on_three_brokers_match_once_and_leave_no_fitting_pair()
     const PER_BROKER: usize = 60;
     let realm = Realm::start().await;
     let sockets = [TestSocket::new(), TestSocket::new(), TestSocket::new()];
-    let _brokers = join_all(sockets.iter().map(|s| realm.broker(s))).await;
+    let _brokers = join_all(sockets.iter().map(|s| realm.broker(s, 20_000))).await;
     let mut rng = Lcg(16);
     let mut clients = Vec::new();
     for socket in &sockets {
@@ -384,7 +350,7 @@ async fn random_profiles_on_three_brokers_match_once_and_leave_no_fitting_pair()
                     match enter(c, e).await {
                         Reply::Error { code, .. } => {
                             assert_eq!(code, ErrorCode::AlreadyInRoom);
-                            rooms.insert(i, found(c).await);
+                            rooms.insert(i, found_with_partner(c).await);
                         }
                         Reply::Waiting { .. } => waiting.push(i),
                         other => panic!("{other:?}"),

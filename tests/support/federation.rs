@@ -1,14 +1,58 @@
-//! What the federation tests beyond `tests/federation.rs` share: brokers
-//! configured by a `config.toml` (as users configure them), and the waits
-//! of a match across brokers.
+//! What the federation tests share: a realm (a `nats-server` with
+//! JetStream) and brokers joined to it by flags or by a `config.toml` (as
+//! users configure them), and the waits of a match across brokers.
 
 use std::path::{Path, PathBuf};
 
 use mcp_chat_proto::{DisconnectReason, Event, MatchInfo, Reply, RoomId, StatusInfo};
 use mcp_chat_testkit::BrokerChild;
+use mcp_chat_testkit::nats::NatsServer;
 use mcp_chat_testkit::proto_client::wait_for_status;
 
-use crate::{BrokerProcess, ProtoClient, bin_path};
+use crate::{BrokerProcess, ProtoClient, TestSocket, bin_path};
+
+/// One realm: a server, and brokers joined to it.
+pub struct Realm {
+    pub nats: NatsServer,
+    pub name: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Realm {
+    pub async fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("mcp-chat-nats")
+            .tempdir()
+            .unwrap();
+        let nats = NatsServer::start(dir.path()).await.unwrap();
+        Self {
+            nats,
+            name: "test".into(),
+            _dir: dir,
+        }
+    }
+
+    /// A broker joined to the realm, with `grace_ms` for remote rooms, once
+    /// its status says it is connected.
+    pub async fn broker(&self, socket: &TestSocket, grace_ms: u64) -> BrokerProcess {
+        let grace = grace_ms.to_string();
+        let url = self.nats.url();
+        let broker = BrokerProcess::start(
+            &socket.path,
+            &[
+                "--federation",
+                &url,
+                "--realm",
+                &self.name,
+                "--federation-grace-ms",
+                &grace,
+            ],
+        )
+        .await;
+        connected(&socket.path).await;
+        broker
+    }
+}
 
 /// Writes `config.toml` with a `[federation]` table of `lines` (`url = …`,
 /// `realm = …`, …) under `dir`, and returns its path.
