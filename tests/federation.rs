@@ -12,7 +12,7 @@ use mcp_chat_proto::{DisconnectReason, Event, Reply, RoomId};
 use mcp_chat_testkit::nats::NatsServer;
 use mcp_chat_testkit::proto_client::wait_for_status;
 use mcp_chat_tests::federation::{
-    Realm, connected, ended, found, found_with_partner, met, pair, received,
+    Realm, connected, ended, found, found_with_partner, met, pair, received, synced,
 };
 use mcp_chat_tests::{BrokerProcess, ProtoClient, TestSocket, within};
 
@@ -231,7 +231,7 @@ async fn a_hostile_nats_publisher_cannot_reach_the_clients() {
 
     let nats = async_nats::connect(realm.nats.url()).await.unwrap();
     let mut spy = nats.subscribe("mcpchat.test.room.*").await.unwrap();
-    nats.flush().await.unwrap();
+    synced(&nats).await;
     assert_eq!(a1.say(room, "legit 1").await, Reply::Sent);
     assert_eq!(received(&mut b1).await, "legit 1");
     let captured = within(
@@ -299,7 +299,7 @@ async fn a_hostile_nats_publisher_cannot_reach_the_clients() {
     nats.publish("mcpchat.test.presence", "garbage".into())
         .await
         .unwrap();
-    nats.flush().await.unwrap();
+    synced(&nats).await;
 
     // The next thing b1 sees is a1's next message: nothing hostile came
     // through (ProtoClient also checks that event seqs stay contiguous).

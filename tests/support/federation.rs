@@ -167,3 +167,16 @@ pub async fn chat(a: &mut ProtoClient, b: &mut ProtoClient) {
     assert_eq!(b.say(room, "hello from b").await, Reply::Sent);
     assert_eq!(received(a).await, "hello from b");
 }
+
+/// Returns once the server has processed everything `nats` sent before:
+/// `flush` only empties the client's write buffer, so a subscription just
+/// made may not be in place yet when another connection publishes (seen on
+/// a loaded machine: the spy missed the message it waited for). A request
+/// the server itself answers is a round trip on the same connection, and
+/// the server handles a connection's operations in order.
+pub async fn synced(nats: &async_nats::Client) {
+    async_nats::jetstream::new(nats.clone())
+        .query_account()
+        .await
+        .unwrap();
+}
