@@ -264,13 +264,16 @@ async fn publish(mut p: Publisher, mut rx: mpsc::Receiver<RoomBody>, stop: Cance
         };
         let mut batch = match next {
             Next::Body(body) => vec![body],
-            Next::Progress => {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(PROGRESS_AFTER) => {}
-                }
-                Vec::new()
-            }
+            // A text that comes meanwhile carries the confirmation itself,
+            // and must not wait out the delay.
+            Next::Progress => tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(PROGRESS_AFTER) => Vec::new(),
+                body = rx.recv() => match body {
+                    Some(body) => vec![body],
+                    None => return,
+                },
+            },
         };
         while batch.len() < WINDOW
             && !matches!(batch.last(), Some(RoomBody::End { .. }))
