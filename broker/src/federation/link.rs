@@ -860,8 +860,14 @@ impl Link {
             }
         };
         // A bad claim is answered too, so its sender does not wait; so is a
-        // second claim while the hub is asked about a first.
+        // second claim while the hub is asked about a first, and one naming
+        // a room that exists or ended lately: claims are untrusted, and
+        // taking it would replace that room (or, refused, close it).
         let found = claim.and_then(|c| {
+            if self.rooms.contains_key(&c.room) || self.ended.contains_key(&c.room) {
+                self.reject(Rejected::Malformed, "claim of a room that exists");
+                return None;
+            }
             let session = *self.keys.get(&c.key)?;
             let w = self.waiters.get_mut(&session)?;
             if w.confirming.is_some() {

@@ -550,6 +550,15 @@ impl State {
         partner: &RealmProfile,
         partner_session: Option<SessionId>,
     ) -> Answer {
+        // A room id already in use is refused without touching that room:
+        // only the second half of a pair of our own sessions joins one.
+        let second_half = local && !asked;
+        if let Some(r) = self.rooms.get(&room)
+            && !(second_half && r.members.len() == 1)
+        {
+            tracing::warn!(%room, session, "federation: refused a match into a room that exists");
+            return Answer::Refused;
+        }
         let waits = self
             .sessions
             .get(&session)

@@ -1,6 +1,7 @@
 //! The hub's side of a realm, with the link played by the test: a realm
 //! waiter whose client has gone quiet is pinged before a claim of it is
-//! taken, and one that never answers is never matched.
+//! taken, and one that never answers is never matched; a claim naming a
+//! room in use is refused.
 
 use mcp_chat_proto::{BrokerMsg, Event, Kind, Meet, Request, RoomId};
 use tokio::sync::{mpsc, oneshot};
@@ -15,7 +16,13 @@ fn waiting_in_realm() -> (State, mpsc::Receiver<ToLink>, Client) {
     let mut state = new_state(100).with_federation(Some(tx));
     state.link_report(FromLink::RealmKey([7; 32]));
     state.link_report(FromLink::Up);
-    let mut w = join(&mut state, 16);
+    let w = enter_realm(&mut state, &mut link);
+    (state, link, w)
+}
+
+/// One more session waiting in the realm.
+fn enter_realm(state: &mut State, link: &mut mpsc::Receiver<ToLink>) -> Client {
+    let mut w = join(state, 16);
     state.handle_request(w.id, 9, Request::EnterQueue(Default::default()));
     match link.try_recv() {
         Ok(ToLink::Enter { session, profile }) => {
@@ -32,16 +39,31 @@ fn waiting_in_realm() -> (State, mpsc::Receiver<ToLink>, Client) {
         w.rx.try_recv(),
         Ok(BrokerMsg::Response { id: 9, .. })
     ));
-    (state, link, w)
+    w
 }
 
 /// A remote broker's claim of `w`; the hub's answer.
 fn claim(state: &mut State, w: &Client) -> Answer {
+    claim_into(state, w, RoomId::new_random())
+}
+
+fn claim_into(state: &mut State, w: &Client, room: RoomId) -> Answer {
     let (confirm, mut answer) = oneshot::channel();
+    report_claim(state, w, room, false, confirm);
+    answer.try_recv().expect("answered at once")
+}
+
+fn report_claim(
+    state: &mut State,
+    w: &Client,
+    room: RoomId,
+    local: bool,
+    confirm: oneshot::Sender<Answer>,
+) {
     state.link_report(FromLink::Matched {
         session: w.id,
-        room: RoomId::new_random(),
-        local: false,
+        room,
+        local,
         confirm: Some(confirm),
         partner: RealmProfile {
             kind: Kind::Person,
@@ -53,7 +75,6 @@ fn claim(state: &mut State, w: &Client) -> Answer {
         },
         partner_session: None,
     });
-    answer.try_recv().expect("answered at once")
 }
 
 #[tokio::test(start_paused = true)]
@@ -87,4 +108,26 @@ async fn a_frozen_realm_waiter_is_never_matched() {
     // Held for a resume, not in the realm: a late claim is refused.
     assert_eq!(claim(&mut state, &w), Answer::Refused);
     assert!(events(&mut w).is_empty(), "no chatroom.found");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_claim_naming_a_room_in_use_is_refused_and_leaves_it_alone() {
+    let (mut state, mut link, mut w) = waiting_in_realm();
+    let room = RoomId::new_random();
+    assert_eq!(claim_into(&mut state, &w, room), Answer::Taken);
+    assert!(matches!(
+        events(&mut w).as_slice(),
+        [Event::ChatroomFound { room_id, .. }] if *room_id == room
+    ));
+    let mut other = enter_realm(&mut state, &mut link);
+    // A hostile claimer reusing the room id: refused, for both kinds.
+    assert_eq!(claim_into(&mut state, &other, room), Answer::Refused);
+    let (confirm, mut answer) = oneshot::channel();
+    report_claim(&mut state, &other, room, true, confirm);
+    assert_eq!(answer.try_recv(), Ok(Answer::Refused));
+    assert!(events(&mut other).is_empty(), "not put in the room");
+    assert!(events(&mut w).is_empty(), "its room goes on untouched");
+    assert!(link.try_recv().is_err(), "nothing ended");
+    // The refused waiter still waits: a genuine claim takes it.
+    assert_eq!(claim(&mut state, &other), Answer::Taken);
 }

@@ -21,6 +21,7 @@
 //! Everything the partner's broker says is untrusted, and kept within what
 //! this side sent.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 
 use mcp_chat_proto::{DisconnectReason, Event, RoomId};
@@ -38,8 +39,16 @@ pub(super) const ROOM_CREDIT: u64 = 512;
 pub(crate) struct RemoteRooms(HashMap<RoomId, Ledger>);
 
 impl RemoteRooms {
+    /// A new room's ledger; an existing one is kept (a room id is never
+    /// reused), and `false` said.
     pub(super) fn insert(&mut self, room: RoomId) -> bool {
-        self.0.insert(room, Ledger::default()).is_none()
+        match self.0.entry(room) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(v) => {
+                v.insert(Ledger::default());
+                true
+            }
+        }
     }
 
     pub(super) fn take(&mut self, room: &RoomId) -> Option<Ledger> {
@@ -272,6 +281,18 @@ mod tests {
                 unconfirmed: 1
             }
         );
+    }
+
+    #[test]
+    fn a_room_id_in_use_keeps_its_ledger() {
+        let mut rooms = RemoteRooms::default();
+        let room = RoomId::new_random();
+        assert!(rooms.insert(room));
+        if let Some(l) = rooms.get_mut(&room) {
+            l.sent = 3;
+        }
+        assert!(!rooms.insert(room), "a second insert is refused");
+        assert_eq!(rooms.take(&room).map(|l| l.sent), Some(3));
     }
 
     #[test]
