@@ -192,9 +192,13 @@ pub struct ClaimAnswer {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomMsg {
     pub room: RoomId,
-    /// The room's random secret, chosen by the claimer and known only to
-    /// the two brokers: a client that merely guesses a room id cannot
-    /// inject into it.
+    /// The room's random secret, chosen by the claimer: a client that
+    /// merely guesses a room id cannot inject into it. It is not private to
+    /// the two brokers: it travels in clear in the claim and in every room
+    /// message, so any realm member that can read the realm's subjects
+    /// learns it and can inject into the room. Brokers do not authenticate
+    /// each other (a known open gap); a realm is as private as its NATS
+    /// account.
     pub secret: String,
     pub from: String,
     /// 1, 2, 3… per room and direction: the receiver delivers in this
