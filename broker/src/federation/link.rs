@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use super::blocks::{self, RealmKey};
 use super::diagnose::{self, Explainer};
 use super::fault;
-use super::realm::{self, Entrant, Mirror, Outcome, Realm};
+use super::realm::{self, Claims, Entrant, Mirror, Outcome, Realm};
 use super::rooms::{self, RemoteRoom};
 use super::wire::{
     self, Claim, ClaimAnswer, Names, Presence, RealmProfile, Rejected, RoomBody, RoomMsg,
@@ -148,6 +148,8 @@ struct Link {
     /// Entries of waiters that left while NATS was away: deleted once back.
     stale: Vec<(String, u64)>,
     rooms: HashMap<RoomId, RemoteRoom>,
+    /// Our claims in flight, shared with the claim attempts.
+    claims: Claims,
     /// The rooms' publishers.
     publishers: TaskTracker,
     seen: HashMap<String, Instant>,
@@ -214,6 +216,7 @@ pub(super) async fn run(
         ended: HashMap::new(),
         stale: Vec::new(),
         rooms: HashMap::new(),
+        claims: Claims::default(),
         publishers: TaskTracker::new(),
         seen: HashMap::new(),
         rejected: 0,
@@ -518,6 +521,7 @@ impl Link {
             blocks: self.blocks.subscribe(),
             names: self.names.clone(),
             me: self.me.clone(),
+            claims: self.claims.clone(),
         };
         let internal = self.internal.clone();
         self.batch_running = true;
@@ -866,6 +870,16 @@ impl Link {
         let found = claim.and_then(|c| {
             if self.rooms.contains_key(&c.room) || self.ended.contains_key(&c.room) {
                 self.reject(Rejected::Malformed, "claim of a room that exists");
+                return None;
+            }
+            // Claims naming us as claimer are forgeable (see `Claims`).
+            let genuine = if c.claimer == self.me {
+                self.claims.take(&c.room)
+            } else {
+                !self.claims.ours(&c.room)
+            };
+            if !genuine {
+                self.reject(Rejected::Malformed, "claim not made by its claimer");
                 return None;
             }
             let session = *self.keys.get(&c.key)?;

@@ -323,6 +323,46 @@ pub struct Realm {
     pub blocks: watch::Receiver<HashSet<String>>,
     pub names: Names,
     pub me: String,
+    /// The rooms of our claims awaiting their answer (see [`Claims`]).
+    pub claims: Claims,
+}
+
+/// Room ids of the claims this broker has sent and not yet seen answered.
+/// Our broker id is public (queue entries' owner), so a claim naming us as
+/// claimer proves nothing: the link takes such a claim only if its room is
+/// one of ours in flight, once. It also refuses a stranger's claim naming
+/// one of these rooms (copied off the wire), which would otherwise take
+/// the room id before our own match arrives. A set shared with the link,
+/// rather than handing our own claims over in-process, keeps a claim of
+/// our own waiter on exactly the path every other claim takes.
+#[derive(Debug, Clone, Default)]
+pub struct Claims(Arc<std::sync::Mutex<HashSet<RoomId>>>);
+
+impl Claims {
+    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<RoomId>> {
+        // A panic elsewhere while holding it cannot leave the set torn.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn start(&self, room: RoomId) {
+        self.set().insert(room);
+    }
+
+    fn finish(&self, room: RoomId) {
+        self.set().remove(&room);
+    }
+
+    /// Whether `room` is one of our claims in flight.
+    pub fn ours(&self, room: &RoomId) -> bool {
+        self.set().contains(room)
+    }
+
+    /// Takes `room` as one of our claims in flight: true once.
+    pub fn take(&self, room: &RoomId) -> bool {
+        self.set().remove(room)
+    }
 }
 
 /// One session of this broker entering.
@@ -577,11 +617,13 @@ async fn confirm(realm: &Realm, entrant: &Entrant, theirs: Queued) -> Confirmed 
     let request = async_nats::Request::new()
         .payload(wire::encode(&claim))
         .timeout(Some(CLAIM_TIMEOUT));
-    match realm
+    realm.claims.start(room);
+    let answer = realm
         .client
         .send_request(realm.names.claim(&owner), request)
-        .await
-    {
+        .await;
+    realm.claims.finish(room);
+    match answer {
         Ok(answer) => match wire::parse::<ClaimAnswer>(&answer.payload) {
             Ok(ClaimAnswer { matched: true }) => Confirmed::Yes(Outcome::Matched {
                 room,
@@ -630,6 +672,20 @@ mod tests {
             who: wire::who_hex(who),
             sid: wire::who_hex(who + 1000),
         }
+    }
+
+    #[test]
+    fn our_claim_is_taken_once_and_only_while_in_flight() {
+        let claims = Claims::default();
+        let room = RoomId::new_random();
+        assert!(!claims.take(&room), "never sent: a forgery");
+        claims.start(room);
+        assert!(claims.ours(&room));
+        assert!(claims.take(&room));
+        assert!(!claims.take(&room), "a copy of it is refused");
+        claims.start(room);
+        claims.finish(room);
+        assert!(!claims.ours(&room), "answered: no longer ours");
     }
 
     #[test]
