@@ -492,8 +492,11 @@ impl State {
                 let asked = confirm.is_some();
                 let answer =
                     self.realm_matched(session, room, local, asked, &partner, partner_session);
-                if let Some(confirm) = confirm {
-                    let _ = confirm.send(answer);
+                if let Some(confirm) = confirm
+                    && confirm.send(answer).is_err()
+                    && answer == Answer::Taken
+                {
+                    self.taken_too_late(session, room, local);
                 }
             }
             FromLink::PairedLocally { first, second } => self.paired_locally(first, second),
@@ -661,6 +664,33 @@ impl State {
         }
         tracing::debug!(%room, session, local, "matched through the realm");
         Answer::Taken
+    }
+
+    /// The link stopped waiting for our answer to a claim (the hub was
+    /// slower than its timeout): it told the claimer no, dropped the room
+    /// and entered `session` again, but we had put the session in the
+    /// room. Undone as if the partner had vanished at once, so the session
+    /// hears of it instead of waiting on a partner that never comes, and
+    /// the link drops its new entry (the session is told the room ended,
+    /// not put back in the queue behind its back).
+    fn taken_too_late(&mut self, session: SessionId, room: RoomId, local: bool) {
+        tracing::warn!(%room, session, "federation: a claim was taken after the link gave up on it; ending the room");
+        if local {
+            self.emit(
+                session,
+                Event::PartnerDisconnected {
+                    room_id: room,
+                    reason: DisconnectReason::Disconnected,
+                    undelivered: 0,
+                    unconfirmed: 0,
+                },
+            );
+        } else {
+            self.remote_ended(room, DisconnectReason::Disconnected, None);
+        }
+        if let Some(f) = self.federated.as_ref() {
+            f.tell(ToLink::Withdraw { session });
+        }
     }
 
     fn refuse_match(&mut self, room: RoomId, local: bool, asked: bool) {

@@ -1,9 +1,10 @@
 //! The hub's side of a realm, with the link played by the test: a realm
 //! waiter whose client has gone quiet is pinged before a claim of it is
 //! taken, and one that never answers is never matched; a claim naming a
-//! room in use is refused.
+//! room in use is refused; a claim taken after the link gave up on it ends
+//! its room towards the waiter.
 
-use mcp_chat_proto::{BrokerMsg, Event, Kind, Meet, Request, RoomId};
+use mcp_chat_proto::{BrokerMsg, DisconnectReason, Event, Kind, Meet, Request, RoomId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::tests::{Client, events, join, new_state};
@@ -130,4 +131,29 @@ async fn a_claim_naming_a_room_in_use_is_refused_and_leaves_it_alone() {
     assert!(link.try_recv().is_err(), "nothing ended");
     // The refused waiter still waits: a genuine claim takes it.
     assert_eq!(claim(&mut state, &other), Answer::Taken);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_claim_taken_after_the_link_gave_up_ends_the_room_towards_the_waiter() {
+    for local in [false, true] {
+        let (mut state, mut link, mut w) = waiting_in_realm();
+        let room = RoomId::new_random();
+        // The link's wait for the answer timed out: its receiver is gone.
+        let (confirm, answer) = oneshot::channel();
+        drop(answer);
+        report_claim(&mut state, &w, room, local, confirm);
+        match events(&mut w).as_slice() {
+            [
+                Event::ChatroomFound { room_id: found, .. },
+                Event::PartnerDisconnected {
+                    room_id,
+                    reason: DisconnectReason::Disconnected,
+                    ..
+                },
+            ] => assert!(*found == room && *room_id == room),
+            other => panic!("{other:?}"),
+        }
+        // The link, which entered it again, drops it.
+        assert!(matches!(link.try_recv(), Ok(ToLink::Withdraw { session }) if session == w.id));
+    }
 }
