@@ -554,10 +554,17 @@ impl State {
         partner_session: Option<SessionId>,
     ) -> Answer {
         // A room id already in use is refused without touching that room:
-        // only the second half of a pair of our own sessions joins one.
-        let second_half = local && !asked;
+        // only the second half of a pair of our own sessions joins one, the
+        // half-open local room its first half made.
+        let half_open = |r: &Room| {
+            r.members.len() == 1
+                && self
+                    .federated
+                    .as_ref()
+                    .is_some_and(|f| !f.remote.contains(&room))
+        };
         if let Some(r) = self.rooms.get(&room)
-            && !(second_half && r.members.len() == 1)
+            && !(local && !asked && half_open(r))
         {
             tracing::warn!(%room, session, "federation: refused a match into a room that exists");
             return Answer::Refused;

@@ -66,16 +66,20 @@ fn report_claim(
         room,
         local,
         confirm: Some(confirm),
-        partner: RealmProfile {
-            kind: Kind::Person,
-            meet: Meet::Anyone,
-            interests: Vec::new(),
-            open: true,
-            who: who_hex(1),
-            sid: who_hex(2),
-        },
+        partner: profile(),
         partner_session: None,
     });
+}
+
+fn profile() -> RealmProfile {
+    RealmProfile {
+        kind: Kind::Person,
+        meet: Meet::Anyone,
+        interests: Vec::new(),
+        open: true,
+        who: who_hex(1),
+        sid: who_hex(2),
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -126,6 +130,15 @@ async fn a_claim_naming_a_room_in_use_is_refused_and_leaves_it_alone() {
     let (confirm, mut answer) = oneshot::channel();
     report_claim(&mut state, &other, room, true, confirm);
     assert_eq!(answer.try_recv(), Ok(Answer::Refused));
+    // Nor does a second half of a local pair join a remote room.
+    state.link_report(FromLink::Matched {
+        session: other.id,
+        room,
+        local: true,
+        confirm: None,
+        partner: profile(),
+        partner_session: None,
+    });
     assert!(events(&mut other).is_empty(), "not put in the room");
     assert!(events(&mut w).is_empty(), "its room goes on untouched");
     assert!(link.try_recv().is_err(), "nothing ended");
