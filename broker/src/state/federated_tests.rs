@@ -1,8 +1,9 @@
 //! The hub's side of a realm, with the link played by the test: a realm
 //! waiter whose client has gone quiet is pinged before a claim of it is
-//! taken, and one that never answers is never matched.
+//! taken, and one that never answers is never matched; a remote partner's
+//! texts never grow a member's replay buffer past its caps.
 
-use mcp_chat_proto::{BrokerMsg, Event, Kind, Meet, Request, RoomId};
+use mcp_chat_proto::{BrokerMsg, DisconnectReason, Event, Kind, Meet, Request, RoomId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::tests::{Client, events, join, new_state};
@@ -87,4 +88,61 @@ async fn a_frozen_realm_waiter_is_never_matched() {
     // Held for a resume, not in the realm: a late claim is refused.
     assert_eq!(claim(&mut state, &w), Answer::Refused);
     assert!(events(&mut w).is_empty(), "no chatroom.found");
+}
+
+#[tokio::test(start_paused = true)]
+async fn remote_texts_past_the_replay_caps_end_the_room_instead_of_growing_it() {
+    let (mut state, mut link, mut w) = waiting_in_realm();
+    assert_eq!(claim(&mut state, &w), Answer::Taken);
+    let room = match events(&mut w).as_slice() {
+        [Event::ChatroomFound { room_id, .. }] => *room_id,
+        other => panic!("{other:?}"),
+    };
+    while link.try_recv().is_ok() {}
+    // The member's client takes in nothing (nothing is written to it).
+    let text = "x".repeat(60_000);
+    let mut taken = 0u64;
+    let report = loop {
+        state.link_report(FromLink::Message {
+            room,
+            text: text.clone(),
+            sent_at: 1,
+        });
+        let got = events(&mut w);
+        if let Ok(ToLink::End {
+            room: r,
+            reason,
+            report,
+        }) = link.try_recv()
+        {
+            assert_eq!((r, reason), (room, DisconnectReason::Disconnected));
+            assert!(
+                matches!(
+                    got.as_slice(),
+                    [Event::PartnerDisconnected {
+                        reason: DisconnectReason::Disconnected,
+                        ..
+                    }]
+                ),
+                "{got:?}"
+            );
+            break report;
+        }
+        assert!(matches!(got.as_slice(), [Event::MessageReceived { .. }]));
+        taken += 1;
+        assert!(taken <= crate::state::REPLAY_EVENTS as u64, "never ended");
+    };
+    assert!(taken > 0);
+    // The text that did not fit is not received: the partner's broker
+    // counts it undelivered, with every one taken in and never written.
+    assert_eq!(report.received, taken);
+    assert_eq!(report.undelivered, taken);
+    assert_eq!(report.unconfirmed, 0);
+    // Later texts are not taken in.
+    state.link_report(FromLink::Message {
+        room,
+        text,
+        sent_at: 1,
+    });
+    assert!(events(&mut w).is_empty());
 }

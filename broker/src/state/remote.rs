@@ -146,6 +146,14 @@ impl State {
         let Some(seq) = self.sessions.get(&member).map(|s| s.next_seq) else {
             return;
         };
+        if !self.has_room_for(member, message.len()) {
+            // A remote sender cannot be asked to wait as a local one is:
+            // rather than grow the replay buffer past its caps, the room
+            // ends. This text is not counted received, so the partner's
+            // broker reports it (and any crossing the end) undelivered.
+            self.remote_backlogged(room_id, member);
+            return;
+        }
         self.emit(
             member,
             Event::MessageReceived {
@@ -158,6 +166,43 @@ impl State {
             l.received += 1;
             l.unacked.push_back((seq, l.received));
         }
+    }
+
+    /// Our member's client is not taking in the partner's texts as fast as
+    /// they come: the room ends towards the partner (`disconnected`, with
+    /// what the member did not get, as when a local slow reader's session
+    /// ends), and our member is told, with what became of its own texts.
+    fn remote_backlogged(&mut self, room_id: RoomId, member: SessionId) {
+        let counts = self
+            .sessions
+            .get(&member)
+            .map(|s| s.delivery(room_id))
+            .unwrap_or_default();
+        tracing::warn!(%room_id, member, undelivered = counts.undelivered, unconfirmed = counts.unconfirmed, "a remote partner's texts overran our member's replay buffer; ending the room");
+        let Some(ledger) = self
+            .federated
+            .as_mut()
+            .and_then(|f| f.remote.take(&room_id))
+        else {
+            return;
+        };
+        if let Some(f) = self.federated.as_ref() {
+            f.tell(ToLink::End {
+                room: room_id,
+                reason: DisconnectReason::Disconnected,
+                report: ledger.report(counts),
+            });
+        }
+        let mine = ledger.unreported();
+        self.emit(
+            member,
+            Event::PartnerDisconnected {
+                room_id,
+                reason: DisconnectReason::Disconnected,
+                undelivered: mine.undelivered,
+                unconfirmed: mine.unconfirmed,
+            },
+        );
     }
 
     /// Our member's client holds every event up to `seq`: the partner's
