@@ -124,6 +124,9 @@ struct Link {
     internal: mpsc::Sender<Internal>,
     mirror: watch::Receiver<Mirror>,
     mirror_tx: Option<watch::Sender<Mirror>>,
+    /// The mirror's writer once the watch runs: the tick drops what the
+    /// bucket expired, which the watch never hears of.
+    mirror_expiry: Option<watch::Sender<Mirror>>,
     store: Option<kv::Store>,
     /// Pair keys of the realm's blocks, for claimers (see `blocks`).
     blocks: watch::Sender<HashSet<String>>,
@@ -198,6 +201,7 @@ pub(super) async fn run(
         internal,
         mirror,
         mirror_tx: Some(mirror_tx),
+        mirror_expiry: None,
         store: None,
         blocks: watch::channel(HashSet::new()).0,
         blocks_store: None,
@@ -545,6 +549,7 @@ impl Link {
             Internal::Ready(ready) => {
                 let (store, blocks_store, key) = *ready;
                 if let Some(mirror) = self.mirror_tx.take() {
+                    self.mirror_expiry = Some(mirror.clone());
                     tokio::spawn(realm::watch_queue(store.clone(), mirror));
                     let (tx, mut rx) = mpsc::channel(1024);
                     tokio::spawn(blocks::watch(blocks_store.clone(), tx));
@@ -1052,6 +1057,9 @@ impl Link {
     async fn tick(&mut self) {
         let now = Instant::now();
         let grace = self.config.grace;
+        if let Some(mirror) = &self.mirror_expiry {
+            mirror.send_if_modified(|m| m.expire(realm::now_ms()) > 0);
+        }
         if let Some(down) = self.down_at {
             if now.duration_since(down) > grace && !self.rooms.is_empty() {
                 tracing::warn!(
