@@ -1114,10 +1114,10 @@ impl Link {
     /// Waiters whose entry left the queue with no claim request following
     /// (see [`Waiter::orphaned_since`]) enter again.
     fn reenter_orphans(&mut self, now: Instant) {
-        let mirror = self.mirror.borrow().clone();
         let mut orphans = Vec::new();
         for (&session, w) in &mut self.waiters {
-            let queued = w.rev.is_some() && mirror.contains(&w.key);
+            // Borrowed per waiter, not the whole mirror copied each second.
+            let queued = w.rev.is_some() && self.mirror.borrow().contains(&w.key);
             if (w.rev.is_some() || w.taken) && !queued && !w.paused {
                 let since = *w.orphaned_since.get_or_insert(now);
                 if now.duration_since(since) > ORPHAN_AFTER {

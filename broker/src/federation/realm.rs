@@ -430,12 +430,13 @@ pub async fn enter_batch(realm: Realm, entrants: Vec<Entrant>) -> Batch {
         let my_name = e.profile.name();
         let mut matched = None;
         loop {
-            let blocks = realm.blocks.borrow().clone();
+            // Borrowed, not copied (a claim loop runs per entry tried);
+            // both borrows end with this statement, before any await.
             let best = realm.mirror.borrow().best(
                 &me,
                 e.profile.open,
                 my_name,
-                &blocks,
+                &realm.blocks.borrow(),
                 None,
                 |rev, q| lost.contains(&rev) || ours.contains(&q.key),
             );
@@ -466,28 +467,31 @@ pub async fn enter_batch(realm: Realm, entrants: Vec<Entrant>) -> Batch {
     }
     // Those left pair with each other: the newer takes the oldest
     // compatible one (best fit first) among those before it.
-    let blocks = realm.blocks.borrow().clone();
     let mut unpaired: Vec<(Entrant, Profile)> = Vec::new();
-    for e in left {
-        let me = e.rule();
-        let mut best: Option<(u8, usize)> = None;
-        for (i, (other, theirs)) in unpaired.iter().enumerate() {
-            let Some(how) = rule::fit(&me, e.profile.open, theirs, other.profile.open) else {
-                continue;
-            };
-            if is_blocked(&blocks, e.profile.name(), other.profile.name()) {
-                continue;
+    {
+        // No await in here: the borrow ends before the protocol runs below.
+        let blocks = realm.blocks.borrow();
+        for e in left {
+            let me = e.rule();
+            let mut best: Option<(u8, usize)> = None;
+            for (i, (other, theirs)) in unpaired.iter().enumerate() {
+                let Some(how) = rule::fit(&me, e.profile.open, theirs, other.profile.open) else {
+                    continue;
+                };
+                if is_blocked(&blocks, e.profile.name(), other.profile.name()) {
+                    continue;
+                }
+                if best.is_none_or(|(rank, _)| how.rank() < rank) {
+                    best = Some((how.rank(), i));
+                }
             }
-            if best.is_none_or(|(rank, _)| how.rank() < rank) {
-                best = Some((how.rank(), i));
+            match best {
+                Some((_, i)) => {
+                    let (other, _) = unpaired.remove(i);
+                    batch.pairs.push((other.session, e.session));
+                }
+                None => unpaired.push((e, me)),
             }
-        }
-        match best {
-            Some((_, i)) => {
-                let (other, _) = unpaired.remove(i);
-                batch.pairs.push((other.session, e.session));
-            }
-            None => unpaired.push((e, me)),
         }
     }
     // Each one left over runs the whole protocol.
@@ -528,13 +532,13 @@ async fn claim_or_wait(
     let mut lost: HashSet<u64> = HashSet::new();
     let mut own: Option<u64> = None;
     loop {
-        let blocks = realm.blocks.borrow().clone();
-        // With an entry of our own, only older ones (step 3).
+        // With an entry of our own, only older ones (step 3). Borrowed,
+        // not copied; both borrows end with this statement.
         let best = realm.mirror.borrow().best(
             &me,
             entrant.profile.open,
             my_name,
-            &blocks,
+            &realm.blocks.borrow(),
             own,
             |rev, q| lost.contains(&rev) || q.key == key,
         );
