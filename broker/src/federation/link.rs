@@ -841,7 +841,8 @@ impl Link {
     }
 
     /// A partner is counted as heard from when its room opens: its first
-    /// heartbeat may not have reached us yet.
+    /// heartbeat may not have reached us yet. Only brokers recorded here
+    /// are tracked (see [`heard`]).
     fn insert_room(&mut self, id: RoomId, room: RemoteRoom) {
         self.seen
             .entry(room.partner.clone())
@@ -953,9 +954,7 @@ impl Link {
 
     fn presence(&mut self, payload: &[u8]) {
         match wire::parse::<Presence>(payload) {
-            Ok(p) if wire::is_id(&p.broker) => {
-                self.seen.insert(p.broker, Instant::now());
-            }
+            Ok(p) if wire::is_id(&p.broker) => heard(&mut self.seen, &p.broker, Instant::now()),
             Ok(_) => self.reject(Rejected::Malformed, "presence"),
             Err(why) => self.reject(why, "presence"),
         }
@@ -1057,6 +1056,11 @@ impl Link {
     async fn tick(&mut self) {
         let now = Instant::now();
         let grace = self.config.grace;
+        // Connected or not, only open rooms' partners are kept.
+        keep_partners(
+            &mut self.seen,
+            self.rooms.values().map(|r| r.partner.as_str()),
+        );
         if let Some(mirror) = &self.mirror_expiry {
             mirror.send_if_modified(|m| m.expire(realm::now_ms()) > 0);
         }
@@ -1086,8 +1090,6 @@ impl Link {
                 tracing::warn!(%room, "federation: a partner's broker went silent; ending the room");
                 self.end_room(room, DisconnectReason::Disconnected);
             }
-            self.seen
-                .retain(|_, &mut at| now.duration_since(at) <= grace * 4);
             self.ended
                 .retain(|_, &mut at| now.duration_since(at) <= ENDED_KEPT);
             self.renew_old_entries(now);
@@ -1285,4 +1287,43 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// A presence from `broker` counts only for a partner of an open room
+/// (recorded when the room opens): any NATS client may publish presences
+/// under made-up ids, which must not grow the map.
+fn heard(seen: &mut HashMap<String, Instant>, broker: &str, now: Instant) {
+    if let Some(at) = seen.get_mut(broker) {
+        *at = now;
+    }
+}
+
+/// Forgets every broker that is no longer the partner of an open room.
+fn keep_partners<'a>(seen: &mut HashMap<String, Instant>, partners: impl Iterator<Item = &'a str>) {
+    let partners: HashSet<&str> = partners.collect();
+    seen.retain(|id, _| partners.contains(id.as_str()));
+}
+
+#[cfg(test)]
+mod presence_tests {
+    use super::*;
+
+    #[test]
+    fn presences_are_kept_only_for_open_rooms_partners() {
+        let start = Instant::now();
+        let later = start + Duration::from_secs(1);
+        let mut seen = HashMap::from([("partner".to_owned(), start)]);
+        heard(&mut seen, "forged", later);
+        assert!(
+            !seen.contains_key("forged"),
+            "an unknown id is not recorded"
+        );
+        heard(&mut seen, "partner", later);
+        assert_eq!(seen.get("partner"), Some(&later));
+        seen.insert("gone".to_owned(), later);
+        keep_partners(&mut seen, ["partner"].into_iter());
+        assert_eq!(seen.len(), 1);
+        keep_partners(&mut seen, std::iter::empty());
+        assert!(seen.is_empty());
+    }
 }
