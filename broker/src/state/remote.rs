@@ -169,15 +169,22 @@ impl State {
     }
 
     /// Our member's client is not taking in the partner's texts as fast as
-    /// they come: the room ends towards the partner (`disconnected`, with
-    /// what the member did not get, as when a local slow reader's session
-    /// ends), and our member is told, with what became of its own texts.
+    /// they come: the room ends towards the partner (`disconnected`), and
+    /// our member is told, with what became of its own texts. The texts
+    /// taken in and not acknowledged are reported `unconfirmed`: the session
+    /// lives on, so they still reach its client if it reads (or resumes);
+    /// the one that did not fit, and any crossing the end, count as never
+    /// taken in (`undelivered` on the partner's side).
     fn remote_backlogged(&mut self, room_id: RoomId, member: SessionId) {
-        let counts = self
+        let held = self
             .sessions
             .get(&member)
             .map(|s| s.delivery(room_id))
             .unwrap_or_default();
+        let counts = Delivery {
+            undelivered: 0,
+            unconfirmed: held.undelivered + held.unconfirmed,
+        };
         tracing::warn!(%room_id, member, undelivered = counts.undelivered, unconfirmed = counts.unconfirmed, "a remote partner's texts overran our member's replay buffer; ending the room");
         let Some(ledger) = self
             .federated
