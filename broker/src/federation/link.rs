@@ -124,6 +124,9 @@ struct Link {
     internal: mpsc::Sender<Internal>,
     mirror: watch::Receiver<Mirror>,
     mirror_tx: Option<watch::Sender<Mirror>>,
+    /// The mirror's writer once the watch runs: the tick drops what the
+    /// bucket expired, which the watch never hears of.
+    mirror_expiry: Option<watch::Sender<Mirror>>,
     store: Option<kv::Store>,
     /// Pair keys of the realm's blocks, for claimers (see `blocks`).
     blocks: watch::Sender<HashSet<String>>,
@@ -200,6 +203,7 @@ pub(super) async fn run(
         internal,
         mirror,
         mirror_tx: Some(mirror_tx),
+        mirror_expiry: None,
         store: None,
         blocks: watch::channel(HashSet::new()).0,
         blocks_store: None,
@@ -549,6 +553,7 @@ impl Link {
             Internal::Ready(ready) => {
                 let (store, blocks_store, key) = *ready;
                 if let Some(mirror) = self.mirror_tx.take() {
+                    self.mirror_expiry = Some(mirror.clone());
                     tokio::spawn(realm::watch_queue(store.clone(), mirror));
                     let (tx, mut rx) = mpsc::channel(1024);
                     tokio::spawn(blocks::watch(blocks_store.clone(), tx));
@@ -840,7 +845,8 @@ impl Link {
     }
 
     /// A partner is counted as heard from when its room opens: its first
-    /// heartbeat may not have reached us yet.
+    /// heartbeat may not have reached us yet. Only brokers recorded here
+    /// are tracked (see [`heard`]).
     fn insert_room(&mut self, id: RoomId, room: RemoteRoom) {
         self.seen
             .entry(room.partner.clone())
@@ -968,9 +974,7 @@ impl Link {
 
     fn presence(&mut self, payload: &[u8]) {
         match wire::parse::<Presence>(payload) {
-            Ok(p) if wire::is_id(&p.broker) => {
-                self.seen.insert(p.broker, Instant::now());
-            }
+            Ok(p) if wire::is_id(&p.broker) => heard(&mut self.seen, &p.broker, Instant::now()),
             Ok(_) => self.reject(Rejected::Malformed, "presence"),
             Err(why) => self.reject(why, "presence"),
         }
@@ -1072,6 +1076,14 @@ impl Link {
     async fn tick(&mut self) {
         let now = Instant::now();
         let grace = self.config.grace;
+        // Connected or not, only open rooms' partners are kept.
+        keep_partners(
+            &mut self.seen,
+            self.rooms.values().map(|r| r.partner.as_str()),
+        );
+        if let Some(mirror) = &self.mirror_expiry {
+            mirror.send_if_modified(|m| m.expire(realm::now_ms()) > 0);
+        }
         if let Some(down) = self.down_at {
             if now.duration_since(down) > grace && !self.rooms.is_empty() {
                 tracing::warn!(
@@ -1098,8 +1110,6 @@ impl Link {
                 tracing::warn!(%room, "federation: a partner's broker went silent; ending the room");
                 self.end_room(room, DisconnectReason::Disconnected);
             }
-            self.seen
-                .retain(|_, &mut at| now.duration_since(at) <= grace * 4);
             self.ended
                 .retain(|_, &mut at| now.duration_since(at) <= ENDED_KEPT);
             self.renew_old_entries(now);
@@ -1126,10 +1136,10 @@ impl Link {
     /// Waiters whose entry left the queue with no claim request following
     /// (see [`Waiter::orphaned_since`]) enter again.
     fn reenter_orphans(&mut self, now: Instant) {
-        let mirror = self.mirror.borrow().clone();
         let mut orphans = Vec::new();
         for (&session, w) in &mut self.waiters {
-            let queued = w.rev.is_some() && mirror.contains(&w.key);
+            // Borrowed per waiter, not the whole mirror copied each second.
+            let queued = w.rev.is_some() && self.mirror.borrow().contains(&w.key);
             if (w.rev.is_some() || w.taken) && !queued && !w.paused {
                 let since = *w.orphaned_since.get_or_insert(now);
                 if now.duration_since(since) > ORPHAN_AFTER {
@@ -1297,4 +1307,43 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// A presence from `broker` counts only for a partner of an open room
+/// (recorded when the room opens): any NATS client may publish presences
+/// under made-up ids, which must not grow the map.
+fn heard(seen: &mut HashMap<String, Instant>, broker: &str, now: Instant) {
+    if let Some(at) = seen.get_mut(broker) {
+        *at = now;
+    }
+}
+
+/// Forgets every broker that is no longer the partner of an open room.
+fn keep_partners<'a>(seen: &mut HashMap<String, Instant>, partners: impl Iterator<Item = &'a str>) {
+    let partners: HashSet<&str> = partners.collect();
+    seen.retain(|id, _| partners.contains(id.as_str()));
+}
+
+#[cfg(test)]
+mod presence_tests {
+    use super::*;
+
+    #[test]
+    fn presences_are_kept_only_for_open_rooms_partners() {
+        let start = Instant::now();
+        let later = start + Duration::from_secs(1);
+        let mut seen = HashMap::from([("partner".to_owned(), start)]);
+        heard(&mut seen, "forged", later);
+        assert!(
+            !seen.contains_key("forged"),
+            "an unknown id is not recorded"
+        );
+        heard(&mut seen, "partner", later);
+        assert_eq!(seen.get("partner"), Some(&later));
+        seen.insert("gone".to_owned(), later);
+        keep_partners(&mut seen, ["partner"].into_iter());
+        assert_eq!(seen.len(), 1);
+        keep_partners(&mut seen, std::iter::empty());
+        assert!(seen.is_empty());
+    }
 }

@@ -109,6 +109,7 @@ use mcp_chat_proto::{InterestCount, RoomId};
 use tokio::sync::watch;
 
 use super::blocks::{RealmName, is_blocked};
+use super::fault;
 use super::wire::{self, Claim, ClaimAnswer, Names, QueueEntry, RealmProfile};
 use crate::state::rule::{self, Fit, Profile};
 
@@ -127,6 +128,10 @@ pub struct Queued {
     /// The profile as the rule reads it.
     rule: Profile,
     pub arrival: u64,
+    /// When the server stored it (ms since the Unix epoch): the bucket's
+    /// `max_age` expires it silently, with no change for watchers, so the
+    /// mirror drops it by this (see [`Mirror::expire`]).
+    created_ms: u64,
 }
 
 /// This broker's view of the realm's queue.
@@ -159,6 +164,8 @@ impl Mirror {
             return;
         };
         let arrival = value.arrival.unwrap_or(entry.revision);
+        let created_ms =
+            u64::try_from(entry.created.unix_timestamp_nanos() / 1_000_000).unwrap_or_default();
         for tag in &value.profile.interests {
             *self.interests.entry(tag.clone()).or_default() += 1;
         }
@@ -171,6 +178,7 @@ impl Mirror {
                 rule: rule_profile(&value.profile),
                 profile: value.profile,
                 arrival,
+                created_ms,
             },
         );
         self.by_key.insert(entry.key.clone(), entry.revision);
@@ -193,6 +201,25 @@ impl Mirror {
 
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Drops the entries the bucket has expired by now (`now_ms`, ms since
+    /// the Unix epoch): watchers hear nothing of an expiry, so without this
+    /// a ghost would stay in every mirror (counted as waiting, and costing
+    /// each entrant a failed claim). Returns how many went.
+    pub fn expire(&mut self, now_ms: u64) -> usize {
+        let cutoff = expiry_cutoff(now_ms);
+        let gone: Vec<(u64, String)> = self
+            .entries
+            .iter()
+            .filter(|(_, q)| q.created_ms < cutoff)
+            .map(|(&rev, q)| (rev, q.key.clone()))
+            .collect();
+        for (rev, key) in &gone {
+            self.by_key.remove(key);
+            self.remove(*rev);
+        }
+        gone.len()
     }
 
     pub fn contains(&self, key: &str) -> bool {
@@ -224,6 +251,8 @@ impl Mirror {
         skip: impl Fn(u64, &Queued) -> bool,
     ) -> Option<(u64, Queued)> {
         let mut open_fit: Option<u64> = None;
+        // Expired by the bucket but not yet dropped here: not claimable.
+        let cutoff = expiry_cutoff(now_ms());
         for &(_, rev) in &self.by_arrival {
             if before.is_some_and(|b| rev >= b) {
                 continue;
@@ -231,7 +260,7 @@ impl Mirror {
             let Some(q) = self.entries.get(&rev) else {
                 continue;
             };
-            if skip(rev, q) {
+            if q.created_ms < cutoff || skip(rev, q) {
                 continue;
             }
             let Some(how) = rule::fit(me, me_open, &q.rule, q.profile.open) else {
@@ -254,6 +283,22 @@ impl Mirror {
         }
         open_fit.and_then(|rev| self.entries.get(&rev).map(|q| (rev, q.clone())))
     }
+}
+
+/// Entries stored before this (ms since the Unix epoch) have expired from
+/// the bucket. The server's clock stamps them and ours reads them: owners
+/// renew their waiters' entries at half the age, so only a skew of half
+/// `max_age` between the two could drop a live entry from a mirror.
+fn expiry_cutoff(now_ms: u64) -> u64 {
+    let max_age = u64::try_from(fault::queue_max_age().as_millis()).unwrap_or(u64::MAX);
+    now_ms.saturating_sub(max_age)
+}
+
+/// Now, in ms since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A realm profile as the rule reads it.
@@ -425,12 +470,13 @@ pub async fn enter_batch(realm: Realm, entrants: Vec<Entrant>) -> Batch {
         let my_name = e.profile.name();
         let mut matched = None;
         loop {
-            let blocks = realm.blocks.borrow().clone();
+            // Borrowed, not copied (a claim loop runs per entry tried);
+            // both borrows end with this statement, before any await.
             let best = realm.mirror.borrow().best(
                 &me,
                 e.profile.open,
                 my_name,
-                &blocks,
+                &realm.blocks.borrow(),
                 None,
                 |rev, q| lost.contains(&rev) || ours.contains(&q.key),
             );
@@ -461,28 +507,31 @@ pub async fn enter_batch(realm: Realm, entrants: Vec<Entrant>) -> Batch {
     }
     // Those left pair with each other: the newer takes the oldest
     // compatible one (best fit first) among those before it.
-    let blocks = realm.blocks.borrow().clone();
     let mut unpaired: Vec<(Entrant, Profile)> = Vec::new();
-    for e in left {
-        let me = e.rule();
-        let mut best: Option<(u8, usize)> = None;
-        for (i, (other, theirs)) in unpaired.iter().enumerate() {
-            let Some(how) = rule::fit(&me, e.profile.open, theirs, other.profile.open) else {
-                continue;
-            };
-            if is_blocked(&blocks, e.profile.name(), other.profile.name()) {
-                continue;
+    {
+        // No await in here: the borrow ends before the protocol runs below.
+        let blocks = realm.blocks.borrow();
+        for e in left {
+            let me = e.rule();
+            let mut best: Option<(u8, usize)> = None;
+            for (i, (other, theirs)) in unpaired.iter().enumerate() {
+                let Some(how) = rule::fit(&me, e.profile.open, theirs, other.profile.open) else {
+                    continue;
+                };
+                if is_blocked(&blocks, e.profile.name(), other.profile.name()) {
+                    continue;
+                }
+                if best.is_none_or(|(rank, _)| how.rank() < rank) {
+                    best = Some((how.rank(), i));
+                }
             }
-            if best.is_none_or(|(rank, _)| how.rank() < rank) {
-                best = Some((how.rank(), i));
+            match best {
+                Some((_, i)) => {
+                    let (other, _) = unpaired.remove(i);
+                    batch.pairs.push((other.session, e.session));
+                }
+                None => unpaired.push((e, me)),
             }
-        }
-        match best {
-            Some((_, i)) => {
-                let (other, _) = unpaired.remove(i);
-                batch.pairs.push((other.session, e.session));
-            }
-            None => unpaired.push((e, me)),
         }
     }
     // Each one left over runs the whole protocol.
@@ -523,13 +572,13 @@ async fn claim_or_wait(
     let mut lost: HashSet<u64> = HashSet::new();
     let mut own: Option<u64> = None;
     loop {
-        let blocks = realm.blocks.borrow().clone();
-        // With an entry of our own, only older ones (step 3).
+        // With an entry of our own, only older ones (step 3). Borrowed,
+        // not copied; both borrows end with this statement.
         let best = realm.mirror.borrow().best(
             &me,
             entrant.profile.open,
             my_name,
-            &blocks,
+            &realm.blocks.borrow(),
             own,
             |rev, q| lost.contains(&rev) || q.key == key,
         );
@@ -651,12 +700,20 @@ mod tests {
     use mcp_chat_proto::{Kind, Meet};
 
     fn queued(mirror: &mut Mirror, rev: u64, arrival: u64, p: RealmProfile) {
+        queued_at(mirror, rev, arrival, p, now_ms());
+    }
+
+    fn queued_at(mirror: &mut Mirror, rev: u64, arrival: u64, p: RealmProfile, created_ms: u64) {
+        for tag in &p.interests {
+            *mirror.interests.entry(tag.clone()).or_default() += 1;
+        }
         let q = Queued {
             key: format!("k{rev}"),
             owner: wire::fresh_id(),
             rule: rule_profile(&p),
             profile: p,
             arrival,
+            created_ms,
         };
         mirror.by_arrival.insert((arrival, rev));
         mirror.by_key.insert(q.key.clone(), rev);
@@ -770,15 +827,45 @@ mod tests {
             2,
             profile(Kind::Agent, Meet::Anyone, &["go"], true, 2),
         );
-        for q in m.entries.values() {
-            for t in &q.profile.interests {
-                *m.interests.entry(t.clone()).or_default() += 1;
-            }
-        }
         let top = m.busiest(10);
         assert_eq!(top[0].interest, "go");
         assert_eq!(top[0].waiting, 2);
         m.remove(1);
         assert_eq!(m.busiest(10).len(), 1);
+    }
+
+    #[test]
+    fn entries_the_bucket_expired_leave_the_mirror_and_are_never_claimed() {
+        let mut m = Mirror::default();
+        let now = now_ms();
+        let max_age = u64::try_from(fault::queue_max_age().as_millis()).unwrap();
+        let stale = now - max_age - 1;
+        queued_at(
+            &mut m,
+            1,
+            1,
+            profile(Kind::Agent, Meet::Anyone, &["go"], true, 1),
+            stale,
+        );
+        queued(
+            &mut m,
+            2,
+            2,
+            profile(Kind::Agent, Meet::Anyone, &["go"], true, 2),
+        );
+        let me = profile(Kind::Agent, Meet::Anyone, &["go"], true, 50);
+        let none = HashSet::new();
+        let best = |m: &Mirror| {
+            m.best(&rule_profile(&me), true, me.name(), &none, None, |_, _| {
+                false
+            })
+            .map(|(rev, _)| rev)
+        };
+        assert_eq!(best(&m), Some(2), "the expired one is skipped");
+        assert_eq!(m.expire(now), 1);
+        assert_eq!(m.len(), 1);
+        assert!(!m.contains("k1"));
+        assert_eq!(m.busiest(10)[0].waiting, 1);
+        assert_eq!(m.expire(now), 0, "a live entry stays");
     }
 }

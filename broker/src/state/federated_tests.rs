@@ -2,7 +2,8 @@
 //! waiter whose client has gone quiet is pinged before a claim of it is
 //! taken, and one that never answers is never matched; a claim naming a
 //! room in use is refused; a claim taken after the link gave up on it ends
-//! its room towards the waiter.
+//! its room towards the waiter; a remote partner's texts never grow a
+//! member's replay buffer past its caps.
 
 use mcp_chat_proto::{BrokerMsg, DisconnectReason, Event, Kind, Meet, Request, RoomId};
 use tokio::sync::{mpsc, oneshot};
@@ -169,4 +170,62 @@ async fn a_claim_taken_after_the_link_gave_up_ends_the_room_towards_the_waiter()
         // The link, which entered it again, drops it.
         assert!(matches!(link.try_recv(), Ok(ToLink::Withdraw { session }) if session == w.id));
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn remote_texts_past_the_replay_caps_end_the_room_instead_of_growing_it() {
+    let (mut state, mut link, mut w) = waiting_in_realm();
+    assert_eq!(claim(&mut state, &w), Answer::Taken);
+    let room = match events(&mut w).as_slice() {
+        [Event::ChatroomFound { room_id, .. }] => *room_id,
+        other => panic!("{other:?}"),
+    };
+    while link.try_recv().is_ok() {}
+    // The member's client takes in nothing (nothing is written to it).
+    let text = "x".repeat(60_000);
+    let mut taken = 0u64;
+    let report = loop {
+        state.link_report(FromLink::Message {
+            room,
+            text: text.clone(),
+            sent_at: 1,
+        });
+        let got = events(&mut w);
+        if let Ok(ToLink::End {
+            room: r,
+            reason,
+            report,
+        }) = link.try_recv()
+        {
+            assert_eq!((r, reason), (room, DisconnectReason::Disconnected));
+            assert!(
+                matches!(
+                    got.as_slice(),
+                    [Event::PartnerDisconnected {
+                        reason: DisconnectReason::Disconnected,
+                        ..
+                    }]
+                ),
+                "{got:?}"
+            );
+            break report;
+        }
+        assert!(matches!(got.as_slice(), [Event::MessageReceived { .. }]));
+        taken += 1;
+        assert!(taken <= crate::state::REPLAY_EVENTS as u64, "never ended");
+    };
+    assert!(taken > 0);
+    // The text that did not fit is not received: the partner's broker
+    // counts it undelivered. Those taken in wait for the client, which
+    // lives on: unconfirmed.
+    assert_eq!(report.received, taken);
+    assert_eq!(report.undelivered, 0);
+    assert_eq!(report.unconfirmed, taken);
+    // Later texts are not taken in.
+    state.link_report(FromLink::Message {
+        room,
+        text,
+        sent_at: 1,
+    });
+    assert!(events(&mut w).is_empty());
 }

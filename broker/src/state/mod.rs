@@ -510,7 +510,8 @@ impl State {
     /// Queues an event with the session's next sequence number, and keeps it
     /// for replay until the client acknowledges it. Messages never overflow
     /// the replay buffer: `send_message` holds the sender back first (see
-    /// [`State::has_room_for`]); the few other events always fit.
+    /// [`State::has_room_for`]), and a remote partner's room ends instead
+    /// (`state::remote`); the few other events always fit.
     fn emit(&mut self, session: SessionId, event: Event) {
         let Some(s) = self.sessions.get_mut(&session) else {
             return;

@@ -155,6 +155,14 @@ impl State {
         let Some(seq) = self.sessions.get(&member).map(|s| s.next_seq) else {
             return;
         };
+        if !self.has_room_for(member, message.len()) {
+            // A remote sender cannot be asked to wait as a local one is:
+            // rather than grow the replay buffer past its caps, the room
+            // ends. This text is not counted received, so the partner's
+            // broker reports it (and any crossing the end) undelivered.
+            self.remote_backlogged(room_id, member);
+            return;
+        }
         self.emit(
             member,
             Event::MessageReceived {
@@ -167,6 +175,50 @@ impl State {
             l.received += 1;
             l.unacked.push_back((seq, l.received));
         }
+    }
+
+    /// Our member's client is not taking in the partner's texts as fast as
+    /// they come: the room ends towards the partner (`disconnected`), and
+    /// our member is told, with what became of its own texts. The texts
+    /// taken in and not acknowledged are reported `unconfirmed`: the session
+    /// lives on, so they still reach its client if it reads (or resumes);
+    /// the one that did not fit, and any crossing the end, count as never
+    /// taken in (`undelivered` on the partner's side).
+    fn remote_backlogged(&mut self, room_id: RoomId, member: SessionId) {
+        let held = self
+            .sessions
+            .get(&member)
+            .map(|s| s.delivery(room_id))
+            .unwrap_or_default();
+        let counts = Delivery {
+            undelivered: 0,
+            unconfirmed: held.undelivered + held.unconfirmed,
+        };
+        tracing::warn!(%room_id, member, undelivered = counts.undelivered, unconfirmed = counts.unconfirmed, "a remote partner's texts overran our member's replay buffer; ending the room");
+        let Some(ledger) = self
+            .federated
+            .as_mut()
+            .and_then(|f| f.remote.take(&room_id))
+        else {
+            return;
+        };
+        if let Some(f) = self.federated.as_ref() {
+            f.tell(ToLink::End {
+                room: room_id,
+                reason: DisconnectReason::Disconnected,
+                report: ledger.report(counts),
+            });
+        }
+        let mine = ledger.unreported();
+        self.emit(
+            member,
+            Event::PartnerDisconnected {
+                room_id,
+                reason: DisconnectReason::Disconnected,
+                undelivered: mine.undelivered,
+                unconfirmed: mine.unconfirmed,
+            },
+        );
     }
 
     /// Our member's client holds every event up to `seq`: the partner's
