@@ -14,6 +14,7 @@ use mcp_chat_testkit::proto_client::wait_for_status;
 use mcp_chat_tests::federation::{
     Realm, connected, ended, found, found_with_partner, met, pair, received, synced,
 };
+use mcp_chat_tests::frozen_receiver::{assert_delivered_or_reported, send_until_partner_gone};
 use mcp_chat_tests::{BrokerProcess, ProtoClient, TestSocket, within};
 
 #[tokio::test]
@@ -829,7 +830,7 @@ fn send_signal(pid: u32, signal: rustix::process::Signal) {
 #[tokio::test]
 async fn a_frozen_receiver_on_another_broker_costs_the_sender_an_exact_undelivered_count() {
     use mcp_chat_tests::McpClient;
-    use serde_json::{Value, json};
+    use serde_json::json;
 
     let realm = Realm::start().await;
     let (sa, sb) = (TestSocket::new(), TestSocket::new());
@@ -850,69 +851,10 @@ async fn a_frozen_receiver_on_another_broker_costs_the_sender_an_exact_undeliver
     b.channel_event().await;
     send_signal(b.child.id().unwrap(), rustix::process::Signal::STOP);
 
-    let filler = "x".repeat(mcp_chat_proto::MAX_MESSAGE_BYTES - 8);
-    let mut sent = 0u64;
-    loop {
-        let result = a
-            .call(
-                "send_message",
-                json!({"room_id": room, "message": format!("{sent:05} {filler}")}),
-            )
-            .await;
-        if result.is_error == Some(true) {
-            let failure: Value =
-                serde_json::from_str(&result.content[0].as_text().unwrap().text).unwrap();
-            if failure["error"] == "rate_limited" {
-                continue;
-            }
-            assert_eq!(failure["error"], "partner_gone", "{failure}");
-            break;
-        }
-        sent += 1;
-        assert!(
-            sent < 20_000,
-            "broker B never gave up on the frozen receiver"
-        );
-    }
-    let gone = loop {
-        let (method, params) = a.notification().await;
-        if method == "partner.disconnected" {
-            break params;
-        }
-    };
-    assert_eq!(gone["reason"], "disconnected", "{gone}");
-    let undelivered = gone["undelivered"].as_u64().unwrap();
-    let unconfirmed = gone["unconfirmed"].as_u64().unwrap();
+    let counts = send_until_partner_gone(&mut a, &room, 20_000).await;
 
     send_signal(b.child.id().unwrap(), rustix::process::Signal::CONT);
-    // b reads what reached its socket, then finds its session gone.
-    let mut received = Vec::new();
-    loop {
-        let (method, params) = b.notification().await;
-        match method.as_str() {
-            "message.received" => {
-                received.push(params["message"].as_str().unwrap()[..5].to_owned())
-            }
-            "partner.disconnected" => break,
-            other => panic!("{other}: {params}"),
-        }
-    }
-    let in_order: Vec<String> = (0..received.len()).map(|i| format!("{i:05}")).collect();
-    assert_eq!(
-        received, in_order,
-        "what arrived, arrived in order from the first"
-    );
-    let received = received.len() as u64;
-    assert!(undelivered > 0, "the receiver's buffers filled up");
-    assert_eq!(
-        sent,
-        received + undelivered,
-        "every message answered sent reached the receiver or was reported ({unconfirmed} unconfirmed)"
-    );
-    assert!(
-        unconfirmed <= received,
-        "unconfirmed ones were on the receiver's side"
-    );
+    assert_delivered_or_reported(&mut b, counts).await;
 }
 
 /// A receiving broker killed with SIGKILL mid-stream reports nothing, so its

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
+use mcp_chat_tests::frozen_receiver::{assert_delivered_or_reported, send_until_partner_gone};
 use mcp_chat_tests::proto_client::wait_for_status;
 use mcp_chat_tests::{BrokerProcess, McpClient, TestSocket, UNTHROTTLED, within};
 use serde_json::{Value, json};
@@ -289,71 +290,10 @@ async fn a_frozen_receiver_costs_the_sender_an_exact_undelivered_count() {
     let room = pair_up(&mut a, &mut b).await;
     b.channel_event().await;
     signal(&b, "STOP");
-    let filler = "x".repeat(mcp_chat_proto::MAX_MESSAGE_BYTES - 8);
-    let mut sent = 0u64;
-    loop {
-        let result = a
-            .call(
-                "send_message",
-                json!({"room_id": room, "message": format!("{sent:05} {filler}")}),
-            )
-            .await;
-        if result.is_error == Some(true) {
-            let failure: Value =
-                serde_json::from_str(&result.content[0].as_text().unwrap().text).unwrap();
-            // A full backlog on the receiver's side holds the sender back:
-            // nothing is sent, so it simply sends again.
-            if failure["error"] == "rate_limited" {
-                continue;
-            }
-            assert_eq!(failure["error"], "partner_gone", "{failure}");
-            break;
-        }
-        sent += 1;
-        assert!(
-            sent < 10_000,
-            "the broker never gave up on the frozen receiver"
-        );
-    }
-    let gone = loop {
-        let (method, params) = a.notification().await;
-        if method == "partner.disconnected" {
-            break params;
-        }
-    };
-    assert_eq!(gone["reason"], "disconnected", "{gone}");
-    let undelivered = gone["undelivered"].as_u64().unwrap();
-    let unconfirmed = gone["unconfirmed"].as_u64().unwrap();
+    let counts = send_until_partner_gone(&mut a, &room, 10_000).await;
 
     signal(&b, "CONT");
-    // b reads what reached its socket, then finds its session gone.
-    let mut received = Vec::new();
-    loop {
-        let (method, params) = b.notification().await;
-        match method.as_str() {
-            "message.received" => {
-                received.push(params["message"].as_str().unwrap()[..5].to_owned())
-            }
-            "partner.disconnected" => break,
-            other => panic!("{other}: {params}"),
-        }
-    }
-    let in_order: Vec<String> = (0..received.len()).map(|i| format!("{i:05}")).collect();
-    assert_eq!(
-        received, in_order,
-        "what arrived, arrived in order from the first"
-    );
-    let received = received.len() as u64;
-    assert!(undelivered > 0, "the receiver's buffers filled up");
-    assert_eq!(
-        sent,
-        received + undelivered,
-        "every message answered sent reached the receiver or was reported ({unconfirmed} unconfirmed)"
-    );
-    assert!(
-        unconfirmed <= received,
-        "unconfirmed ones were on the receiver's side"
-    );
+    assert_delivered_or_reported(&mut b, counts).await;
 }
 
 /// Whether `pid` is stopped (state `T` in `/proc/<pid>/stat`).

@@ -12,6 +12,7 @@
 
 pub mod broker;
 pub mod federation;
+pub mod frozen_receiver;
 pub mod mcp_client;
 pub mod script;
 
