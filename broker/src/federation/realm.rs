@@ -93,11 +93,15 @@
 //! owner that is gone gets no responders, and the entry is already deleted)
 //! and, as a backstop, by the bucket's `max_age`.
 //!
-//! Cost: finding the best entry walks the mirror in arrival order and stops
-//! at the first shared interest (or, for a seeker without interests, at the
-//! first compatible entry); only a seeker with interests that nobody shares
-//! walks it whole. The mirror is in memory, so that is microseconds per
-//! thousand waiters, small beside the KV round trips of a claim.
+//! Cost: the mirror keeps, beside the entries, one line per interest and
+//! one line of open entries per kind × `meet` class, each in arrival order
+//! (as `crate::state::pool` does for one broker's queue). The best entry is
+//! the earliest fitting front of the seeker's interest lines, else of the
+//! open lines of the (at most six) compatible classes: O(log n) per line
+//! looked at, never a walk of the queue. A line is walked past its front
+//! only over entries this seeker cannot take (blocked with it, expired, or
+//! already tried in this attempt). A model test checks the indexes against
+//! a walk of the whole queue.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -105,13 +109,14 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use futures::StreamExt;
-use mcp_chat_proto::{InterestCount, RoomId};
+use mcp_chat_proto::matching::kinds_compatible;
+use mcp_chat_proto::{InterestCount, Kind, Meet, RoomId};
 use tokio::sync::watch;
 
 use super::blocks::{RealmName, is_blocked};
 use super::fault;
 use super::wire::{self, Claim, ClaimAnswer, Names, QueueEntry, RealmProfile};
-use crate::state::rule::{self, Fit, Profile};
+use crate::state::rule::{self, Profile};
 
 /// Entries older than this expire from the bucket (a backstop for brokers
 /// that die with waiters in it); the owner re-enters a waiter at half of it.
@@ -140,8 +145,15 @@ pub struct Mirror {
     /// Revision → entry, oldest first.
     pub entries: BTreeMap<u64, Queued>,
     by_key: HashMap<String, u64>,
-    /// (arrival, revision) of every entry: the order claims prefer.
-    by_arrival: BTreeSet<(u64, u64)>,
+    /// (arrival, revision) of the entries naming each interest, in the
+    /// order claims prefer: the earliest sharer of any of a seeker's
+    /// interests is at the front of one of these lines.
+    by_interest: HashMap<String, BTreeSet<(u64, u64)>>,
+    /// (arrival, revision) of the *open* entries of each kind × `meet`
+    /// class: only an open entry can fit a seeker that shares nothing with
+    /// it, so the earliest open fit is at the front of one of the (at most
+    /// six) classes compatible with the seeker.
+    open_by_class: HashMap<(Kind, Meet), BTreeSet<(u64, u64)>>,
     /// Waiters per interest, realm-wide.
     interests: HashMap<String, usize>,
     /// The newest revision seen.
@@ -166,11 +178,7 @@ impl Mirror {
         let arrival = value.arrival.unwrap_or(entry.revision);
         let created_ms =
             u64::try_from(entry.created.unix_timestamp_nanos() / 1_000_000).unwrap_or_default();
-        for tag in &value.profile.interests {
-            *self.interests.entry(tag.clone()).or_default() += 1;
-        }
-        self.by_arrival.insert((arrival, entry.revision));
-        self.entries.insert(
+        self.insert(
             entry.revision,
             Queued {
                 key: entry.key.clone(),
@@ -181,19 +189,53 @@ impl Mirror {
                 created_ms,
             },
         );
-        self.by_key.insert(entry.key.clone(), entry.revision);
+    }
+
+    /// Adds `q`, stored at revision `rev`, to the entries and their indexes.
+    fn insert(&mut self, rev: u64, q: Queued) {
+        let place = (q.arrival, rev);
+        for tag in &q.profile.interests {
+            *self.interests.entry(tag.clone()).or_default() += 1;
+            self.by_interest
+                .entry(tag.clone())
+                .or_default()
+                .insert(place);
+        }
+        if q.profile.open {
+            self.open_by_class
+                .entry((q.profile.kind, q.profile.meet))
+                .or_default()
+                .insert(place);
+        }
+        self.by_key.insert(q.key.clone(), rev);
+        self.entries.insert(rev, q);
     }
 
     fn remove(&mut self, rev: u64) {
         let Some(old) = self.entries.remove(&rev) else {
             return;
         };
-        self.by_arrival.remove(&(old.arrival, rev));
+        let place = (old.arrival, rev);
         for tag in &old.profile.interests {
             if let Some(n) = self.interests.get_mut(tag) {
                 *n -= 1;
                 if *n == 0 {
                     self.interests.remove(tag);
+                }
+            }
+            if let Some(line) = self.by_interest.get_mut(tag) {
+                line.remove(&place);
+                if line.is_empty() {
+                    self.by_interest.remove(tag);
+                }
+            }
+        }
+        if old.profile.open {
+            let class = (old.profile.kind, old.profile.meet);
+            if let Some(line) = self.open_by_class.get_mut(&class) {
+                line.remove(&place);
+                if line.is_empty() {
+                    self.open_by_class.remove(&class);
                 }
             }
         }
@@ -240,7 +282,14 @@ impl Mirror {
     }
 
     /// The best entry for `me` under the rule (see the module docs), of
-    /// those older than `before` if given, that `skip` does not rule out.
+    /// those older than `before` if given, that `skip` does not rule out:
+    /// the earliest entry sharing one of `me`'s interests, else the earliest
+    /// open one that fits. Found from the fronts of the lines that can hold
+    /// it (one per interest of `me`, and the open lines of the compatible
+    /// classes), never by walking the queue: a line is walked past its front
+    /// only over entries this seeker cannot take (blocked with it, newer
+    /// than `before`, expired, or ruled out by `skip`: already tried in this
+    /// attempt).
     fn best(
         &self,
         me: &Profile,
@@ -250,38 +299,40 @@ impl Mirror {
         before: Option<u64>,
         skip: impl Fn(u64, &Queued) -> bool,
     ) -> Option<(u64, Queued)> {
-        let mut open_fit: Option<u64> = None;
         // Expired by the bucket but not yet dropped here: not claimable.
         let cutoff = expiry_cutoff(now_ms());
-        for &(_, rev) in &self.by_arrival {
-            if before.is_some_and(|b| rev >= b) {
-                continue;
-            }
-            let Some(q) = self.entries.get(&rev) else {
-                continue;
-            };
-            if q.created_ms < cutoff || skip(rev, q) {
-                continue;
-            }
-            let Some(how) = rule::fit(me, me_open, &q.rule, q.profile.open) else {
-                continue;
-            };
-            if is_blocked(blocks, my_name, q.profile.name()) {
-                continue;
-            }
-            match how {
-                // The earliest sharer beats everyone.
-                Fit::Shared(_) => return Some((rev, q.clone())),
-                Fit::Open => {
-                    if me.interests.is_empty() {
-                        // Nobody can share with us: the earliest wins.
-                        return Some((rev, q.clone()));
-                    }
-                    open_fit.get_or_insert(rev);
+        let first_in = |line: &BTreeSet<(u64, u64)>| -> Option<(u64, u64)> {
+            line.iter().copied().find(|&(_, rev)| {
+                if before.is_some_and(|b| rev >= b) {
+                    return false;
                 }
+                let Some(q) = self.entries.get(&rev) else {
+                    return false;
+                };
+                q.created_ms >= cutoff
+                    && !skip(rev, q)
+                    && rule::fit(me, me_open, &q.rule, q.profile.open).is_some()
+                    && !is_blocked(blocks, my_name, q.profile.name())
+            })
+        };
+        // The earliest sharer beats everyone.
+        let shared = me
+            .interests
+            .iter()
+            .filter_map(|tag| self.by_interest.get(&**tag))
+            .filter_map(|line| first_in(line))
+            .min();
+        let place = shared.or_else(|| {
+            if !me_open {
+                return None;
             }
-        }
-        open_fit.and_then(|rev| self.entries.get(&rev).map(|q| (rev, q.clone())))
+            self.open_by_class
+                .iter()
+                .filter(|(class, _)| kinds_compatible(me.kinds(), **class))
+                .filter_map(|(_, line)| first_in(line))
+                .min()
+        })?;
+        self.entries.get(&place.1).map(|q| (place.1, q.clone()))
     }
 }
 
@@ -697,16 +748,13 @@ async fn confirm(realm: &Realm, entrant: &Entrant, theirs: Queued) -> Confirmed 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mcp_chat_proto::{Kind, Meet};
+    use crate::state::rule::Fit;
 
     fn queued(mirror: &mut Mirror, rev: u64, arrival: u64, p: RealmProfile) {
         queued_at(mirror, rev, arrival, p, now_ms());
     }
 
     fn queued_at(mirror: &mut Mirror, rev: u64, arrival: u64, p: RealmProfile, created_ms: u64) {
-        for tag in &p.interests {
-            *mirror.interests.entry(tag.clone()).or_default() += 1;
-        }
         let q = Queued {
             key: format!("k{rev}"),
             owner: wire::fresh_id(),
@@ -715,9 +763,7 @@ mod tests {
             arrival,
             created_ms,
         };
-        mirror.by_arrival.insert((arrival, rev));
-        mirror.by_key.insert(q.key.clone(), rev);
-        mirror.entries.insert(rev, q);
+        mirror.insert(rev, q);
     }
 
     fn profile(kind: Kind, meet: Meet, tags: &[&str], open: bool, who: u64) -> RealmProfile {
@@ -743,6 +789,115 @@ mod tests {
         claims.start(room);
         claims.finish(room);
         assert!(!claims.ours(&room), "answered: no longer ours");
+    }
+
+    /// The rule applied by walking the whole queue in arrival order: what
+    /// `Mirror::best` finds from its indexes must be exactly this.
+    fn best_by_walk(
+        m: &Mirror,
+        me: &RealmProfile,
+        blocks: &HashSet<String>,
+        before: Option<u64>,
+        skip: &dyn Fn(u64) -> bool,
+    ) -> Option<u64> {
+        let mut order: Vec<(u64, u64)> = m.entries.iter().map(|(&r, q)| (q.arrival, r)).collect();
+        order.sort_unstable();
+        let rule = rule_profile(me);
+        let mut open_fit = None;
+        for (_, rev) in order {
+            if before.is_some_and(|b| rev >= b) || skip(rev) {
+                continue;
+            }
+            let q = &m.entries[&rev];
+            let Some(how) = rule::fit(&rule, me.open, &q.rule, q.profile.open) else {
+                continue;
+            };
+            if is_blocked(blocks, me.name(), q.profile.name()) {
+                continue;
+            }
+            match how {
+                Fit::Shared(_) => return Some(rev),
+                Fit::Open => {
+                    open_fit.get_or_insert(rev);
+                }
+            }
+        }
+        open_fit
+    }
+
+    #[test]
+    fn the_indexes_find_what_walking_the_whole_queue_finds() {
+        // A small deterministic generator: the same cases on every run.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let kinds = [Kind::Agent, Kind::Person];
+        let meets = [Meet::Anyone, Meet::Agents, Meet::People];
+        let tags = ["go", "chess", "rust", "jazz", "tea"];
+        let pick_profile = |next: &mut dyn FnMut(u64) -> u64, who: u64| {
+            let n = next(3) as usize;
+            let chosen: Vec<&str> = (0..n).map(|_| tags[next(5) as usize]).collect();
+            let mut unique = chosen.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            let open = unique.is_empty() || next(2) == 0;
+            profile(
+                kinds[next(2) as usize],
+                meets[next(3) as usize],
+                &unique,
+                open,
+                who,
+            )
+        };
+        let mut found_some = 0;
+        for round in 0..300 {
+            let mut m = Mirror::default();
+            let mut rev = 0;
+            for i in 0..(1 + next(40)) {
+                rev += 1 + next(3);
+                // Mostly arrival = revision; some re-entered with an older one.
+                let arrival = if next(5) == 0 { next(rev) } else { rev };
+                let p = pick_profile(&mut next, 100 * round + i);
+                queued(&mut m, rev, arrival, p);
+            }
+            // Some entries leave again, through the same path as a delete.
+            for _ in 0..next(5) {
+                let gone = next(rev + 1);
+                m.remove(gone);
+            }
+            let revs: Vec<u64> = m.entries.keys().copied().collect();
+            let mut blocks = HashSet::new();
+            let me = pick_profile(&mut next, 1_000_000 + round);
+            for &r in &revs {
+                if next(6) == 0 {
+                    blocks.insert(super::super::blocks::block_key(
+                        me.name(),
+                        m.entries[&r].profile.name(),
+                    ));
+                }
+            }
+            let before = (next(3) == 0).then(|| 1 + next(rev + 1));
+            let tried = next(rev + 1);
+            let skip = |r: u64| r == tried;
+            let expected = best_by_walk(&m, &me, &blocks, before, &skip);
+            let found = m
+                .best(
+                    &rule_profile(&me),
+                    me.open,
+                    me.name(),
+                    &blocks,
+                    before,
+                    |r, _| skip(r),
+                )
+                .map(|(r, _)| r);
+            assert_eq!(found, expected, "round {round}: {me:?}");
+            found_some += usize::from(found.is_some());
+        }
+        assert!(found_some > 100, "the cases find partners: {found_some}");
     }
 
     #[test]
