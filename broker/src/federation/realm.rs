@@ -320,7 +320,7 @@ impl Mirror {
             .interests
             .iter()
             .filter_map(|tag| self.by_interest.get(&**tag))
-            .filter_map(|line| first_in(line))
+            .filter_map(&first_in)
             .min();
         let place = shared.or_else(|| {
             if !me_open {
