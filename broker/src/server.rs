@@ -13,9 +13,10 @@
 //!
 //! Shutdown order: stop accepting, tell the hub (which sends `Shutdown` and
 //! partner notices and releases every outbox), wait for connections to flush
-//! up to `drain_timeout`, cut off the rest, let a federation link store its
-//! rooms' last messages (`partner.disconnected {shutdown}` for remote
-//! partners) and leave the realm, then drop the listener, which unlinks the
+//! up to `drain_timeout`, cut off the rest, let a federation link delete its
+//! waiters' entries from the realm's queue and store its rooms' last
+//! messages (`partner.disconnected {shutdown}` for remote partners), within
+//! its own bound, then drop the listener, which unlinks the
 //! socket before releasing the lock.
 //!
 //! If the hub ends while the broker is serving (it panicked: a bug), nobody
@@ -103,8 +104,9 @@ pub async fn run(
             federation: link,
         },
     );
-    // Cancelled on every way out, after the hub: the link then leaves the
-    // realm (its waiters' entries are deleted).
+    // Cancelled on every way out, last: the link's helpers (presence, the
+    // room consumer) stop. The link itself leaves the realm when the hub's
+    // port closes, and is waited for (`leave_realm`).
     let _link_stop = link_stop.drop_guard();
     let connections = TaskTracker::new();
     let instance: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
@@ -181,6 +183,8 @@ pub async fn run(
         hard_stop.cancel();
         connections.close();
         let _ = tokio::time::timeout(config.drain_timeout, connections.wait()).await;
+        // The hub's port is gone with it, so the link leaves the realm.
+        leave_realm(link_task).await;
         return Err(ServeError::HubEnded(why));
     }
 
@@ -196,15 +200,10 @@ pub async fn run(
         connections.wait().await;
     }
     let ended = hub_task.await;
-    // The hub told the link how its remote rooms ended (`shutdown`); with
-    // the hub gone the link sends that on, leaves the realm and returns.
-    if let Some(link) = link_task
-        && tokio::time::timeout(config.drain_timeout, link)
-            .await
-            .is_err()
-    {
-        tracing::warn!("the federation link did not finish leaving the realm in time");
-    }
+    // The hub told the link how its remote rooms ended (`shutdown`) and
+    // withdrew its waiters; with the hub gone the link sends that on,
+    // leaves the realm and returns.
+    leave_realm(link_task).await;
     drop(listener);
     if let Err(e) = ended {
         let why = describe(Err(e));
@@ -213,6 +212,20 @@ pub async fn run(
     }
     tracing::info!("broker stopped");
     Ok(())
+}
+
+/// Waits for the federation link to leave the realm: it bounds that itself
+/// ([`crate::federation::LEAVE_WITHIN`]); a little more here, so the
+/// process never exits (dropping the runtime, and with it the deletes of
+/// our waiters' entries) while it is still leaving.
+async fn leave_realm(link: Option<tokio::task::JoinHandle<()>>) {
+    let Some(link) = link else {
+        return;
+    };
+    let bound = crate::federation::LEAVE_WITHIN + Duration::from_secs(1);
+    if tokio::time::timeout(bound, link).await.is_err() {
+        tracing::warn!("the federation link did not finish leaving the realm in time");
+    }
 }
 
 /// How the hub task ended, for the log and the exit message.

@@ -8,6 +8,9 @@
 //!   `link::Waiter::orphaned_since` recover from.
 //! - `MCP_CHAT_FAULT_QUEUE_MAX_AGE_MS`: the realm bucket's `max_age` (and so
 //!   the age at which waiters renew their entries), instead of an hour.
+//! - `MCP_CHAT_FAULT_ENTERED_DELAY_MS`: the link hears this much later that
+//!   its entrants' entries were made, so that a test can stop the broker
+//!   while an entry exists that the link does not know of yet.
 
 use std::time::Duration;
 
@@ -42,3 +45,18 @@ pub fn queue_max_age() -> Duration {
 pub fn queue_max_age() -> Duration {
     QUEUE_MAX_AGE
 }
+
+/// Awaited between making a batch's entries and telling the link.
+#[cfg(feature = "fault-injection")]
+pub async fn entered() {
+    let delay = std::env::var("MCP_CHAT_FAULT_ENTERED_DELAY_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis);
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+pub async fn entered() {}

@@ -44,9 +44,10 @@ const CONFIRM_WITHIN: Duration = Duration::from_secs(4);
 /// how long each request lasts: two missed beats re-issue the pull.
 const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 const PULL_EXPIRES: Duration = Duration::from_secs(10);
-/// How long leaving the realm waits for the rooms' last messages (a
-/// shutdown's `End`s) to be stored.
-const LAST_WORDS_WITHIN: Duration = Duration::from_secs(3);
+/// How long leaving the realm may take, all told: deleting our waiters'
+/// entries and storing the rooms' last messages (a shutdown's `End`s).
+/// The broker waits this long for its link on the way out.
+pub(crate) const LEAVE_WITHIN: Duration = Duration::from_secs(3);
 
 /// What the link's helper tasks report to it.
 enum Internal {
@@ -155,6 +156,9 @@ struct Link {
     claims: Claims,
     /// The rooms' publishers.
     publishers: TaskTracker,
+    /// Deletes of our waiters' entries under way: leaving the realm waits
+    /// for them, so the process does not exit before they are made.
+    deletes: TaskTracker,
     seen: HashMap<String, Instant>,
     rejected: u64,
     last_error: Option<String>,
@@ -222,6 +226,7 @@ pub(super) async fn run(
         rooms: HashMap::new(),
         claims: Claims::default(),
         publishers: TaskTracker::new(),
+        deletes: TaskTracker::new(),
         seen: HashMap::new(),
         rejected: 0,
         last_error: None,
@@ -248,30 +253,12 @@ pub(super) async fn run(
             Ok(()) = queue_changes.changed() => link.report().await,
         }
     }
-    // The hub is gone (a shutdown): what it queued comes first, so the
-    // rooms' ends reach their partners before we leave.
+    // The hub is gone (a shutdown): what it queued comes first (its
+    // waiters' withdrawals, and the rooms' ends for their partners).
     while let Ok(command) = from_hub.try_recv() {
         link.command(command);
     }
-    for (_, room) in link.rooms.drain() {
-        room.close(false);
-    }
-    link.publishers.close();
-    if tokio::time::timeout(LAST_WORDS_WITHIN, link.publishers.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("federation: some rooms' last messages were not stored in time");
-    }
-    // Leave the realm: our waiters go, so nobody claims them in vain.
-    if let Some(store) = &link.store {
-        for (_, w) in link.waiters.drain() {
-            if let Some(rev) = w.rev {
-                let _ = store.delete_expect_revision(&w.key, Some(rev)).await;
-            }
-        }
-    }
-    let _ = link.client.flush().await;
+    link.leave(internal_rx).await;
 }
 
 async fn next(sub: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
@@ -531,6 +518,7 @@ impl Link {
         self.batch_running = true;
         tokio::spawn(async move {
             let batch = realm::enter_batch(realm, entrants).await;
+            fault::entered().await;
             let _ = internal.send(Internal::Entered(batch)).await;
         });
     }
@@ -539,7 +527,7 @@ impl Link {
         match (&self.store, self.connected) {
             (Some(store), true) => {
                 let store = store.clone();
-                tokio::spawn(async move {
+                self.deletes.spawn(async move {
                     let _ = store.delete_expect_revision(&key, Some(rev)).await;
                 });
             }
@@ -1045,6 +1033,47 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// Leaves the realm, within [`LEAVE_WITHIN`]. Our waiters' entries go
+    /// first, all at once: they depend on nothing, and an entry left behind
+    /// is claimed in vain by every other broker until the bucket's
+    /// `max_age` drops it. One being made right now is deleted once made.
+    /// Meanwhile the rooms' publishers store their last messages.
+    async fn leave(mut self, mut internal_rx: mpsc::Receiver<Internal>) {
+        let deadline = Instant::now() + LEAVE_WITHIN;
+        self.pending.clear();
+        self.keys.clear();
+        for (_, w) in std::mem::take(&mut self.waiters) {
+            if let Some(rev) = w.rev {
+                self.delete_entry(w.key, rev);
+            }
+        }
+        while self.batch_running {
+            match tokio::time::timeout_at(deadline, internal_rx.recv()).await {
+                // Its waiters are gone from `waiters`: entries are deleted,
+                // and a room it made is opened, then ended below.
+                Ok(Some(Internal::Entered(batch))) => self.internal(Internal::Entered(batch)).await,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        for (_, mut room) in self.rooms.drain() {
+            // One the hub did not end (it was matched as the hub went, or
+            // the hub's end was lost): its partner learns it ended, and
+            // counts from what it knows.
+            room.send(rooms::end(DisconnectReason::Shutdown, None));
+            room.close(true);
+        }
+        self.publishers.close();
+        self.deletes.close();
+        let done = futures::future::join(self.deletes.wait(), self.publishers.wait());
+        if tokio::time::timeout_at(deadline, done).await.is_err() {
+            tracing::warn!(
+                "federation: leaving the realm took too long; some entries or rooms' last messages may be left"
+            );
+        }
+        let _ = tokio::time::timeout_at(deadline, self.client.flush()).await;
     }
 
     fn reject(&mut self, why: Rejected, what: &str) {

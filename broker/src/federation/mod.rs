@@ -44,6 +44,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use config::FederationConfig;
+pub(crate) use link::LEAVE_WITHIN;
 pub(crate) use wire::{EndReport, RealmProfile, who_hex};
 
 use crate::config::Limits;
