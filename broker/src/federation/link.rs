@@ -370,14 +370,21 @@ impl Link {
                 text,
                 sent_at,
             } => {
-                let sent = self
-                    .rooms
-                    .get_mut(&room)
-                    .map(|r| r.send(RoomBody::Text { text, sent_at }));
-                if sent == Some(false) {
+                let Some(r) = self.rooms.get_mut(&room) else {
+                    return;
+                };
+                let first = r.overflowed().is_none();
+                if !r.send(RoomBody::Text { text, sent_at })
+                    && let Some(queued) = r.overflowed().filter(|_| first)
+                {
                     // The hub's credit per room keeps this from happening.
+                    // The hub ends the room both ways: its `End` still fits
+                    // behind the texts queued, so the partner hears of it.
                     tracing::error!(%room, "federation: a room's outbox overflowed; ending it");
-                    self.end_room(room, DisconnectReason::FederationLost);
+                    let hub = self.to_hub.clone();
+                    tokio::spawn(async move {
+                        let _ = hub.send(FromLink::Overflowed { room, queued }).await;
+                    });
                 }
             }
             ToLink::End {

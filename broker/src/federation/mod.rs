@@ -141,6 +141,12 @@ pub(crate) enum FromLink {
         reason: DisconnectReason,
         report: Option<EndReport>,
     },
+    /// `room`'s outbox overflowed: only the first `queued` of our texts
+    /// will be sent (see `rooms::RemoteRoom::send`); the hub ends it.
+    Overflowed {
+        room: RoomId,
+        queued: u64,
+    },
     /// `count` of our texts in `room` are stored in JetStream, all told:
     /// the hub's credit for that room (see `state::remote`).
     Published {

@@ -40,9 +40,9 @@ use crate::state::rate::TokenBucket;
 
 /// How far a room's inbound messages may run ahead of a gap.
 const MAX_AHEAD: usize = 1024;
-/// Outbound messages queued per room while NATS is slow or away: twice the
+/// Outbound texts queued per room while NATS is slow or away: twice the
 /// hub's credit per room (`state::remote::ROOM_CREDIT`), so a text the hub
-/// lets through always fits, and so does the room's end.
+/// lets through always fits. One slot more is kept for the room's end.
 const OUTBOX: usize = 1024;
 /// How long a confirmation waits for a text to carry it before it is sent
 /// alone: confirmations are batched.
@@ -66,6 +66,8 @@ pub struct RemoteRoom {
     delivered: watch::Sender<u64>,
     /// Texts queued for the partner, all told: the most it can confirm.
     texts_out: u64,
+    /// A text did not fit: it and every later one are refused.
+    overflowed: bool,
     /// The highest confirmation the partner sent us.
     confirmed: u64,
     next_in: u64,
@@ -103,7 +105,7 @@ impl RemoteRoom {
         secret: String,
         limits: Limits,
     ) -> Self {
-        let (outbox, rx) = mpsc::channel(OUTBOX);
+        let (outbox, rx) = mpsc::channel(OUTBOX + 1);
         let stop = CancellationToken::new();
         let (delivered, delivered_rx) = watch::channel(0);
         to.tasks.spawn(publish(
@@ -140,6 +142,7 @@ impl RemoteRoom {
             stop,
             delivered,
             texts_out: 0,
+            overflowed: false,
             confirmed: 0,
             next_in: 1,
             ahead: BTreeMap::new(),
@@ -149,14 +152,26 @@ impl RemoteRoom {
     }
 
     /// Queues `body` for the partner. False: the outbox is full, which the
-    /// hub's credit per room keeps from happening.
+    /// hub's credit per room keeps from happening. Then that text and every
+    /// later one are refused, so the partner never gets a text that
+    /// follows a lost one, and what was queued stays exact
+    /// ([`Self::overflowed`]); the room's end still fits, behind them.
     pub fn send(&mut self, body: RoomBody) -> bool {
         let text = matches!(body, RoomBody::Text { .. });
+        if text && (self.overflowed || self.outbox.capacity() <= 1) {
+            self.overflowed = true;
+            return false;
+        }
         let queued = self.outbox.try_send(body).is_ok();
         if queued && text {
             self.texts_out += 1;
         }
         queued
+    }
+
+    /// Once a text was refused: how many were queued before it.
+    pub fn overflowed(&self) -> Option<u64> {
+        self.overflowed.then_some(self.texts_out)
     }
 
     /// Our client has acknowledged `count` of the partner's texts.
@@ -381,4 +396,57 @@ async fn publish_all(
 /// The end a room's messages report, for a reason the partner may see.
 pub fn end(reason: DisconnectReason, report: Option<wire::EndReport>) -> RoomBody {
     RoomBody::End { reason, report }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With NATS away the publisher stores nothing and the outbox fills:
+    /// the text that does not fit and every later one are refused, and the
+    /// room's end still fits behind those queued, so the partner hears of
+    /// it.
+    #[tokio::test]
+    async fn a_full_outbox_refuses_texts_but_keeps_room_for_the_end() {
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect("127.0.0.1:1")
+            .await
+            .unwrap();
+        let js = jetstream::new(client);
+        let names = Names {
+            realm: "test".into(),
+        };
+        let (to_hub, _from_link) = mpsc::channel(16);
+        let tasks = TaskTracker::new();
+        let to = Publishing {
+            js: &js,
+            names: &names,
+            me: "me",
+            to_hub: &to_hub,
+            tasks: &tasks,
+        };
+        let limits = crate::config::Config::default().limits();
+        let mut room = RemoteRoom::open(
+            &to,
+            RoomId::new_random(),
+            "partner".into(),
+            "s".into(),
+            limits,
+        );
+        let text = || RoomBody::Text {
+            text: "x".into(),
+            sent_at: 1,
+        };
+        let mut queued = 0u64;
+        while room.send(text()) {
+            queued += 1;
+            assert!(queued <= 2 * OUTBOX as u64, "never full");
+        }
+        assert_eq!(room.overflowed(), Some(queued));
+        assert!(!room.send(text()), "a later text is refused too");
+        assert_eq!(room.overflowed(), Some(queued));
+        assert!(room.send(end(DisconnectReason::FederationLost, None)));
+        room.close(false);
+    }
 }

@@ -510,6 +510,7 @@ impl State {
                 reason,
                 report,
             } => self.remote_ended(room, reason, report),
+            FromLink::Overflowed { room, queued } => self.remote_overflowed(room, queued),
             FromLink::Published { room, count } => self.remote_published(room, count),
             FromLink::Delivered { room, count } => self.remote_delivered(room, count),
             FromLink::Status(status) => {

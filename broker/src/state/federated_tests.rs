@@ -3,7 +3,8 @@
 //! taken, and one that never answers is never matched; a claim naming a
 //! room in use is refused; a claim taken after the link gave up on it ends
 //! its room towards the waiter; a remote partner's texts never grow a
-//! member's replay buffer past its caps.
+//! member's replay buffer past its caps; a room whose outbox overflowed in
+//! the link ends both ways, with exact counts.
 
 use mcp_chat_proto::{BrokerMsg, DisconnectReason, Event, Kind, Meet, Request, RoomId};
 use tokio::sync::{mpsc, oneshot};
@@ -228,4 +229,80 @@ async fn remote_texts_past_the_replay_caps_end_the_room_instead_of_growing_it() 
         sent_at: 1,
     });
     assert!(events(&mut w).is_empty());
+}
+
+/// The link's outbox for a room overflowed (the hub's credit normally
+/// keeps it from happening): the hub ends the room both ways. The partner's
+/// broker is sent an end with our report (it fits behind the texts
+/// queued), and our member hears `federation_lost` with what became of its
+/// texts: those the link refused never left (undelivered), those queued go
+/// out ahead of the end (unconfirmed, unless confirmed already).
+#[tokio::test(start_paused = true)]
+async fn a_room_whose_outbox_overflowed_ends_both_ways_with_exact_counts() {
+    use mcp_chat_proto::Reply;
+
+    let (mut state, mut link, mut w) = waiting_in_realm();
+    assert_eq!(claim(&mut state, &w), Answer::Taken);
+    let room = match events(&mut w).as_slice() {
+        [Event::ChatroomFound { room_id, .. }] => *room_id,
+        other => panic!("{other:?}"),
+    };
+    while link.try_recv().is_ok() {}
+    for i in 0..5 {
+        let send = Request::SendMessage {
+            room_id: room,
+            message: format!("m{i}"),
+        };
+        assert_eq!(super::tests::ask(&mut state, &mut w, send).0, Reply::Sent);
+        assert!(matches!(link.try_recv(), Ok(ToLink::Send { .. })));
+    }
+    // One of the partner's texts, taken in, not yet acknowledged.
+    state.link_report(FromLink::Message {
+        room,
+        text: "hi".into(),
+        sent_at: 1,
+    });
+    state.link_report(FromLink::Delivered { room, count: 1 });
+    // The link queued 3; the 4th and 5th were refused.
+    state.link_report(FromLink::Overflowed { room, queued: 3 });
+    match link.try_recv() {
+        Ok(ToLink::End {
+            room: r,
+            reason,
+            report,
+        }) => {
+            assert_eq!((r, reason), (room, DisconnectReason::FederationLost));
+            assert_eq!(report.received, 1);
+            assert_eq!((report.undelivered, report.unconfirmed), (0, 1));
+        }
+        other => panic!("the partner's broker is told: {other:?}"),
+    }
+    assert_eq!(
+        events(&mut w),
+        vec![
+            Event::MessageReceived {
+                room_id: room,
+                message: "hi".into(),
+                sent_at: 1,
+            },
+            Event::PartnerDisconnected {
+                room_id: room,
+                reason: DisconnectReason::FederationLost,
+                undelivered: 2,
+                unconfirmed: 2,
+            }
+        ]
+    );
+    // The room is over for the member; the link hears nothing more of it.
+    let send = Request::SendMessage {
+        room_id: room,
+        message: "late".into(),
+    };
+    assert!(matches!(
+        super::tests::ask(&mut state, &mut w, send).0,
+        Reply::Error { .. }
+    ));
+    assert!(link.try_recv().is_err());
+    state.link_report(FromLink::Overflowed { room, queued: 3 });
+    assert!(link.try_recv().is_err(), "ended once");
 }

@@ -107,6 +107,17 @@ impl Ledger {
         }
     }
 
+    /// The link's outbox for the room overflowed after it had queued
+    /// `queued` of our texts: the rest never leave this broker; those
+    /// queued go out ahead of the room's end, unconfirmed.
+    fn overflowed(&self, queued: u64) -> Delivery {
+        let queued = queued.min(self.sent);
+        Delivery {
+            undelivered: self.sent - queued,
+            unconfirmed: queued - self.confirmed.min(queued),
+        }
+    }
+
     /// Our report of the partner's texts, when our side ends.
     fn report(&self, counts: Delivery) -> EndReport {
         EndReport {
@@ -219,6 +230,75 @@ impl State {
                 unconfirmed: mine.unconfirmed,
             },
         );
+    }
+
+    /// The link could not queue all of our member's texts for `room_id`
+    /// (see [`Ledger::overflowed`]): the room ends both ways
+    /// (`federation_lost`), as when the member's buffers overflow.
+    pub(super) fn remote_overflowed(&mut self, room_id: RoomId, queued: u64) {
+        let Some(&member) = self.rooms.get(&room_id).and_then(|r| r.members.first()) else {
+            return;
+        };
+        let held = self
+            .sessions
+            .get(&member)
+            .map(|s| s.delivery(room_id))
+            .unwrap_or_default();
+        let theirs = Delivery {
+            undelivered: 0,
+            unconfirmed: held.undelivered + held.unconfirmed,
+        };
+        self.remote_end_towards_member(
+            room_id,
+            DisconnectReason::FederationLost,
+            Some(theirs),
+            |l| l.overflowed(queued),
+        );
+    }
+
+    /// Ends `room_id` towards our member: its ledger is taken; with
+    /// `theirs` (what our member's client did not get of the partner's
+    /// texts) our side ends it and the partner's broker is told so; and
+    /// our member hears `reason` and what became of its own texts, `mine`
+    /// from the ledger. Nothing when the room is no longer a remote room.
+    fn remote_end_towards_member(
+        &mut self,
+        room_id: RoomId,
+        reason: DisconnectReason,
+        theirs: Option<Delivery>,
+        mine: impl FnOnce(&Ledger) -> Delivery,
+    ) {
+        let Some(ledger) = self
+            .federated
+            .as_mut()
+            .and_then(|f| f.remote.take(&room_id))
+        else {
+            return;
+        };
+        if let Some(theirs) = theirs
+            && let Some(f) = self.federated.as_ref()
+        {
+            f.tell(ToLink::End {
+                room: room_id,
+                reason,
+                report: ledger.report(theirs),
+            });
+        }
+        let counts = mine(&ledger);
+        if counts != Delivery::default() {
+            tracing::warn!(%room_id, undelivered = counts.undelivered, unconfirmed = counts.unconfirmed, "a remote partner's room ended with texts not confirmed delivered");
+        }
+        if let Some(&member) = self.rooms.get(&room_id).and_then(|r| r.members.first()) {
+            self.emit(
+                member,
+                Event::PartnerDisconnected {
+                    room_id,
+                    reason,
+                    undelivered: counts.undelivered,
+                    unconfirmed: counts.unconfirmed,
+                },
+            );
+        }
     }
 
     /// Our member's client holds every event up to `seq`: the partner's
