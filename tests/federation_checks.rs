@@ -1,5 +1,7 @@
 //! Federation checks seen from outside, with real processes and a real
-//! `nats-server`: a broker shut down leaves the realm's queue at once.
+//! `nats-server`: a broker shut down leaves the realm's queue at once; the
+//! realm key is pinned on first use, so a realm member overwriting it in
+//! the bucket neither locks restarting brokers out nor unbinds blocks.
 //!
 //! Some use test hooks of the broker's `fault-injection` feature
 //! (`broker/src/federation/fault.rs`), which `./test.sh` builds; they are
@@ -10,14 +12,17 @@
 use std::path::Path;
 
 use mcp_chat_proto::matching::{Entry, Meet};
-use mcp_chat_proto::{Reply, Request};
+use mcp_chat_proto::{Event, Reply, Request, RoomId};
 use mcp_chat_testkit::nats::NatsServer;
 use mcp_chat_testkit::proto_client::wait_for_status;
-use mcp_chat_tests::federation::{connected, start_broker, write_config};
+use mcp_chat_tests::federation::{connected, found_with_partner, met, start_broker, write_config};
 use mcp_chat_tests::{BrokerProcess, ProtoClient, TestSocket};
 
-/// The realm's queue bucket, as the brokers name it for realm `test`.
+/// The realm's buckets, as the brokers name them for realm `test`.
 const QUEUE_BUCKET: &str = "mcpchat_queue_test";
+const BLOCKS_BUCKET: &str = "mcpchat_blocks_test";
+/// The realm key's entry in the blocks bucket.
+const KEY_ENTRY: &str = "realmkey";
 
 /// A broker in realm `test` on `url`, with `env`; its `config.toml` is
 /// kept beside its socket. Returned once it is in the realm.
@@ -134,4 +139,110 @@ async fn an_entry_made_as_the_broker_shuts_down_is_deleted() {
 
 async fn enter(client: &mut ProtoClient, entry: &Entry) -> Reply {
     client.request(Request::EnterQueue(entry.clone())).await
+}
+
+/// `client` enters and is matched (at once, or claimed by its quiet
+/// partner a moment later: see `met`); its room.
+async fn matched(client: &mut ProtoClient, entry: &Entry) -> RoomId {
+    let reply = enter(client, entry).await;
+    let (room, _) = found_with_partner(client).await;
+    assert!(met(&reply, room), "{reply:?}");
+    room
+}
+
+fn installation(id: &str) -> Entry {
+    Entry {
+        block_id: Some(id.into()),
+        ..Entry::default()
+    }
+}
+
+/// New sessions of installations X (on `sa`) and Y (on `sb`), which
+/// blocked each other, wait side by side without meeting: the next
+/// newcomer meets X, the first in line, and the one after meets Y.
+async fn kept_apart(sa: &Path, sb: &Path) {
+    let mut x = ProtoClient::connect(sa).await;
+    let reply = enter(&mut x, &installation("installation-x")).await;
+    assert!(matches!(reply, Reply::Waiting { .. }), "{reply:?}");
+    waiting_in_realm(sb, 1).await;
+    let mut y = ProtoClient::connect(sb).await;
+    let reply = enter(&mut y, &installation("installation-y")).await;
+    assert!(matches!(reply, Reply::Waiting { .. }), "{reply:?}");
+    waiting_in_realm(sa, 2).await;
+    let mut third = ProtoClient::connect(sb).await;
+    let room = matched(&mut third, &Entry::default()).await;
+    assert_eq!(found_with_partner(&mut x).await.0, room);
+    let mut fourth = ProtoClient::connect(sa).await;
+    let room = matched(&mut fourth, &Entry::default()).await;
+    assert_eq!(found_with_partner(&mut y).await.0, room);
+    // Their rooms end as they go; nobody is left waiting.
+    drop((x, y, third, fourth));
+    waiting_in_realm(sa, 0).await;
+}
+
+/// The realm key is pinned on first use: a realm member that overwrites
+/// it in the bucket, with garbage or with another valid key, neither keeps
+/// a restarting broker out of the realm nor unbinds a block made before
+/// between sessions on two brokers; the restarted broker's status says
+/// the bucket's key is not the pinned one. A broker that never pinned one
+/// still joins past a garbage key, its realm blocks then binding its own
+/// sessions only, as its status says.
+#[tokio::test]
+async fn a_realm_key_replaced_in_the_bucket_is_not_used_by_brokers_that_pinned_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats")).await.unwrap();
+    let (sa, sb, sc) = (TestSocket::new(), TestSocket::new(), TestSocket::new());
+    let _a = broker(&sa, &nats.url(), &[]).await;
+    let mut b = broker(&sb, &nats.url(), &[]).await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let bucket = js.get_key_value(BLOCKS_BUCKET).await.unwrap();
+    let key = bucket.get(KEY_ENTRY).await.unwrap().unwrap();
+    let key = std::str::from_utf8(&key).unwrap().to_owned();
+    for socket in [&sa, &sb] {
+        let pins = socket.path.with_file_name("broker.realm-keys");
+        let text = std::fs::read_to_string(&pins).unwrap();
+        assert!(text.contains(&key), "the bucket's key is pinned: {text}");
+    }
+
+    // X on A blocks Y on B.
+    let mut x = ProtoClient::connect(&sa.path).await;
+    let reply = enter(&mut x, &installation("installation-x")).await;
+    assert!(matches!(reply, Reply::Waiting { .. }), "{reply:?}");
+    let mut y = ProtoClient::connect(&sb.path).await;
+    let room = matched(&mut y, &installation("installation-y")).await;
+    assert_eq!(found_with_partner(&mut x).await.0, room);
+    let reply = x
+        .request(Request::LeaveChat {
+            room_id: room,
+            block: true,
+        })
+        .await;
+    assert_eq!(reply, Reply::Blocked);
+    assert!(matches!(
+        y.next_event().await,
+        Event::PartnerDisconnected { .. }
+    ));
+    drop((x, y));
+
+    let another = "ab".repeat(32);
+    for replaced in ["garbage", another.as_str()] {
+        bucket
+            .put(KEY_ENTRY, replaced.to_owned().into())
+            .await
+            .unwrap();
+        b.terminate();
+        assert!(b.wait_exit().await.success());
+        b = broker(&sb, &nats.url(), &[]).await;
+        let status = connected(&sb.path).await.federation.unwrap();
+        let note = status.realm_key_note.unwrap_or_default();
+        assert!(note.contains("pinned"), "{note:?}");
+        kept_apart(&sa.path, &sb.path).await;
+    }
+
+    // A broker with no pin, and garbage in the bucket.
+    bucket.put(KEY_ENTRY, "garbage".into()).await.unwrap();
+    let _c = broker(&sc, &nats.url(), &[]).await;
+    let status = connected(&sc.path).await.federation.unwrap();
+    let note = status.realm_key_note.unwrap_or_default();
+    assert!(note.contains("this broker's sessions only"), "{note:?}");
 }

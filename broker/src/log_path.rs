@@ -42,6 +42,14 @@ pub fn blocks_path(socket: &Path) -> PathBuf {
         .unwrap_or_else(|| beside(socket, ".blocks"))
 }
 
+/// Where a broker listening on `socket` pins the realm keys it has seen
+/// (`federation::key_pin`), by the same rule as its blocks.
+pub fn realm_keys_path(socket: &Path) -> PathBuf {
+    state_dir_log(socket)
+        .map(|log| log.with_file_name("realm-keys"))
+        .unwrap_or_else(|| beside(socket, ".realm-keys"))
+}
+
 fn beside(socket: &Path, extension: &str) -> PathBuf {
     let mut name = socket
         .file_stem()
@@ -61,5 +69,9 @@ mod tests {
         assert_eq!(beside_socket(socket), PathBuf::from("/d/broker.log"));
         assert_eq!(log_path(socket), PathBuf::from("/d/broker.log"));
         assert_eq!(blocks_path(socket), PathBuf::from("/d/broker.blocks"));
+        assert_eq!(
+            realm_keys_path(socket),
+            PathBuf::from("/d/broker.realm-keys")
+        );
     }
 }

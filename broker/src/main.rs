@@ -165,7 +165,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         ..Config::default()
     };
 
-    let federation = federation_settings(&args)?;
+    let federation =
+        federation_settings(&args)?.map(|f| mcp_chat_broker::federation::FederationConfig {
+            key_pins: Some(log_path::realm_keys_path(&socket)),
+            ..f
+        });
     let config = Config {
         federation,
         ..config

@@ -252,6 +252,11 @@ pub struct FederationStatus {
     pub rejected: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Why this broker does not use the realm key its bucket holds (it
+    /// keeps the key it pinned when it first joined, or, with none pinned
+    /// and no valid key there, one of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realm_key_note: Option<String>,
 }
 
 /// Something that happened to a session without it asking.

@@ -1,7 +1,9 @@
 //! Blocks across the realm, with nothing but keyed hashes on the wire.
 //!
 //! A realm has one random key, made once in its blocks bucket with a
-//! create-only write (so every broker of the realm reads the same one).
+//! create-only write (so every broker of the realm reads the same one), and
+//! pinned by each broker the first time it reads it (`key_pin`), since any
+//! realm member could overwrite it later.
 //! A session is named to other brokers by `who`: the first 8 bytes of
 //! HMAC-SHA-256(realm key, installation id), or of a random id of its own
 //! when its client sent none (the page, old clients), which then binds that
@@ -123,12 +125,14 @@ pub(crate) fn is_pair_key(key: &str) -> bool {
     })
 }
 
-/// The blocks bucket and the realm key, made if they are not there yet.
+/// The blocks bucket and the realm key it holds, made if they are not
+/// there yet; `None` for a key that is not one (any realm member can write
+/// the bucket: `key_pin` decides what to use).
 pub(super) async fn setup(
     js: &jetstream::Context,
     names: &Names,
     replicas: usize,
-) -> Result<(kv::Store, RealmKey), String> {
+) -> Result<(kv::Store, Option<RealmKey>), String> {
     let bucket = names.blocks_bucket();
     let store = match js.get_key_value(&bucket).await {
         Ok(store) => store,
@@ -151,10 +155,8 @@ pub(super) async fn setup(
     let stored = store
         .get(KEY_ENTRY)
         .await
-        .map_err(|e| format!("realm key: {e}"))?
-        .ok_or_else(|| "realm key: missing".to_owned())?;
-    let key = unhex(&stored).ok_or_else(|| "realm key: not 64 hex digits".to_owned())?;
-    Ok((store, key))
+        .map_err(|e| format!("realm key: {e}"))?;
+    Ok((store, stored.and_then(|k| unhex(&k))))
 }
 
 /// Reports every block entry of the bucket (old ones first, then new ones
@@ -209,11 +211,11 @@ pub(crate) fn remember(set: &mut HashSet<String>, key: String) {
     set.insert(key);
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(text: &[u8]) -> Option<RealmKey> {
+pub(super) fn unhex(text: &[u8]) -> Option<RealmKey> {
     if text.len() != 64 {
         return None;
     }

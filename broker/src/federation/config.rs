@@ -36,6 +36,9 @@ pub struct FederationConfig {
     /// Replicas of the realm's stream and bucket (1 for a single server, 3
     /// for a cluster).
     pub replicas: usize,
+    /// Where the realm keys first seen are pinned (see `key_pin`); set by
+    /// the broker (beside its blocks), none in tests of the library.
+    pub key_pins: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +143,7 @@ pub fn load(
             .or(file.grace_s.map(Duration::from_secs))
             .unwrap_or(DEFAULT_GRACE),
         replicas,
+        key_pins: None,
     }))
 }
 

@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use super::blocks::{self, RealmKey};
 use super::diagnose::{self, Explainer};
 use super::fault;
+use super::key_pin;
 use super::realm::{self, Claims, Entrant, Mirror, Outcome, Realm};
 use super::rooms::{self, RemoteRoom};
 use super::wire::{
@@ -52,8 +53,8 @@ pub(crate) const LEAVE_WITHIN: Duration = Duration::from_secs(3);
 /// What the link's helper tasks report to it.
 enum Internal {
     Nats(Event),
-    /// The queue bucket, the blocks bucket and the realm key.
-    Ready(Box<(kv::Store, kv::Store, RealmKey)>),
+    /// The queue bucket, the blocks bucket and the realm key to use.
+    Ready(Box<(kv::Store, kv::Store, key_pin::Chosen)>),
     Entered(realm::Batch),
     Confirmed {
         session: SessionId,
@@ -162,6 +163,8 @@ struct Link {
     seen: HashMap<String, Instant>,
     rejected: u64,
     last_error: Option<String>,
+    /// Why the realm key in use is not the bucket's (see `key_pin`).
+    key_note: Option<String>,
     explainer: Explainer,
     last_status: Option<FederationStatus>,
 }
@@ -230,6 +233,7 @@ pub(super) async fn run(
         seen: HashMap::new(),
         rejected: 0,
         last_error: None,
+        key_note: None,
         explainer: Explainer::default(),
         last_status: None,
     };
@@ -309,6 +313,11 @@ impl Link {
         let me = self.me.clone();
         let client = self.client.clone();
         let stop_setup = stop.clone();
+        let pins = self.config.key_pins.clone().map(key_pin::KeyPins::new);
+        let realm_id = key_pin::RealmId {
+            realm: self.config.realm.clone(),
+            server: self.config.urls.join(","),
+        };
         tokio::spawn(async move {
             let ready = loop {
                 match setup(&js, &names, replicas).await {
@@ -323,7 +332,10 @@ impl Link {
                     }
                 }
             };
-            let _ = internal.send(Internal::Ready(Box::new(ready))).await;
+            let (queue, blocks, bucket_key) = ready;
+            let chosen = key_pin::settle(pins.as_ref(), &realm_id, bucket_key);
+            let ready = Box::new((queue, blocks, chosen));
+            let _ = internal.send(Internal::Ready(ready)).await;
             consume(js, names, me, internal, stop_setup).await;
         });
         let presence = wire::encode(&Presence {
@@ -546,7 +558,9 @@ impl Link {
         match event {
             Internal::Nats(event) => self.nats_event(event).await,
             Internal::Ready(ready) => {
-                let (store, blocks_store, key) = *ready;
+                let (store, blocks_store, chosen) = *ready;
+                let key = chosen.key;
+                self.key_note = chosen.note;
                 if let Some(mirror) = self.mirror_tx.take() {
                     self.mirror_expiry = Some(mirror.clone());
                     tokio::spawn(realm::watch_queue(store.clone(), mirror));
@@ -1210,6 +1224,7 @@ impl Link {
             remote_rooms: self.rooms.len(),
             rejected: self.rejected + self.mirror.borrow().invalid,
             last_error: self.last_error.clone(),
+            realm_key_note: self.key_note.clone(),
         };
         if self.last_status.as_ref() != Some(&status) {
             self.last_status = Some(status.clone());
@@ -1224,7 +1239,7 @@ async fn setup(
     js: &jetstream::Context,
     names: &Names,
     replicas: usize,
-) -> Result<(kv::Store, kv::Store, RealmKey), String> {
+) -> Result<(kv::Store, kv::Store, Option<RealmKey>), String> {
     js.get_or_create_stream(stream::Config {
         name: names.stream(),
         subjects: vec![names.rooms_wildcard()],

@@ -15,7 +15,8 @@
 //!   protocol under the matching rule; read its docs for why no waiter is
 //!   matched twice and no two compatible waiters are left waiting.
 //! - `blocks`: the realm key, the keyed hash (`who`) that names a session
-//!   to other brokers, and the realm's blocks bucket.
+//!   to other brokers, and the realm's blocks bucket; `key_pin`: the realm
+//!   key pinned on first use.
 //! - `rooms`: messages of rooms spanning two brokers, through a JetStream
 //!   stream (message ids, explicit acks, per-room sequence numbers).
 //! - `link`: the task: connection, presence, liveness, and routing;
@@ -34,6 +35,7 @@ pub(crate) mod blocks;
 pub mod config;
 mod diagnose;
 mod fault;
+mod key_pin;
 mod link;
 mod realm;
 mod rooms;

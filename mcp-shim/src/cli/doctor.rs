@@ -203,6 +203,13 @@ async fn show_federation(report: &mut Report, socket: &Path) {
     let Ok(info) = super::status::query(socket).await else {
         return;
     };
+    if let Some(note) = info
+        .federation
+        .as_ref()
+        .and_then(|f| f.realm_key_note.as_ref())
+    {
+        report.note("realm key", note);
+    }
     match info.federation {
         None => report.note(
             "federation",

@@ -117,6 +117,9 @@ fn federation(f: &mcp_chat_proto::FederationStatus) -> String {
     if let Some(e) = &f.last_error {
         text.push_str(&format!("\n          last error: {e}"));
     }
+    if let Some(note) = &f.realm_key_note {
+        text.push_str(&format!("\n          realm key: {note}"));
+    }
     text
 }
 
