@@ -1,7 +1,11 @@
 //! Federation checks seen from outside, with real processes and a real
 //! `nats-server`: a broker shut down leaves the realm's queue at once; the
 //! realm key is pinned on first use, so a realm member overwriting it in
-//! the bucket neither locks restarting brokers out nor unbinds blocks.
+//! the bucket neither locks restarting brokers out nor unbinds blocks; a
+//! frozen realm waiter is not matched while frozen; a waiter whose broker
+//! was killed outright leaves the realm's queue with the bucket's
+//! `max_age`; and remote texts past a frozen receiver's replay caps end the
+//! room towards the sender with counts that add up.
 //!
 //! Some use test hooks of the broker's `fault-injection` feature
 //! (`broker/src/federation/fault.rs`), which `./test.sh` builds; they are
@@ -16,7 +20,7 @@ use mcp_chat_proto::{Event, Reply, Request, RoomId};
 use mcp_chat_testkit::nats::NatsServer;
 use mcp_chat_testkit::proto_client::wait_for_status;
 use mcp_chat_tests::federation::{connected, found_with_partner, met, start_broker, write_config};
-use mcp_chat_tests::{BrokerProcess, ProtoClient, TestSocket};
+use mcp_chat_tests::{BrokerProcess, ProtoClient, TestSocket, within};
 
 /// The realm's buckets, as the brokers name them for realm `test`.
 const QUEUE_BUCKET: &str = "mcpchat_queue_test";
@@ -245,4 +249,155 @@ async fn a_realm_key_replaced_in_the_bucket_is_not_used_by_brokers_that_pinned_o
     let status = connected(&sc.path).await.federation.unwrap();
     let note = status.realm_key_note.unwrap_or_default();
     assert!(note.contains("this broker's sessions only"), "{note:?}");
+}
+
+/// The ping before a claim, across brokers: a realm waiter on A whose
+/// client has gone quiet (it reads, and answers nothing) is pinged by A
+/// before B's entrant may take it, so the entrant is not matched with it
+/// while it is frozen; once it answers, the two meet. That it has been
+/// quiet long enough to be pinged is shown by A's heartbeat ping, which
+/// only a connection silent for longer than that comes to.
+#[tokio::test]
+async fn a_frozen_realm_waiter_is_not_matched_until_it_answers() {
+    use futures::{SinkExt, StreamExt};
+    use mcp_chat_proto::{BrokerMsg, ClientMsg};
+
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats")).await.unwrap();
+    let (sa, sb) = (TestSocket::new(), TestSocket::new());
+    let _a = broker(&sa, &nats.url(), &[]).await;
+    let _b = broker(&sb, &nats.url(), &[]).await;
+    let mut a1 = ProtoClient::connect(&sa.path).await;
+    assert_eq!(a1.enter().await, Reply::Waiting { position: 1 });
+    waiting_in_realm(&sb.path, 1).await;
+    let (mut reader, mut writer) = a1.into_parts();
+    let mut next = async || match within("a frame for the waiter", reader.next()).await {
+        Some(Ok(msg)) => msg,
+        other => panic!("{other:?}"),
+    };
+    // Frozen: the broker's heartbeat comes to it, unanswered.
+    assert!(matches!(next().await, BrokerMsg::Ping { .. }));
+
+    let mut b1 = ProtoClient::connect(&sb.path).await;
+    let id = b1.send_request(Request::EnterQueue(Entry::default())).await;
+    // B's claim makes A ping its waiter first, rather than match it.
+    let nonce = match next().await {
+        BrokerMsg::Ping { nonce } => nonce,
+        other => panic!("a frozen waiter was matched: {other:?}"),
+    };
+    let reply = match b1.next_frame().await {
+        Some(Ok(BrokerMsg::Response { id: got, reply })) if got == id => reply,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        reply,
+        Reply::Waiting { position: 1 },
+        "not matched while frozen"
+    );
+    // Thawed: it answers, and the two meet.
+    writer.send(ClientMsg::Pong { nonce }).await.unwrap();
+    let room = loop {
+        match next().await {
+            BrokerMsg::Event {
+                event: Event::ChatroomFound { room_id, .. },
+                ..
+            } => break room_id,
+            BrokerMsg::Ping { nonce } => writer.send(ClientMsg::Pong { nonce }).await.unwrap(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(found_with_partner(&mut b1).await.0, room);
+}
+
+/// The realm bucket's `max_age` is the backstop for a broker that dies
+/// without leaving the realm: a waiter on A, killed with SIGKILL, is gone
+/// from B's count of the realm once that age passes (B's mirror drops the
+/// entry as the server does, which no watcher is told of), and B's
+/// newcomer then waits first in line. The age is 6 s here
+/// (`MCP_CHAT_FAULT_QUEUE_MAX_AGE_MS`), an hour otherwise.
+#[tokio::test]
+async fn a_killed_brokers_waiter_leaves_the_realm_with_the_buckets_max_age() {
+    const MAX_AGE_MS: &str = "6000";
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats")).await.unwrap();
+    let env = [("MCP_CHAT_FAULT_QUEUE_MAX_AGE_MS", MAX_AGE_MS)];
+    let (sa, sb) = (TestSocket::new(), TestSocket::new());
+    let mut a = broker(&sa, &nats.url(), &env).await;
+    let _b = broker(&sb, &nats.url(), &env).await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let info = js
+        .get_stream(format!("KV_{QUEUE_BUCKET}"))
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(
+        info.config.max_age.as_millis().to_string(),
+        MAX_AGE_MS,
+        "the broker has no queue max-age hook: build it with `cargo build -p mcp-chat-broker --features fault-injection` (./test.sh does)"
+    );
+    let mut a1 = ProtoClient::connect(&sa.path).await;
+    assert_eq!(a1.enter().await, Reply::Waiting { position: 1 });
+    waiting_in_realm(&sb.path, 1).await;
+
+    a.signal(rustix::process::Signal::KILL);
+    a.wait_exit().await;
+    waiting_in_realm(&sb.path, 0).await;
+    assert_eq!(queue_keys(&nats).await, Vec::<String>::new());
+    let mut b1 = ProtoClient::connect(&sb.path).await;
+    assert_eq!(b1.enter().await, Reply::Waiting { position: 1 });
+}
+
+/// Remote texts past a frozen receiver's replay caps end the room towards
+/// the sender, with counts that add up. As
+/// `a_frozen_receiver_on_another_broker_costs_the_sender_an_exact_undelivered_count`
+/// in tests/federation.rs, but with B's liveness left at its defaults (a
+/// silent client is dropped only after half a minute), so that what ends
+/// the room is the replay caps while the receiver's session lives on
+/// (there, B also drops the frozen client within a second or two, and
+/// either may come first): B's status still counts the receiver's session
+/// when the sender hears the end.
+#[tokio::test]
+async fn remote_texts_past_a_frozen_receivers_replay_caps_end_the_room_with_exact_counts() {
+    use mcp_chat_tests::McpClient;
+    use mcp_chat_tests::frozen_receiver::{assert_delivered_or_reported, send_until_partner_gone};
+    use rustix::process::Signal;
+    use serde_json::json;
+
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats")).await.unwrap();
+    let (sa, sb) = (TestSocket::new(), TestSocket::new());
+    let url = nats.url();
+    let mut args = vec!["--federation", &url, "--realm", "test"];
+    args.extend_from_slice(mcp_chat_tests::UNTHROTTLED);
+    let _a = BrokerProcess::start(&sa.path, &args).await;
+    let _b = BrokerProcess::start(&sb.path, &args).await;
+    connected(&sa.path).await;
+    connected(&sb.path).await;
+    let mut a = McpClient::spawn(&sa.path).await;
+    let mut b = McpClient::spawn(&sb.path).await;
+    a.ok("enter_queue", json!({})).await;
+    b.ok("enter_queue", json!({})).await;
+    let room = a.expect_notification("chatroom.found").await["room_id"].clone();
+    assert_eq!(
+        b.expect_notification("chatroom.found").await["room_id"],
+        room
+    );
+    let room = room.as_str().unwrap().to_owned();
+    b.channel_event().await;
+    let receiver =
+        rustix::process::Pid::from_raw(i32::try_from(b.child.id().unwrap()).unwrap()).unwrap();
+    rustix::process::kill_process(receiver, Signal::STOP).unwrap();
+
+    let counts = send_until_partner_gone(&mut a, &room, 20_000).await;
+    let status = ProtoClient::connect(&sb.path).await.status().await;
+    assert_eq!(
+        status.sessions, 2,
+        "the receiver's session (and this one) live on: {status:?}"
+    );
+
+    rustix::process::kill_process(receiver, Signal::CONT).unwrap();
+    assert_delivered_or_reported(&mut b, counts).await;
 }
