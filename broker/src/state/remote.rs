@@ -196,39 +196,13 @@ impl State {
     /// the one that did not fit, and any crossing the end, count as never
     /// taken in (`undelivered` on the partner's side).
     fn remote_backlogged(&mut self, room_id: RoomId, member: SessionId) {
-        let held = self
-            .sessions
-            .get(&member)
-            .map(|s| s.delivery(room_id))
-            .unwrap_or_default();
-        let counts = Delivery {
-            undelivered: 0,
-            unconfirmed: held.undelivered + held.unconfirmed,
-        };
-        tracing::warn!(%room_id, member, undelivered = counts.undelivered, unconfirmed = counts.unconfirmed, "a remote partner's texts overran our member's replay buffer; ending the room");
-        let Some(ledger) = self
-            .federated
-            .as_mut()
-            .and_then(|f| f.remote.take(&room_id))
-        else {
-            return;
-        };
-        if let Some(f) = self.federated.as_ref() {
-            f.tell(ToLink::End {
-                room: room_id,
-                reason: DisconnectReason::Disconnected,
-                report: ledger.report(counts),
-            });
-        }
-        let mine = ledger.unreported();
-        self.emit(
-            member,
-            Event::PartnerDisconnected {
-                room_id,
-                reason: DisconnectReason::Disconnected,
-                undelivered: mine.undelivered,
-                unconfirmed: mine.unconfirmed,
-            },
+        let theirs = self.held_for(member, room_id);
+        tracing::warn!(%room_id, member, unconfirmed = theirs.unconfirmed, "a remote partner's texts overran our member's replay buffer; ending the room");
+        self.remote_end_towards_member(
+            room_id,
+            DisconnectReason::Disconnected,
+            Some(theirs),
+            Ledger::unreported,
         );
     }
 
@@ -239,21 +213,29 @@ impl State {
         let Some(&member) = self.rooms.get(&room_id).and_then(|r| r.members.first()) else {
             return;
         };
-        let held = self
-            .sessions
-            .get(&member)
-            .map(|s| s.delivery(room_id))
-            .unwrap_or_default();
-        let theirs = Delivery {
-            undelivered: 0,
-            unconfirmed: held.undelivered + held.unconfirmed,
-        };
+        let theirs = self.held_for(member, room_id);
         self.remote_end_towards_member(
             room_id,
             DisconnectReason::FederationLost,
             Some(theirs),
             |l| l.overflowed(queued),
         );
+    }
+
+    /// What our member's client has not acknowledged of the partner's
+    /// texts when our side ends while the session lives on: all of it
+    /// `unconfirmed` (taken in, it still reaches the client if it reads or
+    /// resumes); the partner's broker adds what was never taken in.
+    fn held_for(&self, member: SessionId, room_id: RoomId) -> Delivery {
+        let held = self
+            .sessions
+            .get(&member)
+            .map(|s| s.delivery(room_id))
+            .unwrap_or_default();
+        Delivery {
+            undelivered: 0,
+            unconfirmed: held.undelivered + held.unconfirmed,
+        }
     }
 
     /// Ends `room_id` towards our member: its ledger is taken; with
@@ -350,31 +332,10 @@ impl State {
         reason: DisconnectReason,
         report: Option<EndReport>,
     ) {
-        let Some(ledger) = self
-            .federated
-            .as_mut()
-            .and_then(|f| f.remote.take(&room_id))
-        else {
-            return;
-        };
-        let counts = match report {
-            Some(report) => ledger.reported(report),
-            None => ledger.unreported(),
-        };
-        if counts != Delivery::default() {
-            tracing::warn!(%room_id, undelivered = counts.undelivered, unconfirmed = counts.unconfirmed, "a remote partner's room ended with texts not confirmed delivered");
-        }
-        if let Some(&member) = self.rooms.get(&room_id).and_then(|r| r.members.first()) {
-            self.emit(
-                member,
-                Event::PartnerDisconnected {
-                    room_id,
-                    reason,
-                    undelivered: counts.undelivered,
-                    unconfirmed: counts.unconfirmed,
-                },
-            );
-        }
+        self.remote_end_towards_member(room_id, reason, None, |l| match report {
+            Some(report) => l.reported(report),
+            None => l.unreported(),
+        });
     }
 
     fn ledger(&mut self, room_id: RoomId) -> Option<&mut Ledger> {
