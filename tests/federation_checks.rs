@@ -256,7 +256,9 @@ async fn a_realm_key_replaced_in_the_bucket_is_not_used_by_brokers_that_pinned_o
 /// before B's entrant may take it, so the entrant is not matched with it
 /// while it is frozen; once it answers, the two meet. That it has been
 /// quiet long enough to be pinged is shown by A's heartbeat ping, which
-/// only a connection silent for longer than that comes to.
+/// only a connection silent for longer than that comes to. A's heartbeat
+/// is 5 s (so a waiter is fresh for 1 s, and has 1.5 s to answer a ping),
+/// so that the first ping comes well within a test's wait.
 #[tokio::test]
 async fn a_frozen_realm_waiter_is_not_matched_until_it_answers() {
     use futures::{SinkExt, StreamExt};
@@ -265,8 +267,21 @@ async fn a_frozen_realm_waiter_is_not_matched_until_it_answers() {
     let dir = tempfile::tempdir().unwrap();
     let nats = NatsServer::start(&dir.path().join("nats")).await.unwrap();
     let (sa, sb) = (TestSocket::new(), TestSocket::new());
-    let _a = broker(&sa, &nats.url(), &[]).await;
-    let _b = broker(&sb, &nats.url(), &[]).await;
+    let url = nats.url();
+    let _a = BrokerProcess::start(
+        &sa.path,
+        &[
+            "--federation",
+            &url,
+            "--realm",
+            "test",
+            "--heartbeat-ms",
+            "5000",
+        ],
+    )
+    .await;
+    connected(&sa.path).await;
+    let _b = broker(&sb, &url, &[]).await;
     let mut a1 = ProtoClient::connect(&sa.path).await;
     assert_eq!(a1.enter().await, Reply::Waiting { position: 1 });
     waiting_in_realm(&sb.path, 1).await;
