@@ -30,6 +30,7 @@
 //! realms or puts a leaf node at each site. BENCHMARKS.md ("Federation")
 //! has the figures and the estimate.
 
+mod auth;
 pub(crate) mod blocks;
 pub mod config;
 mod diagnose;

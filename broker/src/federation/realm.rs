@@ -113,6 +113,7 @@ use mcp_chat_proto::matching::kinds_compatible;
 use mcp_chat_proto::{InterestCount, Kind, Meet, RoomId};
 use tokio::sync::watch;
 
+use super::auth::{self, Identity, Pairing, RoomKeys, Side};
 use super::blocks::{RealmName, is_blocked};
 use super::fault;
 use super::wire::{self, Claim, ClaimAnswer, Names, QueueEntry, RealmProfile};
@@ -129,6 +130,8 @@ const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Queued {
     pub key: String,
     pub owner: String,
+    /// The owner's X25519 key for this waiter (signed with the entry).
+    pub owner_kx: [u8; 32],
     pub profile: RealmProfile,
     /// The profile as the rule reads it.
     rule: Profile,
@@ -171,7 +174,7 @@ impl Mirror {
         if entry.operation != kv::Operation::Put {
             return;
         }
-        let Ok(value) = wire::parse_entry(&entry.value, entry.revision) else {
+        let Ok((value, owner_kx)) = wire::parse_entry(&entry.value, entry.revision) else {
             self.invalid += 1;
             return;
         };
@@ -183,6 +186,7 @@ impl Mirror {
             Queued {
                 key: entry.key.clone(),
                 owner: value.owner,
+                owner_kx,
                 rule: rule_profile(&value.profile),
                 profile: value.profile,
                 arrival,
@@ -395,7 +399,9 @@ pub enum Outcome {
     Matched {
         room: RoomId,
         partner: String,
-        secret: String,
+        keys: RoomKeys,
+        /// The owner's latest presence counter (see `link`).
+        beat: u64,
         /// The waiter's profile.
         profile: RealmProfile,
     },
@@ -419,46 +425,8 @@ pub struct Realm {
     pub blocks: watch::Receiver<HashSet<String>>,
     pub names: Names,
     pub me: String,
-    /// The rooms of our claims awaiting their answer (see [`Claims`]).
-    pub claims: Claims,
-}
-
-/// Room ids of the claims this broker has sent and not yet seen answered.
-/// Our broker id is public (queue entries' owner), so a claim naming us as
-/// claimer proves nothing: the link takes such a claim only if its room is
-/// one of ours in flight, once. It also refuses a stranger's claim naming
-/// one of these rooms (copied off the wire), which would otherwise take
-/// the room id before our own match arrives. A set shared with the link,
-/// rather than handing our own claims over in-process, keeps a claim of
-/// our own waiter on exactly the path every other claim takes.
-#[derive(Debug, Clone, Default)]
-pub struct Claims(Arc<std::sync::Mutex<HashSet<RoomId>>>);
-
-impl Claims {
-    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<RoomId>> {
-        // A panic elsewhere while holding it cannot leave the set torn.
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn start(&self, room: RoomId) {
-        self.set().insert(room);
-    }
-
-    fn finish(&self, room: RoomId) {
-        self.set().remove(&room);
-    }
-
-    /// Whether `room` is one of our claims in flight.
-    pub fn ours(&self, room: &RoomId) -> bool {
-        self.set().contains(room)
-    }
-
-    /// Takes `room` as one of our claims in flight: true once.
-    pub fn take(&self, room: &RoomId) -> bool {
-        self.set().remove(room)
-    }
+    /// Signs our entries and claims.
+    pub identity: Arc<Identity>,
 }
 
 /// One session of this broker entering.
@@ -471,6 +439,9 @@ pub struct Entrant {
     pub arrival: Option<u64>,
     /// Its current entry, to withdraw first (its interest wait ended).
     pub withdraw: Option<u64>,
+    /// Its X25519 public key, for its entries; the link keeps the secret,
+    /// to answer a claim.
+    pub kx: [u8; 32],
 }
 
 impl Entrant {
@@ -600,7 +571,7 @@ pub async fn enter_batch(realm: Realm, entrants: Vec<Entrant>) -> Batch {
 pub struct Dangling {
     pub room: RoomId,
     pub partner: String,
-    pub secret: String,
+    pub keys: RoomKeys,
 }
 
 /// Runs the claim protocol (see the module docs) for our entrant. Also
@@ -640,10 +611,11 @@ async fn claim_or_wait(
                     owner: realm.me.clone(),
                     profile: entrant.profile.clone(),
                     arrival: entrant.arrival,
+                    kx: auth::hex(&entrant.kx),
                 };
                 let rev = realm
                     .store
-                    .create(key, wire::encode(&value))
+                    .create(key, realm.identity.sign(auth::ENTRY, &value))
                     .await
                     .map_err(|e| err("entering the realm queue", e))?;
                 own = Some(rev);
@@ -704,45 +676,124 @@ async fn confirm(realm: &Realm, entrant: &Entrant, theirs: Queued) -> Confirmed 
     if !wire::is_id(&owner) {
         return Confirmed::Gone;
     }
-    let room = RoomId::new_random();
-    let secret = wire::fresh_id();
+    let (secret, kx) = match auth::fresh_kx() {
+        Ok(fresh) => fresh,
+        Err(e) => {
+            // The entry is deleted: an owner that hears nothing re-enters
+            // its waiter (`link`).
+            tracing::error!(error = %e, "federation: cannot claim a waiter");
+            return Confirmed::Gone;
+        }
+    };
+    let room = auth::room_id_for(&realm.me, &kx);
+    let pairing = Pairing {
+        room,
+        owner: &owner,
+        claimer: &realm.me,
+        owner_kx: &theirs.owner_kx,
+        claimer_kx: &kx,
+    };
+    let Some(keys) = auth::room_keys(&secret, Side::Claimer, pairing) else {
+        // A key nobody could keep private: signed by its owner, so its
+        // owner's fault; it hears no claim and re-enters its waiter.
+        return Confirmed::Gone;
+    };
     let claim = Claim {
         key: theirs.key,
         room,
         claimer: realm.me.clone(),
-        secret: secret.clone(),
+        claimer_kx: auth::hex(&kx),
+        owner_kx: auth::hex(&theirs.owner_kx),
         profile: entrant.profile.clone(),
         claimer_key: entrant.key.clone(),
+        beat: realm.identity.beats(),
     };
-    let request = async_nats::Request::new()
-        .payload(wire::encode(&claim))
-        .timeout(Some(CLAIM_TIMEOUT));
-    realm.claims.start(room);
-    let answer = realm
-        .client
-        .send_request(realm.names.claim(&owner), request)
-        .await;
-    realm.claims.finish(room);
-    match answer {
-        Ok(answer) => match wire::parse::<ClaimAnswer>(&answer.payload) {
-            Ok(ClaimAnswer { matched: true }) => Confirmed::Yes(Outcome::Matched {
-                room,
-                partner: owner,
-                secret,
-                profile: theirs.profile,
-            }),
-            _ => Confirmed::Gone,
-        },
-        Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Confirmed::Gone,
-        Err(e) => {
-            tracing::warn!(owner, error = %e, "a claimed waiter's broker did not answer");
+    let payload = realm.identity.sign(auth::CLAIM, &claim);
+    let heard = ask(realm, &owner, payload, &claim).await;
+    match heard {
+        Heard::Answer(answer) if answer.matched => Confirmed::Yes(Outcome::Matched {
+            room,
+            partner: owner,
+            keys,
+            beat: answer.beat,
+            profile: theirs.profile,
+        }),
+        Heard::Answer(_) => Confirmed::Gone,
+        Heard::Nothing(why) => {
+            tracing::warn!(owner, why, "a claimed waiter's broker did not answer");
             Confirmed::Unanswered(Dangling {
                 room,
                 partner: owner,
-                secret,
+                keys,
             })
         }
     }
+}
+
+enum Heard {
+    /// The owner's answer, verified.
+    Answer(ClaimAnswer),
+    /// No verified answer: the owner is gone, or its answer lost.
+    Nothing(&'static str),
+}
+
+/// Sends `claim` (signed: `payload`) to its owner and reads the replies on
+/// an inbox of our own until one is the owner's signed answer to this very
+/// claim, or the timeout: any member can answer on our inbox (it is in the
+/// request, which members see), so the first reply proves nothing, and a
+/// forged one is dropped while the genuine one still counts.
+async fn ask(realm: &Realm, owner: &str, payload: bytes::Bytes, claim: &Claim) -> Heard {
+    let inbox = realm.client.new_inbox();
+    let Ok(mut replies) = realm.client.subscribe(inbox.clone()).await else {
+        return Heard::Nothing("cannot subscribe to an inbox");
+    };
+    // Published after the subscription on the same connection: the server
+    // has it in place before the owner can answer.
+    if realm
+        .client
+        .publish_with_reply(realm.names.claim(owner), inbox, payload)
+        .await
+        .is_err()
+    {
+        return Heard::Nothing("cannot publish the claim");
+    }
+    let deadline = tokio::time::sleep(CLAIM_TIMEOUT);
+    tokio::pin!(deadline);
+    let mut forged = 0u32;
+    loop {
+        let reply = tokio::select! {
+            () = &mut deadline => return Heard::Nothing("timed out"),
+            reply = replies.next() => match reply {
+                Some(reply) => reply,
+                None => return Heard::Nothing("the inbox closed"),
+            },
+        };
+        if reply.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            // Unsigned, so forgeable: taken as "no answer" (the room is
+            // ended towards the owner, in case it did match), and never
+            // from ourselves, who surely listen.
+            if owner != realm.me {
+                return Heard::Nothing("no responders");
+            }
+            continue;
+        }
+        match answer_to(&reply.payload, owner, claim) {
+            Some(a) => return Heard::Answer(a),
+            None => {
+                forged += 1;
+                if forged.is_power_of_two() {
+                    tracing::warn!(owner, forged, "federation: dropped a forged claim answer");
+                }
+            }
+        }
+    }
+}
+
+/// `payload` if it is `owner`'s signed answer to exactly `claim`.
+fn answer_to(payload: &[u8], owner: &str, claim: &Claim) -> Option<ClaimAnswer> {
+    auth::open_signed::<ClaimAnswer>(payload, auth::ANSWER, wire::MAX_ENTRY_BYTES)
+        .ok()
+        .filter(|a| a.owner == owner && a.room == claim.room && a.claimer_kx == claim.claimer_kx)
 }
 
 #[cfg(test)]
@@ -758,6 +809,7 @@ mod tests {
         let q = Queued {
             key: format!("k{rev}"),
             owner: wire::fresh_id(),
+            owner_kx: [9; 32],
             rule: rule_profile(&p),
             profile: p,
             arrival,
@@ -778,17 +830,47 @@ mod tests {
     }
 
     #[test]
-    fn our_claim_is_taken_once_and_only_while_in_flight() {
-        let claims = Claims::default();
-        let room = RoomId::new_random();
-        assert!(!claims.take(&room), "never sent: a forgery");
-        claims.start(room);
-        assert!(claims.ours(&room));
-        assert!(claims.take(&room));
-        assert!(!claims.take(&room), "a copy of it is refused");
-        claims.start(room);
-        claims.finish(room);
-        assert!(!claims.ours(&room), "answered: no longer ours");
+    fn only_the_owners_signed_answer_to_this_very_claim_counts() {
+        let owner = Identity::generate().unwrap();
+        let hostile = Identity::generate().unwrap();
+        let kx = auth::fresh_kx().unwrap().1;
+        let claimer = wire::fresh_id();
+        let claim = Claim {
+            key: wire::fresh_id(),
+            room: auth::room_id_for(&claimer, &kx),
+            claimer,
+            claimer_kx: auth::hex(&kx),
+            owner_kx: auth::hex(&[9; 32]),
+            profile: profile(Kind::Agent, Meet::Anyone, &[], true, 1),
+            claimer_key: wire::fresh_id(),
+            beat: 0,
+        };
+        let answer = |by: &Identity, owner: &str, room: RoomId, matched: bool| {
+            by.sign(
+                auth::ANSWER,
+                &ClaimAnswer {
+                    owner: owner.to_owned(),
+                    room,
+                    claimer_kx: claim.claimer_kx.clone(),
+                    matched,
+                    beat: 7,
+                },
+            )
+        };
+        let id = owner.id();
+        // What a hostile member answers first: all dropped.
+        for forged in [
+            answer(&hostile, id, claim.room, true),
+            answer(&hostile, hostile.id(), claim.room, true),
+            answer(&owner, id, RoomId::new_random(), true),
+            wire::encode(&serde_json::json!({"matched": true})),
+        ] {
+            assert_eq!(answer_to(&forged, id, &claim), None);
+        }
+        // The genuine one, after them, counts.
+        let genuine = answer_to(&answer(&owner, id, claim.room, true), id, &claim).unwrap();
+        assert!(genuine.matched);
+        assert_eq!(genuine.beat, 7);
     }
 
     /// The rule applied by walking the whole queue in arrival order: what
