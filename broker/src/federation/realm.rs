@@ -3,9 +3,11 @@
 //! broker's pool (`crate::state::rule`).
 //!
 //! Each waiting session is one entry: key = a random waiter token, value =
-//! the owning broker's id and the waiter's profile ([`wire::QueueEntry`]:
+//! the owning broker's id, the waiter's profile ([`wire::QueueEntry`]:
 //! kind, whom it meets, interests, whether it is *open*, and its keyed hash
-//! for blocks). The entry's revision (the bucket stream's sequence) is the
+//! for blocks) and the owner's X25519 key for that waiter, signed by the
+//! owner (`auth`): an entry whose signature or key does not match its owner
+//! id is left out like any malformed one. The entry's revision (the bucket stream's sequence) is the
 //! realm-wide order of entering. Every broker mirrors the bucket through a
 //! watch ([`Mirror`]); the watch delivers changes in revision order, so a
 //! mirror that has seen revision `r` holds exactly the entries alive at `r`
@@ -43,10 +45,22 @@
 //!    frozen client is never matched. Either way its new entry runs the
 //!    protocol as any entrant does, so the argument below still holds.
 //!
+//! The claim is signed by the claimer and carries its fresh X25519 key; the
+//! room's id is derived from both, and the room's keys from the claimer's
+//! key and the entry's (`auth`). The owner's answer is signed by the owner
+//! and names the claim; the claimer reads replies on an inbox of its own
+//! until one verifies (or the timeout), so another member answering first
+//! changes nothing. No verified answer is treated as "no answer": the room
+//! is ended towards the owner (sealed, so only the owner can read it), in
+//! case the owner did match.
+//!
 //! Why no waiter is matched twice: an entry is deleted by exactly one
 //! compare-and-set, so at most one claim request exists per entry (after a
 //! timed-out delete, whose outcome is unknown, a second claimer may also
-//! ask; the owner's hub matches a session once and refuses the other).
+//! ask; the owner's hub matches a session once and refuses the other). A
+//! member that sends a claim of its own without the delete is one more such
+//! claim, refused likewise once the session is matched; no claim can name
+//! another broker as its claimer (it would need that broker's key).
 //!
 //! Why two compatible waiters never both stay waiting: let X (revision `x`)
 //! and Y (`y > x`) be compatible and both left waiting. Y, after creating
@@ -90,8 +104,10 @@
 //! again (`link`).
 //!
 //! Dead brokers' entries are cleaned by the claims themselves (a claim to an
-//! owner that is gone gets no responders, and the entry is already deleted)
-//! and, as a backstop, by the bucket's `max_age`.
+//! owner that is gone gets no responders, and the entry is already deleted;
+//! no responders is unsigned, so the claimer also ends the room towards the
+//! owner, which costs a gone owner nothing) and, as a backstop, by the
+//! bucket's `max_age`.
 //!
 //! Cost: the mirror keeps, beside the entries, one line per interest and
 //! one line of open entries per kind × `meet` class, each in arrival order
