@@ -322,7 +322,7 @@ impl Header {
         })
     }
 
-    pub fn from_id(&self) -> String {
+    pub fn sender(&self) -> String {
         hex(&self.from)
     }
 

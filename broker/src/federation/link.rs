@@ -623,7 +623,7 @@ impl Link {
             Internal::Entered(batch) => {
                 self.batch_running = false;
                 for d in batch.dangling {
-                    let mut room = self.open_room(d.room, d.partner, d.keys);
+                    let mut room = self.open_room(d.room, d.partner, *d.keys);
                     // Nothing was said in it: nothing to report.
                     room.send(rooms::end(
                         DisconnectReason::Disconnected,
@@ -832,7 +832,7 @@ impl Link {
                 }
                 let local = partner == self.me;
                 if !local {
-                    let r = self.open_room(room, partner, keys);
+                    let r = self.open_room(room, partner, *keys);
                     self.insert_room(room, r, beat);
                 }
                 // Even for a session that left meanwhile: the hub ends the

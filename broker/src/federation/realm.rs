@@ -415,7 +415,8 @@ pub enum Outcome {
     Matched {
         room: RoomId,
         partner: String,
-        keys: RoomKeys,
+        /// Boxed: two AEAD keys dwarf the other outcomes.
+        keys: Box<RoomKeys>,
         /// The owner's latest presence counter (see `link`).
         beat: u64,
         /// The waiter's profile.
@@ -587,7 +588,7 @@ pub async fn enter_batch(realm: Realm, entrants: Vec<Entrant>) -> Batch {
 pub struct Dangling {
     pub room: RoomId,
     pub partner: String,
-    pub keys: RoomKeys,
+    pub keys: Box<RoomKeys>,
 }
 
 /// Runs the claim protocol (see the module docs) for our entrant. Also
@@ -730,7 +731,7 @@ async fn confirm(realm: &Realm, entrant: &Entrant, theirs: Queued) -> Confirmed 
         Heard::Answer(answer) if answer.matched => Confirmed::Yes(Outcome::Matched {
             room,
             partner: owner,
-            keys,
+            keys: Box::new(keys),
             beat: answer.beat,
             profile: theirs.profile,
         }),
@@ -740,7 +741,7 @@ async fn confirm(realm: &Realm, entrant: &Entrant, theirs: Queued) -> Confirmed 
             Confirmed::Unanswered(Dangling {
                 room,
                 partner: owner,
-                keys,
+                keys: Box::new(keys),
             })
         }
     }

@@ -189,7 +189,7 @@ impl RemoteRoom {
     /// Opens an inbound message of this room (its `header` read): it must
     /// come from the partner, sealed with its key for exactly this header.
     pub fn open_msg(&self, header: &Header, payload: &[u8]) -> Result<RoomMsg, Rejected> {
-        let from = header.from_id();
+        let from = header.sender();
         if from != self.partner {
             return Err(Rejected::NotMember);
         }
@@ -461,11 +461,11 @@ mod tests {
 
     fn open(at: &RemoteRoomKeys, payload: &[u8]) -> Result<RoomMsg, Rejected> {
         let header = Header::read(payload)?;
-        if header.from_id() != at.partner {
+        if header.sender() != at.partner {
             return Err(Rejected::NotMember);
         }
         let plain = at.opener.open(payload)?;
-        wire::parse_sealed(&header, header.from_id(), &plain)
+        wire::parse_sealed(&header, header.sender(), &plain)
     }
 
     fn text(t: &str) -> RoomBody {
