@@ -327,8 +327,8 @@ type Seen = std::sync::Arc<std::sync::Mutex<Vec<async_nats::Message>>>;
 
 /// A realm member that reads every subject of the server (the realm's, the
 /// queue bucket's, the reply inboxes) and answers every claim request at
-/// once with forged `matched` answers: unsigned, and signed with a made-up
-/// key. Returns what it saw, and how many claims it answered.
+/// once with forged answers, `matched: false` then `true`: unsigned, and
+/// signed with a made-up key. Returns what it saw, and how many claims it answered.
 async fn hostile_member(
     nats: &async_nats::Client,
 ) -> (Seen, std::sync::Arc<std::sync::atomic::AtomicU64>) {
@@ -340,25 +340,32 @@ async fn hostile_member(
     tokio::spawn(async move {
         while let Some(msg) = futures::StreamExt::next(&mut all).await {
             let claim = msg.subject.starts_with("mcpchat.test.claim.");
-            if let (true, Some(reply)) = (claim, msg.reply.clone()) {
+            // Not the test's own replays (below), which must get the
+            // owner's answer.
+            let ours = msg.reply.as_ref().is_some_and(|r| r.starts_with("_REPLAY"));
+            if let (true, false, Some(reply)) = (claim, ours, msg.reply.clone()) {
                 let owner = msg.subject.as_str().rsplit('.').next().unwrap().to_owned();
                 let signed: serde_json::Value =
                     serde_json::from_slice(&msg.payload).unwrap_or_default();
                 let body: serde_json::Value =
                     serde_json::from_str(signed["body"].as_str().unwrap_or("{}"))
                         .unwrap_or_default();
-                let answer = serde_json::json!({
-                    "owner": owner, "room": body["room"], "claimer_kx": body["claimer_kx"],
-                    "matched": true, "beat": 1,
-                });
-                let forged = serde_json::json!({
-                    "body": answer.to_string(), "key": "ab".repeat(32), "sig": "cd".repeat(64),
-                });
-                for payload in [
-                    br#"{"matched":true}"#.to_vec(),
-                    serde_json::to_vec(&forged).unwrap(),
-                ] {
-                    let _ = nats.publish(reply.clone(), payload.into()).await;
+                // A refusal first: believed, it would leave the owner's
+                // waiter in a room whose claimer walked away (half-open).
+                for matched in [false, true] {
+                    let answer = serde_json::json!({
+                        "owner": owner, "room": body["room"], "claimer_kx": body["claimer_kx"],
+                        "matched": matched, "beat": 1,
+                    });
+                    let forged = serde_json::json!({
+                        "body": answer.to_string(), "key": "ab".repeat(32), "sig": "cd".repeat(64),
+                    });
+                    for payload in [
+                        serde_json::to_vec(&serde_json::json!({ "matched": matched })).unwrap(),
+                        serde_json::to_vec(&forged).unwrap(),
+                    ] {
+                        let _ = nats.publish(reply.clone(), payload.into()).await;
+                    }
                 }
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
@@ -375,8 +382,9 @@ async fn hostile_member(
 /// (a byte flipped, another room, another seq, spliced, sent the other way),
 /// gets nothing to the clients, who receive exactly their partners' texts,
 /// once, in order, while the brokers count every copy as rejected; (c) its
-/// forged `matched` answers to every claim change nothing: both matches (one
-/// claimed each way) are made as they should be, with no half-open room.
+/// forged answers to every claim (a refusal first) change nothing: both matches (one
+/// claimed each way) are made as they should be, with no half-open room;
+/// and the genuine claims it saw, replayed, are refused.
 #[tokio::test]
 async fn a_hostile_realm_member_can_neither_read_nor_inject() {
     let realm = Realm::start().await;
@@ -500,6 +508,28 @@ async fn a_hostile_realm_member_can_neither_read_nor_inject() {
             s.federation.as_ref().is_some_and(|f| f.rejected >= want)
         })
         .await;
+    }
+    // The genuine claims it saw, replayed to their owners: each refused
+    // (signed `matched: false`), no room opened again.
+    let claims: Vec<&async_nats::Message> = captured
+        .iter()
+        .filter(|m| m.subject.starts_with("mcpchat.test.claim.") && m.reply.is_some())
+        .collect();
+    assert!(claims.len() >= 2, "it saw both claims");
+    let replayer = async_nats::ConnectOptions::new()
+        .custom_inbox_prefix("_REPLAY")
+        .connect(realm.nats.url())
+        .await
+        .unwrap();
+    for claim in claims {
+        let answer = replayer
+            .request(claim.subject.clone(), claim.payload.clone())
+            .await
+            .unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["matched"], false, "a replayed claim");
     }
     // Nothing reached a client: the next thing each sees is its partner's
     // next text (ProtoClient also checks event seqs stay contiguous).

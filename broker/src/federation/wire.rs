@@ -541,8 +541,10 @@ mod tests {
         let mut big = entry.clone();
         big.profile.interests = (0..5).map(|i| format!("{i}{}", "x".repeat(31))).collect();
         big.profile.interests.sort();
+        // It fits a realm bucket made by an older broker too, whose values
+        // (headers included) were limited to 2048 bytes.
         let size = owner.sign(auth::ENTRY, &big).len();
-        assert!(size < MAX_ENTRY_BYTES, "{size}");
+        assert!(size + 256 <= 2048 && size < MAX_ENTRY_BYTES, "{size}");
     }
 
     fn claim(by: &Identity, claimer: &str) -> Claim {
