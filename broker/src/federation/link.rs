@@ -122,6 +122,15 @@ struct Waiter {
     orphaned_since: Option<Instant>,
 }
 
+/// What a claim of one of our waiters comes to.
+enum Taking {
+    Taken(SessionId, Box<RoomKeys>),
+    /// Answered no: not ours (any more), or not fit.
+    Refused,
+    /// A copy of a claim already taken: not answered.
+    Again,
+}
+
 /// Well past a claim's timeout: no claim request is still on its way.
 const ORPHAN_AFTER: Duration = Duration::from_secs(12);
 
@@ -917,23 +926,36 @@ impl Link {
     /// Whether a checked claim may take our waiter: it names one, with the
     /// key of its entries, not being asked about already, in a room that
     /// is new. Then its room's keys.
-    fn take_claim(&mut self, c: &ClaimKeys) -> Option<(SessionId, RoomKeys)> {
+    fn take_claim(&mut self, c: &ClaimKeys) -> Taking {
         let claim = &c.claim;
-        // Claims are untrusted (a signed one can be replayed): taking one
-        // naming a room that exists or ended lately would replace that room
-        // (or, refused, close it).
-        if self.rooms.contains_key(&claim.room) || self.ended.contains_key(&claim.room) {
-            self.reject(Rejected::Malformed, "claim of a room that exists");
-            return None;
+        // A signed claim can be replayed, by anyone who saw it, with the
+        // claimer's own reply inbox: taking one naming a room that exists
+        // or ended lately would replace that room (or, refused, close it),
+        // and a signed refusal of it would reach the genuine claimer before
+        // our real answer. So it gets no answer at all.
+        let again = self.rooms.contains_key(&claim.room)
+            || self.ended.contains_key(&claim.room)
+            || self
+                .keys
+                .get(&claim.key)
+                .and_then(|s| self.waiters.get(s))
+                .is_some_and(|w| w.confirming == Some(claim.room));
+        if again {
+            self.reject(Rejected::Replayed, "claim of a room that exists");
+            return Taking::Again;
         }
-        let session = *self.keys.get(&claim.key)?;
-        let w = self.waiters.get_mut(&session)?;
+        let Some(&session) = self.keys.get(&claim.key) else {
+            return Taking::Refused;
+        };
+        let Some(w) = self.waiters.get_mut(&session) else {
+            return Taking::Refused;
+        };
         if w.confirming.is_some() {
-            return None;
+            return Taking::Refused;
         }
         if w.kx_public != c.owner_kx {
             self.reject(Rejected::Malformed, "claim with another entry's key");
-            return None;
+            return Taking::Refused;
         }
         let pairing = Pairing {
             room: claim.room,
@@ -944,13 +966,13 @@ impl Link {
         };
         let Some(keys) = auth::room_keys(&w.kx, Side::Owner, pairing) else {
             self.reject(Rejected::Malformed, "claim with a weak key");
-            return None;
+            return Taking::Refused;
         };
         w.confirming = Some(claim.room);
         // Its entry is gone; until the hub answers it is claimed.
         w.rev = None;
         w.taken = true;
-        Some((session, keys))
+        Taking::Taken(session, Box::new(keys))
     }
 
     /// A claimer took one of our waiters out of the queue.
@@ -967,10 +989,13 @@ impl Link {
             }
         };
         // A bad claim is answered too, so its sender does not wait; so is a
-        // second claim while the hub is asked about a first.
-        let taken = parsed
-            .as_ref()
-            .and_then(|c| self.take_claim(c).map(|(s, keys)| (c, s, keys)));
+        // second claim while the hub is asked about a first; not a replay.
+        let taking = parsed.as_ref().map(|c| self.take_claim(c));
+        let taken = match (parsed.as_ref(), taking) {
+            (_, Some(Taking::Again)) => return,
+            (Some(c), Some(Taking::Taken(session, keys))) => Some((c, session, keys)),
+            _ => None,
+        };
         let Some((c, session, keys)) = taken else {
             // Left, never ours, or not a claim at all.
             let (room, claimer_kx) = parsed.map_or_else(
@@ -989,7 +1014,7 @@ impl Link {
         let partner_session = if local {
             self.keys.get(&claim.claimer_key).copied()
         } else {
-            let r = self.open_room(claim.room, claim.claimer.clone(), keys);
+            let r = self.open_room(claim.room, claim.claimer.clone(), *keys);
             self.insert_room(claim.room, r, claim.beat);
             None
         };
