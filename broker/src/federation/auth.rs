@@ -622,15 +622,19 @@ mod tests {
     fn seal_cost() {
         let (mut owner, claimer, room) = pair_of_rooms();
         let from = "0".repeat(32);
-        let plain = br#"{"delivered":3,"body":{"kind":"text","text":"hello there, how are you doing today?","sent_at":1700000000000}}"#;
-        let n = 200_000u32;
-        let start = std::time::Instant::now();
-        for seq in 1..=u64::from(n) {
-            let sealed = owner.sealer.seal(room, &from, seq, plain).unwrap();
-            let opened = claimer.opener.open(&sealed).unwrap();
-            assert_eq!(opened.len(), plain.len());
+        let short = br#"{"delivered":3,"body":{"kind":"text","text":"hello there, how are you doing today?","sent_at":1700000000000}}"#.to_vec();
+        let full = vec![b'x'; mcp_chat_proto::MAX_MESSAGE_BYTES];
+        let mut seq = 0;
+        for (plain, n) in [(short, 200_000u32), (full, 20_000)] {
+            let start = std::time::Instant::now();
+            for _ in 0..n {
+                seq += 1;
+                let sealed = owner.sealer.seal(room, &from, seq, &plain).unwrap();
+                let opened = claimer.opener.open(&sealed).unwrap();
+                assert_eq!(opened.len(), plain.len());
+            }
+            let each = start.elapsed() / n;
+            println!("seal+open of {} bytes: {each:?}", plain.len());
         }
-        let each = start.elapsed() / n;
-        println!("seal+open of {} bytes: {each:?}", plain.len());
     }
 }
