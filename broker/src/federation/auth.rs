@@ -164,14 +164,26 @@ pub fn open_signed<T: DeserializeOwned + Authored>(
     Ok(body)
 }
 
-/// A fresh X25519 key pair: the secret kept, the public key for the wire.
-pub fn fresh_kx() -> Result<(StaticSecret, [u8; 32]), NoRandomness> {
+/// A fresh X25519 secret: 32 random bytes, cheap. Its public key (a scalar
+/// multiplication, tens of microseconds) is worked out only where it is
+/// needed ([`kx_public`]): a waiter gets a secret when it enters, but most
+/// waiters of a burst are paired without ever making an entry.
+pub fn fresh_secret() -> Result<StaticSecret, NoRandomness> {
     let mut bytes = [0u8; 32];
     SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| NoRandomness)?;
-    let secret = StaticSecret::from(bytes);
-    let public = PublicKey::from(&secret).to_bytes();
+    Ok(StaticSecret::from(bytes))
+}
+
+pub fn kx_public(secret: &StaticSecret) -> [u8; 32] {
+    PublicKey::from(secret).to_bytes()
+}
+
+/// A fresh X25519 key pair: the secret kept, the public key for the wire.
+pub fn fresh_kx() -> Result<(StaticSecret, [u8; 32]), NoRandomness> {
+    let secret = fresh_secret()?;
+    let public = kx_public(&secret);
     Ok((secret, public))
 }
 

@@ -92,7 +92,6 @@ struct Waiter {
     /// The X25519 key of its entries (the public half is in them): a
     /// claim's room keys are agreed with it. New with every `key`.
     kx: x25519_dalek::StaticSecret,
-    kx_public: [u8; 32],
     rev: Option<u64>,
     profile: RealmProfile,
     /// Its first entry's revision: it keeps its place when it enters again.
@@ -460,7 +459,7 @@ impl Link {
 
     fn enter(&mut self, session: SessionId, profile: RealmProfile, arrival: Option<u64>) {
         let key = wire::fresh_id();
-        let (kx, kx_public) = match auth::fresh_kx() {
+        let kx = match auth::fresh_secret() {
             Ok(fresh) => fresh,
             Err(e) => {
                 tracing::error!(session, error = %e, "federation: cannot enter the realm; trying again");
@@ -477,7 +476,6 @@ impl Link {
             Waiter {
                 key: key.clone(),
                 kx,
-                kx_public,
                 rev: None,
                 profile,
                 arrival,
@@ -568,7 +566,7 @@ impl Link {
                     profile: w.profile.clone(),
                     arrival: w.arrival,
                     withdraw: w.withdraw.take(),
-                    kx: w.kx_public,
+                    kx: w.kx.clone(),
                 });
             }
         }
@@ -953,7 +951,7 @@ impl Link {
         if w.confirming.is_some() {
             return Taking::Refused;
         }
-        if w.kx_public != c.owner_kx {
+        if auth::kx_public(&w.kx) != c.owner_kx {
             self.reject(Rejected::Malformed, "claim with another entry's key");
             return Taking::Refused;
         }

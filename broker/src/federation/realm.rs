@@ -447,7 +447,7 @@ pub struct Realm {
 }
 
 /// One session of this broker entering.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Entrant {
     pub session: u64,
     pub key: String,
@@ -456,9 +456,9 @@ pub struct Entrant {
     pub arrival: Option<u64>,
     /// Its current entry, to withdraw first (its interest wait ended).
     pub withdraw: Option<u64>,
-    /// Its X25519 public key, for its entries; the link keeps the secret,
-    /// to answer a claim.
-    pub kx: [u8; 32],
+    /// Its X25519 secret (the link keeps it too, to answer a claim); its
+    /// public key goes in the waiter's entries.
+    pub kx: x25519_dalek::StaticSecret,
 }
 
 impl Entrant {
@@ -628,7 +628,7 @@ async fn claim_or_wait(
                     owner: realm.me.clone(),
                     profile: entrant.profile.clone(),
                     arrival: entrant.arrival,
-                    kx: auth::hex(&entrant.kx),
+                    kx: auth::hex(&auth::kx_public(&entrant.kx)),
                 };
                 let rev = realm
                     .store
