@@ -242,9 +242,14 @@ async fn a_hostile_nats_publisher_cannot_reach_the_clients() {
     .await
     .unwrap();
     let subject = captured.subject.clone();
-    let legit: serde_json::Value = serde_json::from_slice(&captured.payload).unwrap();
-    let from = legit["from"].as_str().unwrap().to_owned();
+    // Sealed (see `a_hostile_realm_member_can_neither_read_nor_inject`):
+    // the sender's id is bytes 20..36 of the clear header.
+    let from: String = captured.payload[20..36]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
 
+    // Messages in the old clear format, with ids and text of every sort.
     let forged = |room: &str, secret: &str, seq: u64, text: &str| {
         serde_json::to_vec(&serde_json::json!({
             "room": room, "secret": secret, "from": from, "seq": seq,
@@ -253,7 +258,6 @@ async fn a_hostile_nats_publisher_cannot_reach_the_clients() {
         .unwrap()
     };
     let wrong_secret = "0123456789abcdef0123456789abcdef";
-    let real_secret = legit["secret"].as_str().unwrap();
     let mut hostile: Vec<Vec<u8>> = vec![
         b"{not json".to_vec(),
         br#"{"room": 7, "seq": "x"}"#.to_vec(),
@@ -266,11 +270,10 @@ async fn a_hostile_nats_publisher_cannot_reach_the_clients() {
             "wrong room",
         ),
         forged(&room.to_string(), wrong_secret, 2, "wrong secret"),
-        // The real secret, but text a client could never send.
-        forged(&room.to_string(), real_secret, 2, "   "),
+        forged(&room.to_string(), wrong_secret, 2, "   "),
         forged(
             &room.to_string(),
-            real_secret,
+            wrong_secret,
             2,
             &"y".repeat(16 * 1024 + 1),
         ),
@@ -294,8 +297,11 @@ async fn a_hostile_nats_publisher_cannot_reach_the_clients() {
         .unwrap(),
     ] {
         let answer = nats.request(claim_subject.clone(), payload.into()).await;
+        // A signed answer: its body, as signed, says no.
         let answer: serde_json::Value = serde_json::from_slice(&answer.unwrap().payload).unwrap();
-        assert_eq!(answer["matched"], false);
+        let body: serde_json::Value =
+            serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["matched"], false);
     }
     nats.publish("mcpchat.test.presence", "garbage".into())
         .await
@@ -313,6 +319,208 @@ async fn a_hostile_nats_publisher_cannot_reach_the_clients() {
         s.federation.as_ref().is_some_and(|f| f.rejected >= sent)
     })
     .await;
+}
+
+/// What a hostile realm member sees of the realm: every payload on every
+/// subject, in order.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<async_nats::Message>>>;
+
+/// A realm member that reads every subject of the server (the realm's, the
+/// queue bucket's, the reply inboxes) and answers every claim request at
+/// once with forged answers, `matched: false` then `true`: unsigned, and
+/// signed with a made-up key. Returns what it saw, and how many claims it answered.
+async fn hostile_member(
+    nats: &async_nats::Client,
+) -> (Seen, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let seen: Seen = Default::default();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut all = nats.subscribe(">").await.unwrap();
+    synced(nats).await;
+    let (nats, record, count) = (nats.clone(), seen.clone(), answered.clone());
+    tokio::spawn(async move {
+        while let Some(msg) = futures::StreamExt::next(&mut all).await {
+            let claim = msg.subject.starts_with("mcpchat.test.claim.");
+            if let (true, Some(reply)) = (claim, msg.reply.clone()) {
+                let owner = msg.subject.as_str().rsplit('.').next().unwrap().to_owned();
+                let signed: serde_json::Value =
+                    serde_json::from_slice(&msg.payload).unwrap_or_default();
+                let body: serde_json::Value =
+                    serde_json::from_str(signed["body"].as_str().unwrap_or("{}"))
+                        .unwrap_or_default();
+                // A refusal first: believed, it would leave the owner's
+                // waiter in a room whose claimer walked away (half-open).
+                for matched in [false, true] {
+                    let answer = serde_json::json!({
+                        "owner": owner, "room": body["room"], "claimer_kx": body["claimer_kx"],
+                        "matched": matched, "beat": 1,
+                    });
+                    let forged = serde_json::json!({
+                        "body": answer.to_string(), "key": "ab".repeat(32), "sig": "cd".repeat(64),
+                    });
+                    for payload in [
+                        serde_json::to_vec(&serde_json::json!({ "matched": matched })).unwrap(),
+                        serde_json::to_vec(&forged).unwrap(),
+                    ] {
+                        let _ = nats.publish(reply.clone(), payload.into()).await;
+                    }
+                }
+                // And the genuine claim again, to its owner, with the
+                // claimer's own inbox: a signed refusal of the copy would
+                // reach the claimer before the owner's real answer.
+                let _ = nats
+                    .publish_with_reply(msg.subject.clone(), reply.clone(), msg.payload.clone())
+                    .await;
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            record.lock().unwrap().push(msg);
+        }
+    });
+    (seen, answered)
+}
+
+/// Issue 12's "a remote broker is untrusted", against a member of the realm
+/// (one that can read and publish everything the brokers can), not only an
+/// outsider: (a) it never sees a chat text, nor any 8-byte run of one, in
+/// any payload; (b) replaying every room message it saw, and altered copies
+/// (a byte flipped, another room, another seq, spliced, sent the other way),
+/// gets nothing to the clients, who receive exactly their partners' texts,
+/// once, in order, while the brokers count every copy as rejected; (c) its
+/// forged answers to every claim (a refusal first) change nothing: both matches (one
+/// claimed each way) are made as they should be, with no half-open room,
+/// and so do its copies of each genuine claim sent at once to the owner with
+/// the claimer's own reply inbox.
+#[tokio::test]
+async fn a_hostile_realm_member_can_neither_read_nor_inject() {
+    let realm = Realm::start().await;
+    let (sa, sb) = (TestSocket::new(), TestSocket::new());
+    let _a = realm.broker(&sa, 20_000).await;
+    let _b = realm.broker(&sb, 20_000).await;
+    let nats = async_nats::connect(realm.nats.url()).await.unwrap();
+    let (seen, answered) = hostile_member(&nats).await;
+
+    // (c) B claims A's waiter, then A claims B's: both matches hold.
+    let mut a1 = ProtoClient::connect(&sa.path).await;
+    let mut b1 = ProtoClient::connect(&sb.path).await;
+    let room = pair(&mut a1, &mut b1).await;
+    let mut b2 = ProtoClient::connect(&sb.path).await;
+    let mut a2 = ProtoClient::connect(&sa.path).await;
+    let room2 = pair(&mut b2, &mut a2).await;
+    assert!(
+        answered.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "the hostile member answered both claims"
+    );
+
+    let texts = |who: &str| -> Vec<String> {
+        (0..3)
+            .map(|i| format!("zebra-quartz {who} {i} mauve plinth oxbow {who}{i}"))
+            .collect()
+    };
+    let (from_a, from_b) = (texts("alpha"), texts("bravo"));
+    let from_a2 = texts("charlie");
+    for (a, b) in from_a.iter().zip(&from_b) {
+        assert_eq!(a1.say(room, a).await, Reply::Sent);
+        assert_eq!(received(&mut b1).await, *a);
+        assert_eq!(b1.say(room, b).await, Reply::Sent);
+        assert_eq!(received(&mut a1).await, *b);
+    }
+    for t in &from_a2 {
+        assert_eq!(a2.say(room2, t).await, Reply::Sent);
+        assert_eq!(received(&mut b2).await, *t);
+    }
+    synced(&nats).await;
+    let captured: Vec<async_nats::Message> = seen.lock().unwrap().clone();
+
+    // (a) No text, nor any 8 bytes of one, in any payload it saw.
+    let runs: std::collections::HashSet<&[u8]> = from_a
+        .iter()
+        .chain(&from_b)
+        .chain(&from_a2)
+        .flat_map(|t| t.as_bytes().windows(8))
+        .collect();
+    let rooms: Vec<&async_nats::Message> = captured
+        .iter()
+        .filter(|m| m.subject.starts_with("mcpchat.test.room."))
+        .collect();
+    assert!(
+        rooms.len() >= 9,
+        "it saw the room messages: {}",
+        rooms.len()
+    );
+    for m in &captured {
+        assert!(
+            !m.payload.windows(8).any(|w| runs.contains(w)),
+            "chat text in clear on {}",
+            m.subject
+        );
+    }
+
+    // (b) Everything it can make of what it saw.
+    let mut hostile: Vec<(async_nats::Subject, Vec<u8>)> = Vec::new();
+    let subjects: Vec<async_nats::Subject> = {
+        let mut s: Vec<_> = rooms.iter().map(|m| m.subject.clone()).collect();
+        s.sort_unstable_by(|x, y| x.as_str().cmp(y.as_str()));
+        s.dedup();
+        s
+    };
+    assert_eq!(subjects.len(), 2, "one subject per broker");
+    for (i, m) in rooms.iter().enumerate() {
+        let p = m.payload.to_vec();
+        let to = m.subject.clone();
+        let other = subjects.iter().find(|s| **s != to).unwrap().clone();
+        // Replayed verbatim, and sent to the other broker.
+        hostile.push((to.clone(), p.clone()));
+        hostile.push((other, p.clone()));
+        // One byte flipped: magic, room, sender, seq, nonce, body, tag.
+        for at in [0, 10, 25, 40, 48, 60, p.len() - 1] {
+            let mut bad = p.clone();
+            bad[at.min(p.len() - 1)] ^= 0x20;
+            hostile.push((to.clone(), bad));
+        }
+        // Another room; another seq.
+        let mut bad = p.clone();
+        bad[4..20].copy_from_slice(RoomId::new_random().0.as_bytes());
+        hostile.push((to.clone(), bad));
+        let mut bad = p.clone();
+        bad[36..44].copy_from_slice(&(1_000 + i as u64).to_be_bytes());
+        hostile.push((to.clone(), bad));
+        // This header with another message's sealed body and tag.
+        if let Some(n) = rooms
+            .iter()
+            .find(|n| n.subject == to && n.payload != m.payload)
+        {
+            let mut spliced = p[..52].to_vec();
+            spliced.extend_from_slice(&n.payload[52..]);
+            hostile.push((to.clone(), spliced));
+        }
+    }
+    let mut sent: std::collections::HashMap<String, u64> = Default::default();
+    for (subject, payload) in hostile {
+        *sent.entry(subject.to_string()).or_default() += 1;
+        nats.publish(subject, payload.into()).await.unwrap();
+    }
+    synced(&nats).await;
+    // B's subject is where a1's first text went; A's the other. Every copy
+    // is counted by the broker it was sent to.
+    let first_text_to = rooms[0].subject.to_string();
+    for (socket, to_b) in [(&sb.path, true), (&sa.path, false)] {
+        let want: u64 = sent
+            .iter()
+            .filter(|(s, _)| (**s == first_text_to) == to_b)
+            .map(|(_, n)| *n)
+            .sum();
+        wait_for_status(socket, "the broker to count every forged copy", |s| {
+            s.federation.as_ref().is_some_and(|f| f.rejected >= want)
+        })
+        .await;
+    }
+    // Nothing reached a client: the next thing each sees is its partner's
+    // next text (ProtoClient also checks event seqs stay contiguous).
+    assert_eq!(a1.say(room, "after the storm").await, Reply::Sent);
+    assert_eq!(received(&mut b1).await, "after the storm");
+    assert_eq!(b1.say(room, "still here").await, Reply::Sent);
+    assert_eq!(received(&mut a1).await, "still here");
+    assert_eq!(b2.say(room2, "and here").await, Reply::Sent);
+    assert_eq!(received(&mut a2).await, "and here");
 }
 
 /// The README's private realm: `examples/nats/private-realm.conf` gives the

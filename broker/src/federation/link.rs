@@ -3,7 +3,11 @@
 //! remote rooms, and the presence of other brokers; the hub hears of all
 //! that only through [`FromLink`] messages.
 //!
-//! Liveness: every broker publishes its presence every second (core NATS).
+//! Liveness: every broker publishes its presence every second (core NATS),
+//! signed, with a counter that only grows: a presence counts only with a
+//! valid signature and a counter above the last one seen from that broker
+//! (a partner starts from the counter its claim or answer carried), so an
+//! old presence replayed cannot keep a dead broker's rooms open.
 //! A room's partner broker silent for the grace ends the room with
 //! `disconnected`. While this broker has lost NATS it keeps its remote rooms
 //! for the grace (the client reconnects by itself), then ends them with
@@ -11,6 +15,7 @@
 //! re-enter the realm when the link is back.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::Event;
@@ -22,14 +27,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::auth::{self, Identity, Pairing, RoomKeys, Side};
 use super::blocks::{self, RealmKey};
 use super::diagnose::{self, Explainer};
 use super::fault;
 use super::key_pin;
-use super::realm::{self, Claims, Entrant, Mirror, Outcome, Realm};
+use super::realm::{self, Entrant, Mirror, Outcome, Realm};
 use super::rooms::{self, RemoteRoom};
 use super::wire::{
-    self, Claim, ClaimAnswer, Names, Presence, RealmProfile, Rejected, RoomBody, RoomMsg,
+    self, ClaimAnswer, ClaimKeys, Names, Presence, RealmProfile, Rejected, RoomBody,
 };
 use super::{Answer, FederationConfig, FromLink, ToLink};
 use crate::config::Limits;
@@ -60,6 +66,8 @@ enum Internal {
         session: SessionId,
         key: String,
         room: RoomId,
+        /// The claim's key, named in the answer.
+        claimer_kx: String,
         answer: Answer,
         reply: async_nats::Subject,
     },
@@ -83,6 +91,9 @@ enum Internal {
 /// One of our sessions in the realm queue.
 struct Waiter {
     key: String,
+    /// The X25519 key of its entries (the public half is in them): a
+    /// claim's room keys are agreed with it. New with every `key`.
+    kx: x25519_dalek::StaticSecret,
     rev: Option<u64>,
     profile: RealmProfile,
     /// Its first entry's revision: it keeps its place when it enters again.
@@ -112,11 +123,21 @@ struct Waiter {
     orphaned_since: Option<Instant>,
 }
 
+/// What a claim of one of our waiters comes to.
+enum Taking {
+    Taken(SessionId, Box<RoomKeys>),
+    /// Answered no: not ours (any more), or not fit.
+    Refused,
+    /// A copy of a claim already taken: not answered.
+    Again,
+}
+
 /// Well past a claim's timeout: no claim request is still on its way.
 const ORPHAN_AFTER: Duration = Duration::from_secs(12);
 
 struct Link {
     me: String,
+    identity: Arc<Identity>,
     names: Names,
     config: FederationConfig,
     limits: Limits,
@@ -153,14 +174,13 @@ struct Link {
     /// Entries of waiters that left while NATS was away: deleted once back.
     stale: Vec<(String, u64)>,
     rooms: HashMap<RoomId, RemoteRoom>,
-    /// Our claims in flight, shared with the claim attempts.
-    claims: Claims,
     /// The rooms' publishers.
     publishers: TaskTracker,
     /// Deletes of our waiters' entries under way: leaving the realm waits
     /// for them, so the process does not exit before they are made.
     deletes: TaskTracker,
-    seen: HashMap<String, Instant>,
+    /// Partners' brokers: when last heard, and their last presence counter.
+    seen: HashMap<String, (Instant, u64)>,
     rejected: u64,
     last_error: Option<String>,
     /// Why the realm key in use is not the bucket's (see `key_pin`).
@@ -176,7 +196,22 @@ pub(super) async fn run(
     to_hub: mpsc::Sender<FromLink>,
     stop: CancellationToken,
 ) {
-    let me = wire::fresh_id();
+    let identity = match Identity::generate() {
+        Ok(identity) => Arc::new(identity),
+        Err(e) => {
+            tracing::error!(error = %e, "federation: federation stays off");
+            let _ = to_hub
+                .send(FromLink::Status(FederationStatus {
+                    server: config.urls.join(","),
+                    realm: config.realm.clone(),
+                    last_error: Some(e.to_string()),
+                    ..FederationStatus::default()
+                }))
+                .await;
+            return;
+        }
+    };
+    let me = identity.id().to_owned();
     let names = Names {
         realm: config.realm.clone(),
     };
@@ -201,6 +236,7 @@ pub(super) async fn run(
     let (mirror_tx, mirror) = watch::channel(Mirror::default());
     let mut link = Link {
         me,
+        identity,
         names,
         config,
         limits,
@@ -227,7 +263,6 @@ pub(super) async fn run(
         ended: HashMap::new(),
         stale: Vec::new(),
         rooms: HashMap::new(),
-        claims: Claims::default(),
         publishers: TaskTracker::new(),
         deletes: TaskTracker::new(),
         seen: HashMap::new(),
@@ -338,9 +373,7 @@ impl Link {
             let _ = internal.send(Internal::Ready(ready)).await;
             consume(js, names, me, internal, stop_setup).await;
         });
-        let presence = wire::encode(&Presence {
-            broker: self.me.clone(),
-        });
+        let identity = self.identity.clone();
         let subject = self.names.presence();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(PRESENCE_EVERY);
@@ -348,7 +381,12 @@ impl Link {
                 tokio::select! {
                     () = stop.cancelled() => return,
                     _ = every.tick() => {
-                        let _ = client.publish(subject.clone(), presence.clone()).await;
+                        let presence = Presence {
+                            broker: identity.id().to_owned(),
+                            beat: identity.next_beat(),
+                        };
+                        let signed = identity.sign(auth::PRESENCE, &presence);
+                        let _ = client.publish(subject.clone(), signed).await;
                     }
                 }
             }
@@ -427,10 +465,23 @@ impl Link {
 
     fn enter(&mut self, session: SessionId, profile: RealmProfile, arrival: Option<u64>) {
         let key = wire::fresh_id();
+        let kx = match auth::fresh_secret() {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                tracing::error!(session, error = %e, "federation: cannot enter the realm; trying again");
+                let internal = self.internal.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let _ = internal.send(Internal::Retry(session)).await;
+                });
+                return;
+            }
+        };
         if let Some(old) = self.waiters.insert(
             session,
             Waiter {
                 key: key.clone(),
+                kx,
                 rev: None,
                 profile,
                 arrival,
@@ -521,6 +572,7 @@ impl Link {
                     profile: w.profile.clone(),
                     arrival: w.arrival,
                     withdraw: w.withdraw.take(),
+                    kx: w.kx.clone(),
                 });
             }
         }
@@ -531,7 +583,7 @@ impl Link {
             blocks: self.blocks.subscribe(),
             names: self.names.clone(),
             me: self.me.clone(),
-            claims: self.claims.clone(),
+            identity: self.identity.clone(),
         };
         let internal = self.internal.clone();
         self.batch_running = true;
@@ -587,7 +639,7 @@ impl Link {
             Internal::Entered(batch) => {
                 self.batch_running = false;
                 for d in batch.dangling {
-                    let mut room = self.open_room(d.room, d.partner, d.secret);
+                    let mut room = self.open_room(d.room, d.partner, *d.keys);
                     // Nothing was said in it: nothing to report.
                     room.send(rooms::end(
                         DisconnectReason::Disconnected,
@@ -607,11 +659,12 @@ impl Link {
                 session,
                 key,
                 room,
+                claimer_kx,
                 answer,
                 reply,
             } => {
                 let matched = answer == Answer::Taken;
-                let encoded = wire::encode(&ClaimAnswer { matched });
+                let encoded = self.answer(room, claimer_kx, matched);
                 if let Err(e) = self.client.publish(reply, encoded).await {
                     tracing::warn!(error = %e, "federation: could not answer a claim");
                 }
@@ -658,8 +711,8 @@ impl Link {
                 self.down_at = None;
                 // Silence while we were away says nothing about a partner.
                 let now = Instant::now();
-                for seen in self.seen.values_mut() {
-                    *seen = now;
+                for (at, _) in self.seen.values_mut() {
+                    *at = now;
                 }
                 for (key, rev) in std::mem::take(&mut self.stale) {
                     self.delete_entry(key, rev);
@@ -785,7 +838,8 @@ impl Link {
             Ok(Outcome::Matched {
                 room,
                 partner,
-                secret,
+                keys,
+                beat,
                 profile,
             }) => {
                 if current {
@@ -794,8 +848,8 @@ impl Link {
                 }
                 let local = partner == self.me;
                 if !local {
-                    let r = self.open_room(room, partner, secret);
-                    self.insert_room(room, r);
+                    let r = self.open_room(room, partner, *keys);
+                    self.insert_room(room, r, beat);
                 }
                 // Even for a session that left meanwhile: the hub ends the
                 // room, which tells the waiter we took.
@@ -833,7 +887,7 @@ impl Link {
         }
     }
 
-    fn open_room(&self, room: RoomId, partner: String, secret: String) -> RemoteRoom {
+    fn open_room(&self, room: RoomId, partner: String, keys: RoomKeys) -> RemoteRoom {
         let to = rooms::Publishing {
             js: &self.js,
             names: &self.names,
@@ -841,7 +895,7 @@ impl Link {
             to_hub: &self.to_hub,
             tasks: &self.publishers,
         };
-        RemoteRoom::open(&to, room, partner, secret, self.limits)
+        RemoteRoom::open(&to, room, partner, keys, self.limits)
     }
 
     /// Removes a room, remembering for a while that it ended.
@@ -855,12 +909,77 @@ impl Link {
 
     /// A partner is counted as heard from when its room opens: its first
     /// heartbeat may not have reached us yet. Only brokers recorded here
-    /// are tracked (see [`heard`]).
-    fn insert_room(&mut self, id: RoomId, room: RemoteRoom) {
-        self.seen
-            .entry(room.partner.clone())
-            .or_insert_with(Instant::now);
+    /// are tracked (see [`heard`]); `beat` is the partner's presence counter
+    /// its signed claim or answer carried: older presences are refused.
+    fn insert_room(&mut self, id: RoomId, room: RemoteRoom, beat: u64) {
+        let now = Instant::now();
+        let seen = self.seen.entry(room.partner.clone()).or_insert((now, beat));
+        seen.1 = seen.1.max(beat);
         self.rooms.insert(id, room);
+    }
+
+    /// Our signed answer to the claim of `room` made with `claimer_kx`.
+    fn answer(&self, room: RoomId, claimer_kx: String, matched: bool) -> bytes::Bytes {
+        let answer = ClaimAnswer {
+            owner: self.me.clone(),
+            room,
+            claimer_kx,
+            matched,
+            beat: self.identity.beats(),
+        };
+        self.identity.sign(auth::ANSWER, &answer)
+    }
+
+    /// Whether a checked claim may take our waiter: it names one, with the
+    /// key of its entries, not being asked about already, in a room that
+    /// is new. Then its room's keys.
+    fn take_claim(&mut self, c: &ClaimKeys) -> Taking {
+        let claim = &c.claim;
+        // A signed claim can be replayed, by anyone who saw it, with the
+        // claimer's own reply inbox: taking one naming a room that exists
+        // or ended lately would replace that room (or, refused, close it),
+        // and a signed refusal of it would reach the genuine claimer before
+        // our real answer. So it gets no answer at all.
+        let again = self.rooms.contains_key(&claim.room)
+            || self.ended.contains_key(&claim.room)
+            || self
+                .keys
+                .get(&claim.key)
+                .and_then(|s| self.waiters.get(s))
+                .is_some_and(|w| w.confirming == Some(claim.room));
+        if again {
+            self.reject(Rejected::Replayed, "claim of a room that exists");
+            return Taking::Again;
+        }
+        let Some(&session) = self.keys.get(&claim.key) else {
+            return Taking::Refused;
+        };
+        let Some(w) = self.waiters.get_mut(&session) else {
+            return Taking::Refused;
+        };
+        if w.confirming.is_some() {
+            return Taking::Refused;
+        }
+        if auth::kx_public(&w.kx) != c.owner_kx {
+            self.reject(Rejected::Malformed, "claim with another entry's key");
+            return Taking::Refused;
+        }
+        let pairing = Pairing {
+            room: claim.room,
+            owner: &self.me,
+            claimer: &claim.claimer,
+            owner_kx: &c.owner_kx,
+            claimer_kx: &c.claimer_kx,
+        };
+        let Some(keys) = auth::room_keys(&w.kx, Side::Owner, pairing) else {
+            self.reject(Rejected::Malformed, "claim with a weak key");
+            return Taking::Refused;
+        };
+        w.confirming = Some(claim.room);
+        // Its entry is gone; until the hub answers it is claimed.
+        w.rev = None;
+        w.taken = true;
+        Taking::Taken(session, Box::new(keys))
     }
 
     /// A claimer took one of our waiters out of the queue.
@@ -869,9 +988,7 @@ impl Link {
             self.reject(Rejected::Malformed, "claim without a reply subject");
             return;
         };
-        let claim = match wire::parse::<Claim>(&msg.payload)
-            .and_then(|c| wire::check_claim(&c).map(|()| c))
-        {
+        let parsed = match wire::parse_claim(&msg.payload) {
             Ok(c) => Some(c),
             Err(why) => {
                 self.reject(why, "claim");
@@ -879,50 +996,33 @@ impl Link {
             }
         };
         // A bad claim is answered too, so its sender does not wait; so is a
-        // second claim while the hub is asked about a first, and one naming
-        // a room that exists or ended lately: claims are untrusted, and
-        // taking it would replace that room (or, refused, close it).
-        let found = claim.and_then(|c| {
-            if self.rooms.contains_key(&c.room) || self.ended.contains_key(&c.room) {
-                self.reject(Rejected::Malformed, "claim of a room that exists");
-                return None;
-            }
-            // Claims naming us as claimer are forgeable (see `Claims`).
-            let genuine = if c.claimer == self.me {
-                self.claims.take(&c.room)
-            } else {
-                !self.claims.ours(&c.room)
-            };
-            if !genuine {
-                self.reject(Rejected::Malformed, "claim not made by its claimer");
-                return None;
-            }
-            let session = *self.keys.get(&c.key)?;
-            let w = self.waiters.get_mut(&session)?;
-            if w.confirming.is_some() {
-                return None;
-            }
-            w.confirming = Some(c.room);
-            // Its entry is gone; until the hub answers it is claimed.
-            w.rev = None;
-            w.taken = true;
-            Some((c, session))
-        });
-        let Some((claim, session)) = found else {
-            // Left, or never ours.
+        // second claim while the hub is asked about a first; not a replay.
+        let taking = parsed.as_ref().map(|c| self.take_claim(c));
+        let taken = match (parsed.as_ref(), taking) {
+            (_, Some(Taking::Again)) => return,
+            (Some(c), Some(Taking::Taken(session, keys))) => Some((c, session, keys)),
+            _ => None,
+        };
+        let Some((c, session, keys)) = taken else {
+            // Left, never ours, or not a claim at all.
+            let (room, claimer_kx) = parsed.map_or_else(
+                || (RoomId(uuid::Uuid::nil()), String::new()),
+                |c| (c.claim.room, c.claim.claimer_kx),
+            );
             let _ = self
                 .client
-                .publish(reply, wire::encode(&ClaimAnswer { matched: false }))
+                .publish(reply, self.answer(room, claimer_kx, false))
                 .await;
             return;
         };
+        let claim = c.claim.clone();
         let key = claim.key.clone();
         let local = claim.claimer == self.me;
         let partner_session = if local {
             self.keys.get(&claim.claimer_key).copied()
         } else {
-            let r = self.open_room(claim.room, claim.claimer, claim.secret);
-            self.insert_room(claim.room, r);
+            let r = self.open_room(claim.room, claim.claimer.clone(), *keys);
+            self.insert_room(claim.room, r, claim.beat);
             None
         };
         let (confirm, answer) = oneshot::channel();
@@ -939,6 +1039,7 @@ impl Link {
             .await;
         let internal = self.internal.clone();
         let room = claim.room;
+        let claimer_kx = claim.claimer_kx;
         tokio::spawn(async move {
             let answer = match tokio::time::timeout(CONFIRM_WITHIN, answer).await {
                 Ok(Ok(answer)) => answer,
@@ -949,6 +1050,7 @@ impl Link {
                     session,
                     key,
                     room,
+                    claimer_kx,
                     answer,
                     reply,
                 })
@@ -982,24 +1084,26 @@ impl Link {
     }
 
     fn presence(&mut self, payload: &[u8]) {
-        match wire::parse::<Presence>(payload) {
-            Ok(p) if wire::is_id(&p.broker) => heard(&mut self.seen, &p.broker, Instant::now()),
-            Ok(_) => self.reject(Rejected::Malformed, "presence"),
-            Err(why) => self.reject(why, "presence"),
+        let heard = wire::parse_presence(payload)
+            .and_then(|p| heard(&mut self.seen, &p.broker, p.beat, Instant::now()));
+        if let Err(why) = heard {
+            self.reject(why, "presence");
         }
     }
 
     async fn inbound(&mut self, payload: &[u8]) {
-        let msg = match wire::parse::<RoomMsg>(payload)
-            .and_then(|m| wire::check_room_msg(&m).map(|()| m))
-        {
-            Ok(m) => m,
+        if payload.len() > wire::MAX_WIRE_BYTES {
+            self.reject(Rejected::Oversized, "room message");
+            return;
+        }
+        let header = match auth::Header::read(payload) {
+            Ok(h) => h,
             Err(why) => {
                 self.reject(why, "room message");
                 return;
             }
         };
-        let room_id = msg.room;
+        let room_id = header.room;
         let Some(room) = self.rooms.get_mut(&room_id) else {
             if self.ended.contains_key(&room_id) {
                 // Both sides ended at once, or a message crossed our end.
@@ -1009,7 +1113,11 @@ impl Link {
             }
             return;
         };
-        let accepted = match room.accept(msg, Instant::now()) {
+        // Opened before anything else is read of it.
+        let accepted = match room
+            .open_msg(&header, payload)
+            .and_then(|msg| room.accept(msg, Instant::now()))
+        {
             Ok(a) => a,
             Err(why) => {
                 self.reject(why, "room message");
@@ -1152,7 +1260,7 @@ impl Link {
                 .filter(|(_, r)| {
                     self.seen
                         .get(&r.partner)
-                        .is_none_or(|&at| now.duration_since(at) > grace)
+                        .is_none_or(|&(at, _)| now.duration_since(at) > grace)
                 })
                 .map(|(&id, _)| id)
                 .collect();
@@ -1360,17 +1468,37 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// A presence from `broker` counts only for a partner of an open room
-/// (recorded when the room opens): any NATS client may publish presences
-/// under made-up ids, which must not grow the map.
-fn heard(seen: &mut HashMap<String, Instant>, broker: &str, now: Instant) {
-    if let Some(at) = seen.get_mut(broker) {
-        *at = now;
+/// A presence from `broker` (signature checked) counts only for a partner
+/// of an open room (recorded when the room opens): any member may publish
+/// presences under ids of its own making, which must not grow the map. It
+/// counts only with a counter above the last one: an old presence replayed
+/// is refused.
+fn heard(
+    seen: &mut HashMap<String, (Instant, u64)>,
+    broker: &str,
+    beat: u64,
+    now: Instant,
+) -> Result<(), Rejected> {
+    if let Some((at, last)) = seen.get_mut(broker) {
+        if beat < *last {
+            return Err(Rejected::Replayed);
+        }
+        // The same counter: the presence a claim or answer named was still
+        // on its way (not counted as hostile), or a replay; either way it
+        // says nothing new.
+        if beat > *last {
+            *at = now;
+            *last = beat;
+        }
     }
+    Ok(())
 }
 
 /// Forgets every broker that is no longer the partner of an open room.
-fn keep_partners<'a>(seen: &mut HashMap<String, Instant>, partners: impl Iterator<Item = &'a str>) {
+fn keep_partners<'a>(
+    seen: &mut HashMap<String, (Instant, u64)>,
+    partners: impl Iterator<Item = &'a str>,
+) {
     let partners: HashSet<&str> = partners.collect();
     seen.retain(|id, _| partners.contains(id.as_str()));
 }
@@ -1383,18 +1511,57 @@ mod presence_tests {
     fn presences_are_kept_only_for_open_rooms_partners() {
         let start = Instant::now();
         let later = start + Duration::from_secs(1);
-        let mut seen = HashMap::from([("partner".to_owned(), start)]);
-        heard(&mut seen, "forged", later);
+        let mut seen = HashMap::from([("partner".to_owned(), (start, 5))]);
+        assert_eq!(heard(&mut seen, "forged", 9, later), Ok(()));
         assert!(
             !seen.contains_key("forged"),
             "an unknown id is not recorded"
         );
-        heard(&mut seen, "partner", later);
-        assert_eq!(seen.get("partner"), Some(&later));
-        seen.insert("gone".to_owned(), later);
+        assert_eq!(heard(&mut seen, "partner", 6, later), Ok(()));
+        assert_eq!(seen.get("partner"), Some(&(later, 6)));
+        seen.insert("gone".to_owned(), (later, 1));
         keep_partners(&mut seen, ["partner"].into_iter());
         assert_eq!(seen.len(), 1);
         keep_partners(&mut seen, std::iter::empty());
         assert!(seen.is_empty());
+    }
+
+    #[test]
+    fn an_old_presence_replayed_or_a_bad_signature_is_refused() {
+        let start = Instant::now();
+        let later = start + Duration::from_secs(9);
+        let mut seen = HashMap::from([("partner".to_owned(), (start, 5))]);
+        assert_eq!(
+            heard(&mut seen, "partner", 5, later),
+            Ok(()),
+            "the same again"
+        );
+        assert_eq!(
+            heard(&mut seen, "partner", 2, later),
+            Err(Rejected::Replayed)
+        );
+        assert_eq!(seen.get("partner"), Some(&(start, 5)), "not kept alive");
+        // Signed: a good one parses, one signed by another key or changed
+        // after signing does not.
+        let partner = Identity::generate().unwrap();
+        let other = Identity::generate().unwrap();
+        let p = Presence {
+            broker: partner.id().to_owned(),
+            beat: partner.next_beat(),
+        };
+        assert_eq!(
+            wire::parse_presence(&partner.sign(auth::PRESENCE, &p)),
+            Ok(p.clone())
+        );
+        assert_eq!(
+            wire::parse_presence(&other.sign(auth::PRESENCE, &p)),
+            Err(Rejected::Forged)
+        );
+        assert_eq!(
+            wire::parse_presence(&partner.sign(auth::CLAIM, &p)),
+            Err(Rejected::Forged),
+            "a signature for another kind"
+        );
+        assert!(partner.next_beat() > p.beat, "counters only grow");
     }
 }

@@ -11,6 +11,9 @@
 //! - [`config`]: `config.toml` and the command-line overrides.
 //! - `wire`: subjects and the messages brokers exchange, with validation:
 //!   every inbound message is treated as coming from a hostile client.
+//! - `auth`: brokers' per-start identities (ids are hashes of their keys),
+//!   signatures on what names a broker as its author, and the sealed room
+//!   messages only the room's two brokers can make or read.
 //! - `realm`: the realm's queue (a KV bucket) and the race-free claim
 //!   protocol under the matching rule; read its docs for why no waiter is
 //!   matched twice and no two compatible waiters are left waiting.
@@ -31,6 +34,7 @@
 //! realms or puts a leaf node at each site. BENCHMARKS.md ("Federation")
 //! has the figures and the estimate.
 
+mod auth;
 pub(crate) mod blocks;
 pub mod config;
 mod diagnose;

@@ -3,9 +3,11 @@
 //! broker's pool (`crate::state::rule`).
 //!
 //! Each waiting session is one entry: key = a random waiter token, value =
-//! the owning broker's id and the waiter's profile ([`wire::QueueEntry`]:
+//! the owning broker's id, the waiter's profile ([`wire::QueueEntry`]:
 //! kind, whom it meets, interests, whether it is *open*, and its keyed hash
-//! for blocks). The entry's revision (the bucket stream's sequence) is the
+//! for blocks) and the owner's X25519 key for that waiter, signed by the
+//! owner (`auth`): an entry whose signature or key does not match its owner
+//! id is left out like any malformed one. The entry's revision (the bucket stream's sequence) is the
 //! realm-wide order of entering. Every broker mirrors the bucket through a
 //! watch ([`Mirror`]); the watch delivers changes in revision order, so a
 //! mirror that has seen revision `r` holds exactly the entries alive at `r`
@@ -43,10 +45,22 @@
 //!    frozen client is never matched. Either way its new entry runs the
 //!    protocol as any entrant does, so the argument below still holds.
 //!
+//! The claim is signed by the claimer and carries its fresh X25519 key; the
+//! room's id is derived from both, and the room's keys from the claimer's
+//! key and the entry's (`auth`). The owner's answer is signed by the owner
+//! and names the claim; the claimer reads replies on an inbox of its own
+//! until one verifies (or the timeout), so another member answering first
+//! changes nothing. No verified answer is treated as "no answer": the room
+//! is ended towards the owner (sealed, so only the owner can read it), in
+//! case the owner did match.
+//!
 //! Why no waiter is matched twice: an entry is deleted by exactly one
 //! compare-and-set, so at most one claim request exists per entry (after a
 //! timed-out delete, whose outcome is unknown, a second claimer may also
-//! ask; the owner's hub matches a session once and refuses the other).
+//! ask; the owner's hub matches a session once and refuses the other). A
+//! member that sends a claim of its own without the delete is one more such
+//! claim, refused likewise once the session is matched; no claim can name
+//! another broker as its claimer (it would need that broker's key).
 //!
 //! Why two compatible waiters never both stay waiting: let X (revision `x`)
 //! and Y (`y > x`) be compatible and both left waiting. Y, after creating
@@ -90,8 +104,10 @@
 //! again (`link`).
 //!
 //! Dead brokers' entries are cleaned by the claims themselves (a claim to an
-//! owner that is gone gets no responders, and the entry is already deleted)
-//! and, as a backstop, by the bucket's `max_age`.
+//! owner that is gone gets no responders, and the entry is already deleted;
+//! no responders is unsigned, so the claimer also ends the room towards the
+//! owner, which costs a gone owner nothing) and, as a backstop, by the
+//! bucket's `max_age`.
 //!
 //! Cost: the mirror keeps, beside the entries, one line per interest and
 //! one line of open entries per kind × `meet` class, each in arrival order
@@ -113,6 +129,7 @@ use mcp_chat_proto::matching::kinds_compatible;
 use mcp_chat_proto::{InterestCount, Kind, Meet, RoomId};
 use tokio::sync::watch;
 
+use super::auth::{self, Identity, Pairing, RoomKeys, Side};
 use super::blocks::{RealmName, is_blocked};
 use super::fault;
 use super::wire::{self, Claim, ClaimAnswer, Names, QueueEntry, RealmProfile};
@@ -129,6 +146,8 @@ const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Queued {
     pub key: String,
     pub owner: String,
+    /// The owner's X25519 key for this waiter (signed with the entry).
+    pub owner_kx: [u8; 32],
     pub profile: RealmProfile,
     /// The profile as the rule reads it.
     rule: Profile,
@@ -171,7 +190,7 @@ impl Mirror {
         if entry.operation != kv::Operation::Put {
             return;
         }
-        let Ok(value) = wire::parse_entry(&entry.value, entry.revision) else {
+        let Ok((value, owner_kx)) = wire::parse_entry(&entry.value, entry.revision) else {
             self.invalid += 1;
             return;
         };
@@ -183,6 +202,7 @@ impl Mirror {
             Queued {
                 key: entry.key.clone(),
                 owner: value.owner,
+                owner_kx,
                 rule: rule_profile(&value.profile),
                 profile: value.profile,
                 arrival,
@@ -395,7 +415,10 @@ pub enum Outcome {
     Matched {
         room: RoomId,
         partner: String,
-        secret: String,
+        /// Boxed: two AEAD keys dwarf the other outcomes.
+        keys: Box<RoomKeys>,
+        /// The owner's latest presence counter (see `link`).
+        beat: u64,
         /// The waiter's profile.
         profile: RealmProfile,
     },
@@ -419,50 +442,12 @@ pub struct Realm {
     pub blocks: watch::Receiver<HashSet<String>>,
     pub names: Names,
     pub me: String,
-    /// The rooms of our claims awaiting their answer (see [`Claims`]).
-    pub claims: Claims,
-}
-
-/// Room ids of the claims this broker has sent and not yet seen answered.
-/// Our broker id is public (queue entries' owner), so a claim naming us as
-/// claimer proves nothing: the link takes such a claim only if its room is
-/// one of ours in flight, once. It also refuses a stranger's claim naming
-/// one of these rooms (copied off the wire), which would otherwise take
-/// the room id before our own match arrives. A set shared with the link,
-/// rather than handing our own claims over in-process, keeps a claim of
-/// our own waiter on exactly the path every other claim takes.
-#[derive(Debug, Clone, Default)]
-pub struct Claims(Arc<std::sync::Mutex<HashSet<RoomId>>>);
-
-impl Claims {
-    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<RoomId>> {
-        // A panic elsewhere while holding it cannot leave the set torn.
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn start(&self, room: RoomId) {
-        self.set().insert(room);
-    }
-
-    fn finish(&self, room: RoomId) {
-        self.set().remove(&room);
-    }
-
-    /// Whether `room` is one of our claims in flight.
-    pub fn ours(&self, room: &RoomId) -> bool {
-        self.set().contains(room)
-    }
-
-    /// Takes `room` as one of our claims in flight: true once.
-    pub fn take(&self, room: &RoomId) -> bool {
-        self.set().remove(room)
-    }
+    /// Signs our entries and claims.
+    pub identity: Arc<Identity>,
 }
 
 /// One session of this broker entering.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Entrant {
     pub session: u64,
     pub key: String,
@@ -471,6 +456,9 @@ pub struct Entrant {
     pub arrival: Option<u64>,
     /// Its current entry, to withdraw first (its interest wait ended).
     pub withdraw: Option<u64>,
+    /// Its X25519 secret (the link keeps it too, to answer a claim); its
+    /// public key goes in the waiter's entries.
+    pub kx: x25519_dalek::StaticSecret,
 }
 
 impl Entrant {
@@ -600,7 +588,7 @@ pub async fn enter_batch(realm: Realm, entrants: Vec<Entrant>) -> Batch {
 pub struct Dangling {
     pub room: RoomId,
     pub partner: String,
-    pub secret: String,
+    pub keys: Box<RoomKeys>,
 }
 
 /// Runs the claim protocol (see the module docs) for our entrant. Also
@@ -640,10 +628,11 @@ async fn claim_or_wait(
                     owner: realm.me.clone(),
                     profile: entrant.profile.clone(),
                     arrival: entrant.arrival,
+                    kx: auth::hex(&auth::kx_public(&entrant.kx)),
                 };
                 let rev = realm
                     .store
-                    .create(key, wire::encode(&value))
+                    .create(key, realm.identity.sign(auth::ENTRY, &value))
                     .await
                     .map_err(|e| err("entering the realm queue", e))?;
                 own = Some(rev);
@@ -704,45 +693,124 @@ async fn confirm(realm: &Realm, entrant: &Entrant, theirs: Queued) -> Confirmed 
     if !wire::is_id(&owner) {
         return Confirmed::Gone;
     }
-    let room = RoomId::new_random();
-    let secret = wire::fresh_id();
+    let (secret, kx) = match auth::fresh_kx() {
+        Ok(fresh) => fresh,
+        Err(e) => {
+            // The entry is deleted: an owner that hears nothing re-enters
+            // its waiter (`link`).
+            tracing::error!(error = %e, "federation: cannot claim a waiter");
+            return Confirmed::Gone;
+        }
+    };
+    let room = auth::room_id_for(&realm.me, &kx);
+    let pairing = Pairing {
+        room,
+        owner: &owner,
+        claimer: &realm.me,
+        owner_kx: &theirs.owner_kx,
+        claimer_kx: &kx,
+    };
+    let Some(keys) = auth::room_keys(&secret, Side::Claimer, pairing) else {
+        // A key nobody could keep private: signed by its owner, so its
+        // owner's fault; it hears no claim and re-enters its waiter.
+        return Confirmed::Gone;
+    };
     let claim = Claim {
         key: theirs.key,
         room,
         claimer: realm.me.clone(),
-        secret: secret.clone(),
+        claimer_kx: auth::hex(&kx),
+        owner_kx: auth::hex(&theirs.owner_kx),
         profile: entrant.profile.clone(),
         claimer_key: entrant.key.clone(),
+        beat: realm.identity.beats(),
     };
-    let request = async_nats::Request::new()
-        .payload(wire::encode(&claim))
-        .timeout(Some(CLAIM_TIMEOUT));
-    realm.claims.start(room);
-    let answer = realm
-        .client
-        .send_request(realm.names.claim(&owner), request)
-        .await;
-    realm.claims.finish(room);
-    match answer {
-        Ok(answer) => match wire::parse::<ClaimAnswer>(&answer.payload) {
-            Ok(ClaimAnswer { matched: true }) => Confirmed::Yes(Outcome::Matched {
-                room,
-                partner: owner,
-                secret,
-                profile: theirs.profile,
-            }),
-            _ => Confirmed::Gone,
-        },
-        Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Confirmed::Gone,
-        Err(e) => {
-            tracing::warn!(owner, error = %e, "a claimed waiter's broker did not answer");
+    let payload = realm.identity.sign(auth::CLAIM, &claim);
+    let heard = ask(realm, &owner, payload, &claim).await;
+    match heard {
+        Heard::Answer(answer) if answer.matched => Confirmed::Yes(Outcome::Matched {
+            room,
+            partner: owner,
+            keys: Box::new(keys),
+            beat: answer.beat,
+            profile: theirs.profile,
+        }),
+        Heard::Answer(_) => Confirmed::Gone,
+        Heard::Nothing(why) => {
+            tracing::warn!(owner, why, "a claimed waiter's broker did not answer");
             Confirmed::Unanswered(Dangling {
                 room,
                 partner: owner,
-                secret,
+                keys: Box::new(keys),
             })
         }
     }
+}
+
+enum Heard {
+    /// The owner's answer, verified.
+    Answer(ClaimAnswer),
+    /// No verified answer: the owner is gone, or its answer lost.
+    Nothing(&'static str),
+}
+
+/// Sends `claim` (signed: `payload`) to its owner and reads the replies on
+/// an inbox of our own until one is the owner's signed answer to this very
+/// claim, or the timeout: any member can answer on our inbox (it is in the
+/// request, which members see), so the first reply proves nothing, and a
+/// forged one is dropped while the genuine one still counts.
+async fn ask(realm: &Realm, owner: &str, payload: bytes::Bytes, claim: &Claim) -> Heard {
+    let inbox = realm.client.new_inbox();
+    let Ok(mut replies) = realm.client.subscribe(inbox.clone()).await else {
+        return Heard::Nothing("cannot subscribe to an inbox");
+    };
+    // Published after the subscription on the same connection: the server
+    // has it in place before the owner can answer.
+    if realm
+        .client
+        .publish_with_reply(realm.names.claim(owner), inbox, payload)
+        .await
+        .is_err()
+    {
+        return Heard::Nothing("cannot publish the claim");
+    }
+    let deadline = tokio::time::sleep(CLAIM_TIMEOUT);
+    tokio::pin!(deadline);
+    let mut forged = 0u32;
+    loop {
+        let reply = tokio::select! {
+            () = &mut deadline => return Heard::Nothing("timed out"),
+            reply = replies.next() => match reply {
+                Some(reply) => reply,
+                None => return Heard::Nothing("the inbox closed"),
+            },
+        };
+        if reply.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            // Unsigned, so forgeable: taken as "no answer" (the room is
+            // ended towards the owner, in case it did match), and never
+            // from ourselves, who surely listen.
+            if owner != realm.me {
+                return Heard::Nothing("no responders");
+            }
+            continue;
+        }
+        match answer_to(&reply.payload, owner, claim) {
+            Some(a) => return Heard::Answer(a),
+            None => {
+                forged += 1;
+                if forged.is_power_of_two() {
+                    tracing::warn!(owner, forged, "federation: dropped a forged claim answer");
+                }
+            }
+        }
+    }
+}
+
+/// `payload` if it is `owner`'s signed answer to exactly `claim`.
+fn answer_to(payload: &[u8], owner: &str, claim: &Claim) -> Option<ClaimAnswer> {
+    auth::open_signed::<ClaimAnswer>(payload, auth::ANSWER, wire::MAX_ENTRY_BYTES)
+        .ok()
+        .filter(|a| a.owner == owner && a.room == claim.room && a.claimer_kx == claim.claimer_kx)
 }
 
 #[cfg(test)]
@@ -758,6 +826,7 @@ mod tests {
         let q = Queued {
             key: format!("k{rev}"),
             owner: wire::fresh_id(),
+            owner_kx: [9; 32],
             rule: rule_profile(&p),
             profile: p,
             arrival,
@@ -778,17 +847,47 @@ mod tests {
     }
 
     #[test]
-    fn our_claim_is_taken_once_and_only_while_in_flight() {
-        let claims = Claims::default();
-        let room = RoomId::new_random();
-        assert!(!claims.take(&room), "never sent: a forgery");
-        claims.start(room);
-        assert!(claims.ours(&room));
-        assert!(claims.take(&room));
-        assert!(!claims.take(&room), "a copy of it is refused");
-        claims.start(room);
-        claims.finish(room);
-        assert!(!claims.ours(&room), "answered: no longer ours");
+    fn only_the_owners_signed_answer_to_this_very_claim_counts() {
+        let owner = Identity::generate().unwrap();
+        let hostile = Identity::generate().unwrap();
+        let kx = auth::fresh_kx().unwrap().1;
+        let claimer = wire::fresh_id();
+        let claim = Claim {
+            key: wire::fresh_id(),
+            room: auth::room_id_for(&claimer, &kx),
+            claimer,
+            claimer_kx: auth::hex(&kx),
+            owner_kx: auth::hex(&[9; 32]),
+            profile: profile(Kind::Agent, Meet::Anyone, &[], true, 1),
+            claimer_key: wire::fresh_id(),
+            beat: 0,
+        };
+        let answer = |by: &Identity, owner: &str, room: RoomId, matched: bool| {
+            by.sign(
+                auth::ANSWER,
+                &ClaimAnswer {
+                    owner: owner.to_owned(),
+                    room,
+                    claimer_kx: claim.claimer_kx.clone(),
+                    matched,
+                    beat: 7,
+                },
+            )
+        };
+        let id = owner.id();
+        // What a hostile member answers first: all dropped.
+        for forged in [
+            answer(&hostile, id, claim.room, true),
+            answer(&hostile, hostile.id(), claim.room, true),
+            answer(&owner, id, RoomId::new_random(), true),
+            wire::encode(&serde_json::json!({"matched": true})),
+        ] {
+            assert_eq!(answer_to(&forged, id, &claim), None);
+        }
+        // The genuine one, after them, counts.
+        let genuine = answer_to(&answer(&owner, id, claim.room, true), id, &claim).unwrap();
+        assert!(genuine.matched);
+        assert_eq!(genuine.beat, 7);
     }
 
     /// The rule applied by walking the whole queue in arrival order: what

@@ -10,10 +10,17 @@
 //! until the gap fills, a repeat is dropped. The stream has limits (age,
 //! bytes, discard old) so a realm cannot fill the server's disk.
 //!
-//! Inbound, every message is checked as if a hostile client sent it
-//! (`wire::check_room_msg`), then against the room: it must name a room
-//! this broker has with that partner broker and that secret, and keep to
-//! the room's message and byte rates.
+//! Every message is sealed with the room's key for its direction (`auth`):
+//! only the two brokers that agreed the room's keys in its claim can make
+//! or read one. Inbound, a message must name a room this broker has with
+//! that partner broker and open with the partner's key (anything else is
+//! dropped and counted as `Forged`) before anything else is read of it;
+//! then it is checked as if a hostile client sent it
+//! (`wire::check_room_msg`), and against the room's message and byte
+//! rates. A genuine message captured and replayed is a repeat of its `seq`
+//! and dropped. A message is sealed once, with a nonce from a counter of
+//! its own direction ([`Outgoing`]), and a publish retry resends the
+//! stored bytes: no nonce is ever used twice with a key.
 //!
 //! Delivery counts: every message also says how many of the other side's
 //! texts its sender's client has acknowledged (`delivered`, sent alone as
@@ -34,7 +41,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::FromLink;
-use super::wire::{self, Names, Rejected, RoomBody, RoomMsg};
+use super::auth::{Header, Opener, RoomKeys, SealError, Sealer};
+use super::wire::{self, Names, Rejected, RoomBody, RoomMsg, Sealed};
 use crate::config::{Limits, SendLimit};
 use crate::state::rate::TokenBucket;
 
@@ -58,7 +66,7 @@ pub const CONSUMER_INACTIVE: Duration = Duration::from_secs(600);
 #[derive(Debug)]
 pub struct RemoteRoom {
     pub partner: String,
-    secret: String,
+    opener: Opener,
     outbox: mpsc::Sender<RoomBody>,
     stop: CancellationToken,
     /// How many of the partner's texts our client has acknowledged: read
@@ -102,7 +110,7 @@ impl RemoteRoom {
         to: &Publishing<'_>,
         room: RoomId,
         partner: String,
-        secret: String,
+        keys: RoomKeys,
         limits: Limits,
     ) -> Self {
         let (outbox, rx) = mpsc::channel(OUTBOX + 1);
@@ -112,10 +120,11 @@ impl RemoteRoom {
             Publisher {
                 js: to.js.clone(),
                 subject: to.names.room(&partner),
-                envelope: Envelope {
+                out: Outgoing {
                     room,
-                    secret: secret.clone(),
                     from: to.me.to_owned(),
+                    sealer: keys.sealer,
+                    seq: 0,
                 },
                 to_hub: to.to_hub.clone(),
                 delivered: delivered_rx,
@@ -137,7 +146,7 @@ impl RemoteRoom {
         let most = mcp_chat_proto::MAX_MESSAGE_BYTES as f64 * OUTBOX as f64;
         Self {
             partner,
-            secret,
+            opener: keys.opener,
             outbox,
             stop,
             delivered,
@@ -192,10 +201,21 @@ impl RemoteRoom {
         }
     }
 
-    /// Checks an inbound message against this room and returns what can be
-    /// delivered now, in order.
+    /// Opens an inbound message of this room (its `header` read): it must
+    /// come from the partner, sealed with its key for exactly this header.
+    pub fn open_msg(&self, header: &Header, payload: &[u8]) -> Result<RoomMsg, Rejected> {
+        let from = header.sender();
+        if from != self.partner {
+            return Err(Rejected::NotMember);
+        }
+        let plain = self.opener.open(payload)?;
+        wire::parse_sealed(header, from, &plain)
+    }
+
+    /// Checks an opened inbound message against this room and returns what
+    /// can be delivered now, in order.
     pub fn accept(&mut self, msg: RoomMsg, now: Instant) -> Result<Accepted, Rejected> {
-        if msg.from != self.partner || msg.secret != self.secret {
+        if msg.from != self.partner {
             return Err(Rejected::NotMember);
         }
         if msg.seq < self.next_in || self.ahead.contains_key(&msg.seq) {
@@ -235,16 +255,35 @@ impl RemoteRoom {
     }
 }
 
-struct Envelope {
+/// One direction of a room, as its publisher makes messages.
+struct Outgoing {
     room: RoomId,
-    secret: String,
     from: String,
+    sealer: Sealer,
+    seq: u64,
+}
+
+impl Outgoing {
+    /// The next message, sealed, and its JetStream id: made once per
+    /// message; a retry resends these bytes (a new seal would take a new
+    /// nonce, which is safe, but the stream's de-duplication keeps the
+    /// first copy by its id, and the receiver's `seq` order the rest).
+    fn next(
+        &mut self,
+        delivered: u64,
+        body: RoomBody,
+    ) -> Result<(bytes::Bytes, String), SealError> {
+        self.seq += 1;
+        let plain = wire::encode(&Sealed { delivered, body });
+        let sealed = self.sealer.seal(self.room, &self.from, self.seq, &plain)?;
+        Ok((sealed.into(), wire::msg_id(&self.from, self.room, self.seq)))
+    }
 }
 
 struct Publisher {
     js: jetstream::Context,
     subject: String,
-    envelope: Envelope,
+    out: Outgoing,
     to_hub: mpsc::Sender<FromLink>,
     delivered: watch::Receiver<u64>,
 }
@@ -265,7 +304,6 @@ enum Next {
 /// Every message carries our client's latest confirmation; one that moved
 /// with nothing to carry it goes alone after [`PROGRESS_AFTER`].
 async fn publish(mut p: Publisher, mut rx: mpsc::Receiver<RoomBody>, stop: CancellationToken) {
-    let mut seq = 0;
     let mut stamped = 0;
     let mut published = 0;
     loop {
@@ -309,21 +347,19 @@ async fn publish(mut p: Publisher, mut rx: mpsc::Receiver<RoomBody>, stop: Cance
             .iter()
             .filter(|b| matches!(b, RoomBody::Text { .. }))
             .count() as u64;
-        let mut pending: Vec<(bytes::Bytes, String)> = batch
+        // Sealed once here; retries below resend these very bytes.
+        let sealed: Result<Vec<(bytes::Bytes, String)>, SealError> = batch
             .into_iter()
-            .map(|body| {
-                seq += 1;
-                let msg = RoomMsg {
-                    room: p.envelope.room,
-                    secret: p.envelope.secret.clone(),
-                    from: p.envelope.from.clone(),
-                    seq,
-                    delivered,
-                    body,
-                };
-                (wire::encode(&msg), msg.msg_id())
-            })
+            .map(|body| p.out.next(delivered, body))
             .collect();
+        let mut pending = match sealed {
+            Ok(pending) => pending,
+            Err(e) => {
+                // 2^64 messages in one room: never in practice.
+                tracing::error!(room = %p.out.room, error = %e, "federation: cannot seal a room message; its publisher stops");
+                return;
+            }
+        };
         let mut backoff = Duration::from_millis(50);
         while !pending.is_empty() {
             let attempt = publish_all(&p.js, &p.subject, std::mem::take(&mut pending));
@@ -332,7 +368,7 @@ async fn publish(mut p: Publisher, mut rx: mpsc::Receiver<RoomBody>, stop: Cance
                 failed = attempt => failed,
             };
             if !pending.is_empty() {
-                tracing::debug!(room = %p.envelope.room, failed = pending.len(), "room publish failed; retrying");
+                tracing::debug!(room = %p.out.room, failed = pending.len(), "room publish failed; retrying");
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(backoff) => {}
@@ -345,7 +381,7 @@ async fn publish(mut p: Publisher, mut rx: mpsc::Receiver<RoomBody>, stop: Cance
             let _ = p
                 .to_hub
                 .send(FromLink::Published {
-                    room: p.envelope.room,
+                    room: p.out.room,
                     count: published,
                 })
                 .await;
@@ -401,6 +437,7 @@ pub fn end(reason: DisconnectReason, report: Option<wire::EndReport>) -> RoomBod
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::federation::auth::{Pairing, Side, fresh_kx, room_id_for, room_keys};
 
     /// With NATS away the publisher stores nothing and the outbox fills:
     /// the text that does not fit and every later one are refused, and the
@@ -427,13 +464,8 @@ mod tests {
             tasks: &tasks,
         };
         let limits = crate::config::Config::default().limits();
-        let mut room = RemoteRoom::open(
-            &to,
-            RoomId::new_random(),
-            "partner".into(),
-            "s".into(),
-            limits,
-        );
+        let mut room =
+            RemoteRoom::open(&to, RoomId::new_random(), "partner".into(), keys(), limits);
         let text = || RoomBody::Text {
             text: "x".into(),
             sent_at: 1,
@@ -448,5 +480,127 @@ mod tests {
         assert_eq!(room.overflowed(), Some(queued));
         assert!(room.send(end(DisconnectReason::FederationLost, None)));
         room.close(false);
+    }
+
+    /// Our side's keys of a fresh room.
+    fn keys() -> RoomKeys {
+        let (owner_secret, owner_kx) = fresh_kx().unwrap();
+        let (_, claimer_kx) = fresh_kx().unwrap();
+        let (owner, claimer) = (wire::fresh_id(), wire::fresh_id());
+        let pairing = Pairing {
+            room: room_id_for(&claimer, &claimer_kx),
+            owner: &owner,
+            claimer: &claimer,
+            owner_kx: &owner_kx,
+            claimer_kx: &claimer_kx,
+        };
+        room_keys(&owner_secret, Side::Owner, pairing).unwrap()
+    }
+
+    /// Both sides of one room.
+    fn room() -> (Outgoing, RemoteRoomKeys) {
+        let (owner_secret, owner_kx) = fresh_kx().unwrap();
+        let (claimer_secret, claimer_kx) = fresh_kx().unwrap();
+        let (owner, claimer) = (wire::fresh_id(), wire::fresh_id());
+        let room = room_id_for(&claimer, &claimer_kx);
+        let pairing = Pairing {
+            room,
+            owner: &owner,
+            claimer: &claimer,
+            owner_kx: &owner_kx,
+            claimer_kx: &claimer_kx,
+        };
+        let o = room_keys(&owner_secret, Side::Owner, pairing).unwrap();
+        let c = room_keys(&claimer_secret, Side::Claimer, pairing).unwrap();
+        let out = Outgoing {
+            room,
+            from: owner.clone(),
+            sealer: o.sealer,
+            seq: 0,
+        };
+        (
+            out,
+            RemoteRoomKeys {
+                partner: owner,
+                opener: c.opener,
+            },
+        )
+    }
+
+    struct RemoteRoomKeys {
+        partner: String,
+        opener: Opener,
+    }
+
+    fn open(at: &RemoteRoomKeys, payload: &[u8]) -> Result<RoomMsg, Rejected> {
+        let header = Header::read(payload)?;
+        if header.sender() != at.partner {
+            return Err(Rejected::NotMember);
+        }
+        let plain = at.opener.open(payload)?;
+        wire::parse_sealed(&header, header.sender(), &plain)
+    }
+
+    fn text(t: &str) -> RoomBody {
+        RoomBody::Text {
+            text: t.into(),
+            sent_at: 1,
+        }
+    }
+
+    #[test]
+    fn each_message_is_sealed_once_with_its_own_nonce_and_opens_as_sent() {
+        let (mut out, receiver) = room();
+        let (first, id1) = out.next(0, text("one")).unwrap();
+        let (second, id2) = out.next(4, text("one")).unwrap();
+        assert_ne!(id1, id2);
+        // Same text: different bytes all through the sealed part (a new
+        // nonce), so a nonce is never reused even for equal content.
+        assert_ne!(first[auth_header_len()..], second[auth_header_len()..]);
+        let one = open(&receiver, &first).unwrap();
+        let two = open(&receiver, &second).unwrap();
+        assert_eq!((one.seq, two.seq), (1, 2));
+        assert_eq!(two.delivered, 4);
+        assert_eq!(one.body, text("one"));
+        // A retry resends the stored bytes: the very same message again,
+        // which the room drops as a repeat.
+        let mut r = open_room_for_test(&receiver.partner, one.room);
+        let now = Instant::now();
+        assert_eq!(
+            r.accept(open(&receiver, &first).unwrap(), now)
+                .unwrap()
+                .ready
+                .len(),
+            1
+        );
+        assert_eq!(
+            r.accept(open(&receiver, &first).unwrap(), now).err(),
+            Some(Rejected::Replayed),
+            "a captured message replayed"
+        );
+    }
+
+    fn auth_header_len() -> usize {
+        super::super::auth::HEADER_LEN
+    }
+
+    /// The accepting half of a room, without a publisher.
+    fn open_room_for_test(partner: &str, _room: RoomId) -> RemoteRoom {
+        let (_, opener_side) = room();
+        let (outbox, _rx) = mpsc::channel(1);
+        RemoteRoom {
+            partner: partner.to_owned(),
+            opener: opener_side.opener,
+            outbox,
+            stop: CancellationToken::new(),
+            delivered: watch::channel(0).0,
+            texts_out: 0,
+            overflowed: false,
+            confirmed: 0,
+            next_in: 1,
+            ahead: BTreeMap::new(),
+            messages: TokenBucket::full(None),
+            bytes: TokenBucket::full(None),
+        }
     }
 }
