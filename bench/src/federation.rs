@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use async_nats::jetstream::{self, consumer, stream};
 use futures::{StreamExt, TryStreamExt};
-use mcp_chat_proto::{Reply, Request, RoomId};
+use mcp_chat_proto::{ErrorCode, Reply, Request, RoomId};
 use mcp_chat_testkit::nats::NatsServer;
 use mcp_chat_testkit::{Client, sys};
 use tokio::sync::watch;
@@ -335,15 +335,28 @@ async fn throughput(
         tasks.spawn(async move {
             let send = async {
                 for i in 0..per_pair {
-                    match x
-                        .request(Request::SendMessage {
-                            room_id: room,
-                            message: payload(i as u64),
-                        })
-                        .await?
-                    {
-                        Reply::Sent => {}
-                        other => bail!("send refused: {other:?}"),
+                    // Asked to wait (the room's credit: its earlier texts
+                    // not yet stored in JetStream), it waits and sends the
+                    // same text again, as a client does.
+                    loop {
+                        match x
+                            .request(Request::SendMessage {
+                                room_id: room,
+                                message: payload(i as u64),
+                            })
+                            .await?
+                        {
+                            Reply::Sent => break,
+                            Reply::Error {
+                                code: ErrorCode::RateLimited,
+                                retry_after_ms,
+                                ..
+                            } => {
+                                let wait = retry_after_ms.unwrap_or(10);
+                                tokio::time::sleep(Duration::from_millis(wait)).await;
+                            }
+                            other => bail!("send refused: {other:?}"),
+                        }
                     }
                 }
                 anyhow::Ok(())
