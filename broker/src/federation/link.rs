@@ -65,7 +65,9 @@ enum Internal {
     RealmBlock(String),
     /// A block asked for by the hub is written (or given up on).
     BlockSaved(Option<(SessionId, u64)>),
-    Inbound(bytes::Bytes),
+    /// This broker's room messages, from its durable pull consumer: read
+    /// by the link itself, so a message reaches the hub in one hop.
+    Consumer(Box<consumer::pull::Stream>),
     /// Setting the realm up failed (it is retried): for `status`.
     Problem(String),
     /// Enter `session` again after a failed attempt.
@@ -155,6 +157,9 @@ struct Link {
     claims: Claims,
     /// The rooms' publishers.
     publishers: TaskTracker,
+    /// Our room messages as JetStream delivers them, once the consumer is
+    /// open.
+    deliveries: Option<consumer::pull::Stream>,
     seen: HashMap<String, Instant>,
     rejected: u64,
     last_error: Option<String>,
@@ -222,6 +227,7 @@ pub(super) async fn run(
         rooms: HashMap::new(),
         claims: Claims::default(),
         publishers: TaskTracker::new(),
+        deliveries: None,
         seen: HashMap::new(),
         rejected: 0,
         last_error: None,
@@ -242,6 +248,16 @@ pub(super) async fn run(
                 None => break,
             },
             Some(event) = internal_rx.recv() => link.internal(event).await,
+            delivery = next_delivery(&mut link.deliveries) => match delivery {
+                Some(Ok(message)) => link.delivered(message).await,
+                Some(Err(e)) => tracing::debug!(error = %e, "federation: consumer hiccup"),
+                None => {
+                    // The consumer is gone (deleted, or expired after a
+                    // long outage): made again shortly.
+                    link.deliveries = None;
+                    link.reopen_consumer(stop.clone());
+                }
+            },
             Some(claim) = next(&mut claims) => link.claim(claim).await,
             Some(beat) = next(&mut presence) => link.presence(&beat.payload),
             _ = tick.tick() => link.tick().await,
@@ -272,6 +288,15 @@ pub(super) async fn run(
         }
     }
     let _ = link.client.flush().await;
+}
+
+async fn next_delivery(
+    stream: &mut Option<consumer::pull::Stream>,
+) -> Option<Result<jetstream::Message, consumer::pull::MessagesError>> {
+    match stream {
+        Some(stream) => stream.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next(sub: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
@@ -337,7 +362,7 @@ impl Link {
                 }
             };
             let _ = internal.send(Internal::Ready(Box::new(ready))).await;
-            consume(js, names, me, internal, stop_setup).await;
+            open_consumer(js, names, me, internal, stop_setup).await;
         });
         let presence = wire::encode(&Presence {
             broker: self.me.clone(),
@@ -354,6 +379,29 @@ impl Link {
                 }
             }
         });
+    }
+
+    /// Opens this broker's consumer again, after a pause.
+    fn reopen_consumer(&self, stop: CancellationToken) {
+        let (js, names, me) = (self.js.clone(), self.names.clone(), self.me.clone());
+        let internal = self.internal.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            open_consumer(js, names, me, internal, stop).await;
+        });
+    }
+
+    /// One of our room messages, as JetStream stored it: acknowledged once
+    /// the hub has what it says (a broker that dies first gets it again,
+    /// and a repeat is dropped by its seq).
+    async fn delivered(&mut self, message: jetstream::Message) {
+        self.inbound(&message.payload).await;
+        if let Err(e) = message.ack().await {
+            tracing::debug!(error = %e, "federation: ack failed; the message comes again and is dropped as a repeat");
+        }
     }
 
     fn command(&mut self, command: ToLink) {
@@ -621,7 +669,7 @@ impl Link {
                     let _ = self.to_hub.send(FromLink::BlockSaved { session, id }).await;
                 }
             }
-            Internal::Inbound(payload) => self.inbound(&payload).await,
+            Internal::Consumer(stream) => self.deliveries = Some(*stream),
             Internal::Problem(e) => self.last_error = Some(e),
             Internal::Retry(session) => {
                 if self.waiters.contains_key(&session) && self.connected {
@@ -1226,10 +1274,11 @@ async fn setup(
     Ok((queue, blocks, key))
 }
 
-/// Reads this broker's room messages through its durable consumer, for as
-/// long as the broker runs, re-creating the consumer if it is lost (after
-/// a long outage it expires by its inactive threshold).
-async fn consume(
+/// Opens this broker's durable consumer of its room messages (retrying
+/// until the server has it) and hands its message stream to the link, which
+/// reads it. The consumer is made again if it was lost (after a long outage
+/// it expires by its inactive threshold).
+async fn open_consumer(
     js: jetstream::Context,
     names: Names,
     me: String,
@@ -1261,45 +1310,32 @@ async fn consume(
             // by its missing heartbeats; async-nats' default (15 s, so
             // about 30 s) would stall the room that long after a cluster
             // node fails, so the server beats more often.
-            let mut messages = consumer
+            consumer
                 .stream()
                 .heartbeat(PULL_HEARTBEAT)
                 .expires(PULL_EXPIRES)
                 .messages()
                 .await
-                .map_err(|e| e.to_string())?;
-            while let Some(message) = messages.next().await {
-                match message {
-                    Ok(message) => {
-                        if internal
-                            .send(Internal::Inbound(message.payload.clone()))
-                            .await
-                            .is_err()
-                        {
-                            return Ok(());
-                        }
-                        // Handed to the link, which takes each in order.
-                        if let Err(e) = message.ack().await {
-                            tracing::debug!(error = %e, "federation: ack failed; the message comes again and is dropped as a repeat");
-                        }
-                    }
-                    Err(e) => tracing::debug!(error = %e, "federation: consumer hiccup"),
-                }
-            }
-            Ok::<(), String>(())
+                .map_err(|e| e.to_string())
         };
-        tokio::select! {
+        let opened = tokio::select! {
             () = stop.cancelled() => return,
-            ended = attempt => {
-                if let Err(e) = ended {
-                    tracing::debug!(error = %e, "federation: room consumer not ready");
-                }
+            opened = attempt => opened,
+        };
+        match opened {
+            Ok(stream) => {
+                let _ = internal.send(Internal::Consumer(Box::new(stream))).await;
+                return;
             }
+            Err(e) => tracing::debug!(error = %e, "federation: room consumer not ready"),
         }
         if internal.is_closed() {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
     }
 }
 
