@@ -446,7 +446,7 @@ impl Link {
                 reason,
                 report,
             } => {
-                if let Some(mut r) = self.take_room(room) {
+                if let Some(r) = self.take_room(room) {
                     r.send(rooms::end(reason, Some(report)));
                     r.close(true);
                 }
@@ -626,7 +626,7 @@ impl Link {
             Internal::Entered(batch) => {
                 self.batch_running = false;
                 for d in batch.dangling {
-                    let mut room = self.open_room(d.room, d.partner, d.secret);
+                    let room = self.open_room(d.room, d.partner, d.secret);
                     // Nothing was said in it: nothing to report.
                     room.send(rooms::end(
                         DisconnectReason::Disconnected,
@@ -832,10 +832,12 @@ impl Link {
                     self.keys.remove(&key);
                 }
                 let local = partner == self.me;
-                if !local {
+                let outbox = (!local).then(|| {
                     let r = self.open_room(room, partner, secret);
+                    let outbox = r.outbox();
                     self.insert_room(room, r);
-                }
+                    outbox
+                });
                 // Even for a session that left meanwhile: the hub ends the
                 // room, which tells the waiter we took.
                 let _ = self
@@ -847,6 +849,7 @@ impl Link {
                         confirm: None,
                         partner: profile,
                         partner_session: None,
+                        outbox,
                     })
                     .await;
             }
@@ -957,12 +960,13 @@ impl Link {
         };
         let key = claim.key.clone();
         let local = claim.claimer == self.me;
-        let partner_session = if local {
-            self.keys.get(&claim.claimer_key).copied()
+        let (partner_session, outbox) = if local {
+            (self.keys.get(&claim.claimer_key).copied(), None)
         } else {
             let r = self.open_room(claim.room, claim.claimer, claim.secret);
+            let outbox = r.outbox();
             self.insert_room(claim.room, r);
-            None
+            (None, Some(outbox))
         };
         let (confirm, answer) = oneshot::channel();
         let _ = self
@@ -974,6 +978,7 @@ impl Link {
                 confirm: Some(confirm),
                 partner: claim.profile,
                 partner_session,
+                outbox,
             })
             .await;
         let internal = self.internal.clone();

@@ -44,6 +44,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use config::FederationConfig;
+pub(crate) use rooms::Outbox;
 pub(crate) use wire::{EndReport, RealmProfile, who_hex};
 
 use crate::config::Limits;
@@ -119,6 +120,9 @@ pub(crate) enum FromLink {
         confirm: Option<oneshot::Sender<Answer>>,
         partner: RealmProfile,
         partner_session: Option<SessionId>,
+        /// The room's queue to its publisher, for a room with a partner on
+        /// another broker: the hub's texts go straight in.
+        outbox: Option<Outbox>,
     },
     /// Two sessions of this broker that entered at the same moment were
     /// paired with each other (see `realm`): a local room, if both still

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use mcp_chat_proto::{DisconnectReason, RoomId};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -64,14 +65,35 @@ pub struct RemoteRoom {
     /// How many of the partner's texts our client has acknowledged: read
     /// by the publisher, which stamps it on what it sends.
     delivered: watch::Sender<u64>,
-    /// Texts queued for the partner, all told: the most it can confirm.
-    texts_out: u64,
+    /// Texts the publisher has taken for the partner, all told: the most
+    /// it can confirm.
+    texts_out: watch::Receiver<u64>,
     /// The highest confirmation the partner sent us.
     confirmed: u64,
     next_in: u64,
     ahead: BTreeMap<u64, RoomBody>,
     messages: TokenBucket,
     bytes: TokenBucket,
+}
+
+/// A room's queue to its publisher, handed to the hub when the room opens:
+/// the hub puts its member's texts straight in, one task hop less than
+/// through the link. Everything else (the room's `End`) goes through the
+/// link, which the hub tells after the texts it queued, so the order holds.
+#[derive(Debug, Clone)]
+pub struct Outbox(mpsc::Sender<RoomBody>);
+
+impl Outbox {
+    /// Queues a text. A full queue (which the hub's credit per room keeps
+    /// from happening) gives it back, for the link to decide on, as for
+    /// any text it is handed. A closed one means the link has ended the
+    /// room: the text is dropped, as the link would drop it.
+    pub fn text(&self, text: String, sent_at: u64) -> Result<(), (String, u64)> {
+        match self.0.try_send(RoomBody::Text { text, sent_at }) {
+            Err(TrySendError::Full(RoomBody::Text { text, sent_at })) => Err((text, sent_at)),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// What an accepted inbound message amounts to.
@@ -106,6 +128,7 @@ impl RemoteRoom {
         let (outbox, rx) = mpsc::channel(OUTBOX);
         let stop = CancellationToken::new();
         let (delivered, delivered_rx) = watch::channel(0);
+        let (taken, texts_out) = watch::channel(0);
         to.tasks.spawn(publish(
             Publisher {
                 js: to.js.clone(),
@@ -117,6 +140,7 @@ impl RemoteRoom {
                 },
                 to_hub: to.to_hub.clone(),
                 delivered: delivered_rx,
+                taken,
             },
             rx,
             stop.clone(),
@@ -139,7 +163,7 @@ impl RemoteRoom {
             outbox,
             stop,
             delivered,
-            texts_out: 0,
+            texts_out,
             confirmed: 0,
             next_in: 1,
             ahead: BTreeMap::new(),
@@ -150,13 +174,13 @@ impl RemoteRoom {
 
     /// Queues `body` for the partner. False: the outbox is full, which the
     /// hub's credit per room keeps from happening.
-    pub fn send(&mut self, body: RoomBody) -> bool {
-        let text = matches!(body, RoomBody::Text { .. });
-        let queued = self.outbox.try_send(body).is_ok();
-        if queued && text {
-            self.texts_out += 1;
-        }
-        queued
+    pub fn send(&self, body: RoomBody) -> bool {
+        self.outbox.try_send(body).is_ok()
+    }
+
+    /// The room's queue, for the hub's texts.
+    pub fn outbox(&self) -> Outbox {
+        Outbox(self.outbox.clone())
     }
 
     /// Our client has acknowledged `count` of the partner's texts.
@@ -205,7 +229,7 @@ impl RemoteRoom {
         }
         // Never more than we sent; the highest counts, in whatever order
         // the messages come.
-        let claimed = msg.delivered.min(self.texts_out);
+        let claimed = msg.delivered.min(*self.texts_out.borrow());
         let delivered = (claimed > self.confirmed).then(|| {
             self.confirmed = claimed;
             claimed
@@ -232,6 +256,9 @@ struct Publisher {
     envelope: Envelope,
     to_hub: mpsc::Sender<FromLink>,
     delivered: watch::Receiver<u64>,
+    /// Counts the texts taken from the queue, before they are published:
+    /// the partner can confirm no more.
+    taken: watch::Sender<u64>,
 }
 
 /// What wakes a publisher.
@@ -294,6 +321,9 @@ async fn publish(mut p: Publisher, mut rx: mpsc::Receiver<RoomBody>, stop: Cance
             .iter()
             .filter(|b| matches!(b, RoomBody::Text { .. }))
             .count() as u64;
+        if texts > 0 {
+            p.taken.send_modify(|n| *n += texts);
+        }
         let mut pending: Vec<(bytes::Bytes, String)> = batch
             .into_iter()
             .map(|body| {

@@ -27,7 +27,7 @@ use std::collections::{HashMap, VecDeque};
 use mcp_chat_proto::{DisconnectReason, Event, RoomId};
 
 use super::{Delivery, Place, SessionId, State};
-use crate::federation::{EndReport, ToLink};
+use crate::federation::{EndReport, Outbox, ToLink};
 
 /// Texts of one room handed to the link and not yet stored in JetStream,
 /// at most; past that the sender is asked to wait (`rate_limited`). Half
@@ -66,6 +66,24 @@ impl RemoteRooms {
     fn get_mut(&mut self, room: &RoomId) -> Option<&mut Ledger> {
         self.0.get_mut(room)
     }
+
+    /// Queues a text straight for `room`'s publisher; `Err` gives it back
+    /// for the link: the room has no queue here, or its queue was full
+    /// (then it has none from now on, so no later text overtakes this one).
+    pub(super) fn queue_text(
+        &mut self,
+        room: RoomId,
+        text: String,
+        sent_at: u64,
+    ) -> Result<(), (String, u64)> {
+        let Some(ledger) = self.0.get_mut(&room) else {
+            return Err((text, sent_at));
+        };
+        let Some(outbox) = &ledger.outbox else {
+            return Err((text, sent_at));
+        };
+        outbox.text(text, sent_at).inspect_err(|_| ledger.outbox = None)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -78,6 +96,8 @@ pub(crate) struct Ledger {
     /// acknowledged by our member's client, oldest first.
     unacked: VecDeque<(u64, u64)>,
     acked: u64,
+    /// The room's queue to its publisher (see `relay_remote`).
+    outbox: Option<Outbox>,
 }
 
 impl Ledger {
@@ -247,6 +267,13 @@ impl State {
                     count,
                 });
             }
+        }
+    }
+
+    /// The link opened `room_id` with this queue to its publisher.
+    pub(super) fn remote_outbox(&mut self, room_id: RoomId, outbox: Outbox) {
+        if let Some(l) = self.ledger(room_id) {
+            l.outbox = Some(outbox);
         }
     }
 
