@@ -394,9 +394,9 @@ impl Link {
         });
     }
 
-    /// One of our room messages, as JetStream stored it: acknowledged once
-    /// the hub has what it says (a broker that dies first gets it again,
-    /// and a repeat is dropped by its seq).
+    /// One of our room messages, as JetStream stored it: acknowledged after
+    /// the hub is handed what it says, in order. One whose ack is lost
+    /// comes again and is dropped as a repeat (by its seq).
     async fn delivered(&mut self, message: jetstream::Message) {
         self.inbound(&message.payload).await;
         if let Err(e) = message.ack().await {

@@ -82,7 +82,9 @@ impl RemoteRooms {
         let Some(outbox) = &ledger.outbox else {
             return Err((text, sent_at));
         };
-        outbox.text(text, sent_at).inspect_err(|_| ledger.outbox = None)
+        outbox
+            .text(text, sent_at)
+            .inspect_err(|_| ledger.outbox = None)
     }
 }
 
