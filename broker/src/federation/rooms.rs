@@ -94,6 +94,13 @@ impl Outbox {
             _ => Ok(()),
         }
     }
+
+    /// A queue of `capacity` with no publisher, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(capacity: usize) -> (Self, mpsc::Receiver<RoomBody>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Self(tx), rx)
+    }
 }
 
 /// What an accepted inbound message amounts to.

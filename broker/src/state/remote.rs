@@ -428,6 +428,33 @@ mod tests {
     }
 
     #[test]
+    fn a_full_queue_sends_that_text_and_every_later_one_through_the_link() {
+        let mut rooms = RemoteRooms::default();
+        let room = RoomId::new_random();
+        rooms.insert(room);
+        let (outbox, mut publisher) = Outbox::for_tests(1);
+        if let Some(l) = rooms.get_mut(&room) {
+            l.outbox = Some(outbox);
+        }
+        assert_eq!(rooms.queue_text(room, "a".into(), 1), Ok(()));
+        assert_eq!(
+            rooms.queue_text(room, "b".into(), 2),
+            Err(("b".into(), 2)),
+            "full: given back for the link"
+        );
+        assert!(publisher.try_recv().is_ok());
+        // There is room again, but "b" went to the link: "c" must follow it.
+        assert_eq!(rooms.queue_text(room, "c".into(), 3), Err(("c".into(), 3)));
+        assert!(publisher.try_recv().is_err());
+        let other = RoomId::new_random();
+        assert_eq!(
+            rooms.queue_text(other, "d".into(), 4),
+            Err(("d".into(), 4)),
+            "no queue: through the link"
+        );
+    }
+
+    #[test]
     fn credit_runs_out_until_the_link_has_stored_some() {
         let mut l = ledger(ROOM_CREDIT - 1, 0, 0);
         assert!(l.has_credit());
