@@ -5,7 +5,9 @@
 //!   → pull-consumer delivery, and a chat message from a client of broker A
 //!   to a client of broker B (client → broker → JetStream → broker →
 //!   client). Each message is sent only after the previous one arrived, and
-//!   timed from the send to its arrival, in this one process.
+//!   timed from the send to its arrival, in this one process. JetStream
+//!   and the cross-broker path take turns (100 samples each), so both meet
+//!   the same load on a shared machine.
 //! - cross-broker throughput: pairs streaming at once, and the NATS
 //!   server's CPU per message and RSS meanwhile.
 //! - the realm's match rate: sessions spread over 1, 2 and 4 brokers all
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use async_nats::jetstream::{self, consumer, stream};
 use futures::{StreamExt, TryStreamExt};
-use mcp_chat_proto::{Reply, Request, RoomId};
+use mcp_chat_proto::{ErrorCode, Reply, Request, RoomId};
 use mcp_chat_testkit::nats::NatsServer;
 use mcp_chat_testkit::{Client, sys};
 use tokio::sync::watch;
@@ -42,13 +44,8 @@ pub async fn run(plan: &Plan, broker_bin: &Path, report: &mut Report) -> anyhow:
     let core = core_latency(&nats, round_trips)
         .await
         .context("core NATS")?;
-    let js = jetstream_latency(&nats, round_trips)
-        .await
-        .context("JetStream")?;
     let brokers = start_brokers(broker_bin, &nats, 2, None).await?;
-    let fed = broker_latency(&brokers, round_trips)
-        .await
-        .context("cross-broker latency")?;
+    let (js, fed) = paired_latency(&nats, &brokers, round_trips).await?;
     for (what, s) in [
         ("core NATS publish → subscribe", core),
         ("JetStream publish → consume", js),
@@ -222,33 +219,78 @@ async fn core_latency(nats: &NatsServer, n: usize) -> anyhow::Result<Summary> {
     Summary::of(samples).context("no samples")
 }
 
-async fn jetstream_latency(nats: &NatsServer, n: usize) -> anyhow::Result<Summary> {
-    let client = async_nats::connect(nats.url()).await?;
-    let js = jetstream::new(client);
-    let stream = js
-        .get_or_create_stream(stream::Config {
-            name: "BENCH".into(),
-            subjects: vec!["bench.js".into()],
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await?;
-    let consumer: consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            "bench",
-            consumer::pull::Config {
-                durable_name: Some("bench".into()),
+/// Samples taken in turn from the JetStream baseline and the cross-broker
+/// path: on a shared machine the load drifts within a run, and measured
+/// one after the other the two would each meet a different share of it.
+const TURN: usize = 100;
+
+/// JetStream's own latency and the cross-broker one, `n` samples each,
+/// taken in turns of [`TURN`] (both set up first, both warm).
+async fn paired_latency(
+    nats: &NatsServer,
+    brokers: &[BrokerChild],
+    n: usize,
+) -> anyhow::Result<(Summary, Summary)> {
+    let mut js = JetStreamProbe::new(nats).await.context("JetStream")?;
+    let mut fed = BrokerProbe::new(brokers)
+        .await
+        .context("cross-broker latency")?;
+    let (mut js_samples, mut fed_samples) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut i = 0;
+    while i < n {
+        let turn = TURN.min(n - i);
+        for k in i..i + turn {
+            js_samples.push(js.sample(k).await.context("JetStream")?);
+        }
+        for k in i..i + turn {
+            fed_samples.push(fed.sample(k).await.context("cross-broker latency")?);
+        }
+        i += turn;
+    }
+    Ok((
+        Summary::of(js_samples).context("no samples")?,
+        Summary::of(fed_samples).context("no samples")?,
+    ))
+}
+
+/// A JetStream publish (with an id) → pull-consumer delivery, as the
+/// broker's own path uses JetStream.
+struct JetStreamProbe {
+    js: jetstream::Context,
+    messages: consumer::pull::Stream,
+}
+
+impl JetStreamProbe {
+    async fn new(nats: &NatsServer) -> anyhow::Result<Self> {
+        let client = async_nats::connect(nats.url()).await?;
+        let js = jetstream::new(client);
+        let stream = js
+            .get_or_create_stream(stream::Config {
+                name: "BENCH".into(),
+                subjects: vec!["bench.js".into()],
+                storage: stream::StorageType::File,
                 ..Default::default()
-            },
-        )
-        .await?;
-    let mut messages = consumer.messages().await?;
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..n {
+            })
+            .await?;
+        let consumer: consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                "bench",
+                consumer::pull::Config {
+                    durable_name: Some("bench".into()),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let messages = consumer.messages().await?;
+        Ok(Self { js, messages })
+    }
+
+    async fn sample(&mut self, i: usize) -> anyhow::Result<Duration> {
         let began = Instant::now();
         // As the broker publishes: with an id, and the ack awaited in
         // parallel with the delivery.
-        let ack = js
+        let ack = self
+            .js
             .send_publish(
                 "bench.js",
                 jetstream::message::PublishMessage::build()
@@ -256,15 +298,15 @@ async fn jetstream_latency(nats: &NatsServer, n: usize) -> anyhow::Result<Summar
                     .message_id(i.to_string()),
             )
             .await?;
-        let message = crate::within("a JetStream message", messages.next())
+        let message = crate::within("a JetStream message", self.messages.next())
             .await?
             .context("consumer ended")?
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        samples.push(began.elapsed());
+        let took = began.elapsed();
         message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         ack.await?;
+        Ok(took)
     }
-    Summary::of(samples).context("no samples")
 }
 
 async fn cross_pair(a: &BrokerChild, b: &BrokerChild) -> anyhow::Result<(Client, Client, RoomId)> {
@@ -290,31 +332,42 @@ async fn cross_pair(a: &BrokerChild, b: &BrokerChild) -> anyhow::Result<(Client,
     Ok((x, y, room))
 }
 
-async fn broker_latency(brokers: &[BrokerChild], n: usize) -> anyhow::Result<Summary> {
-    let (mut x, mut y, room) = cross_pair(&brokers[0], &brokers[1]).await?;
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..n {
+/// A chat message from a client of broker A to a client of broker B.
+struct BrokerProbe {
+    x: Client,
+    y: Client,
+    room: RoomId,
+}
+
+impl BrokerProbe {
+    async fn new(brokers: &[BrokerChild]) -> anyhow::Result<Self> {
+        let (x, y, room) = cross_pair(&brokers[0], &brokers[1]).await?;
+        Ok(Self { x, y, room })
+    }
+
+    async fn sample(&mut self, i: usize) -> anyhow::Result<Duration> {
         let message = payload(i as u64);
         let began = Instant::now();
-        x.send(Request::SendMessage {
-            room_id: room,
-            message: message.clone(),
-        })
-        .await?;
-        let got = y.next_message().await?;
-        samples.push(began.elapsed());
+        self.x
+            .send(Request::SendMessage {
+                room_id: self.room,
+                message: message.clone(),
+            })
+            .await?;
+        let got = self.y.next_message().await?;
+        let took = began.elapsed();
         if got != message {
             bail!("expected {message:?}, got {got:?}");
         }
         // The `sent` reply, read after the clock stopped.
-        match x.recv().await? {
+        match self.x.recv().await? {
             mcp_chat_proto::BrokerMsg::Response {
                 reply: Reply::Sent, ..
             } => {}
             other => bail!("expected sent, got {other:?}"),
         }
+        Ok(took)
     }
-    Summary::of(samples).context("no samples")
 }
 
 /// `pairs` cross-broker pairs each send `per_pair` messages at once, every
@@ -335,15 +388,28 @@ async fn throughput(
         tasks.spawn(async move {
             let send = async {
                 for i in 0..per_pair {
-                    match x
-                        .request(Request::SendMessage {
-                            room_id: room,
-                            message: payload(i as u64),
-                        })
-                        .await?
-                    {
-                        Reply::Sent => {}
-                        other => bail!("send refused: {other:?}"),
+                    // Asked to wait (the room's credit: its earlier texts
+                    // not yet stored in JetStream), it waits and sends the
+                    // same text again, as a client does.
+                    loop {
+                        match x
+                            .request(Request::SendMessage {
+                                room_id: room,
+                                message: payload(i as u64),
+                            })
+                            .await?
+                        {
+                            Reply::Sent => break,
+                            Reply::Error {
+                                code: ErrorCode::RateLimited,
+                                retry_after_ms,
+                                ..
+                            } => {
+                                let wait = retry_after_ms.unwrap_or(10);
+                                tokio::time::sleep(Duration::from_millis(wait)).await;
+                            }
+                            other => bail!("send refused: {other:?}"),
+                        }
                     }
                 }
                 anyhow::Ok(())

@@ -75,7 +75,9 @@ enum Internal {
     RealmBlock(String),
     /// A block asked for by the hub is written (or given up on).
     BlockSaved(Option<(SessionId, u64)>),
-    Inbound(bytes::Bytes),
+    /// This broker's room messages, from its durable pull consumer: read
+    /// by the link itself, so a message reaches the hub in one hop.
+    Consumer(Box<consumer::pull::Stream>),
     /// Setting the realm up failed (it is retried): for `status`.
     Problem(String),
     /// Enter `session` again after a failed attempt.
@@ -179,6 +181,9 @@ struct Link {
     /// Deletes of our waiters' entries under way: leaving the realm waits
     /// for them, so the process does not exit before they are made.
     deletes: TaskTracker,
+    /// Our room messages as JetStream delivers them, once the consumer is
+    /// open.
+    deliveries: Option<consumer::pull::Stream>,
     /// Partners' brokers: when last heard, and their last presence counter.
     seen: HashMap<String, (Instant, u64)>,
     rejected: u64,
@@ -265,6 +270,7 @@ pub(super) async fn run(
         rooms: HashMap::new(),
         publishers: TaskTracker::new(),
         deletes: TaskTracker::new(),
+        deliveries: None,
         seen: HashMap::new(),
         rejected: 0,
         last_error: None,
@@ -286,6 +292,16 @@ pub(super) async fn run(
                 None => break,
             },
             Some(event) = internal_rx.recv() => link.internal(event).await,
+            delivery = next_delivery(&mut link.deliveries) => match delivery {
+                Some(Ok(message)) => link.delivered(message).await,
+                Some(Err(e)) => tracing::debug!(error = %e, "federation: consumer hiccup"),
+                None => {
+                    // The consumer is gone (deleted, or expired after a
+                    // long outage): made again shortly.
+                    link.deliveries = None;
+                    link.reopen_consumer(stop.clone());
+                }
+            },
             Some(claim) = next(&mut claims) => link.claim(claim).await,
             Some(beat) = next(&mut presence) => link.presence(&beat.payload),
             _ = tick.tick() => link.tick().await,
@@ -298,6 +314,15 @@ pub(super) async fn run(
         link.command(command);
     }
     link.leave(internal_rx).await;
+}
+
+async fn next_delivery(
+    stream: &mut Option<consumer::pull::Stream>,
+) -> Option<Result<jetstream::Message, consumer::pull::MessagesError>> {
+    match stream {
+        Some(stream) => stream.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next(sub: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
@@ -371,7 +396,7 @@ impl Link {
             let chosen = key_pin::settle(pins.as_ref(), &realm_id, bucket_key);
             let ready = Box::new((queue, blocks, chosen));
             let _ = internal.send(Internal::Ready(ready)).await;
-            consume(js, names, me, internal, stop_setup).await;
+            open_consumer(js, names, me, internal, stop_setup).await;
         });
         let identity = self.identity.clone();
         let subject = self.names.presence();
@@ -391,6 +416,29 @@ impl Link {
                 }
             }
         });
+    }
+
+    /// Opens this broker's consumer again, after a pause.
+    fn reopen_consumer(&self, stop: CancellationToken) {
+        let (js, names, me) = (self.js.clone(), self.names.clone(), self.me.clone());
+        let internal = self.internal.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            open_consumer(js, names, me, internal, stop).await;
+        });
+    }
+
+    /// One of our room messages, as JetStream stored it: acknowledged after
+    /// the hub is handed what it says, in order. One whose ack is lost
+    /// comes again and is dropped as a repeat (by its seq).
+    async fn delivered(&mut self, message: jetstream::Message) {
+        self.inbound(&message.payload).await;
+        if let Err(e) = message.ack().await {
+            tracing::debug!(error = %e, "federation: ack failed; the message comes again and is dropped as a repeat");
+        }
     }
 
     fn command(&mut self, command: ToLink) {
@@ -683,7 +731,7 @@ impl Link {
                     let _ = self.to_hub.send(FromLink::BlockSaved { session, id }).await;
                 }
             }
-            Internal::Inbound(payload) => self.inbound(&payload).await,
+            Internal::Consumer(stream) => self.deliveries = Some(*stream),
             Internal::Problem(e) => self.last_error = Some(e),
             Internal::Retry(session) => {
                 if self.waiters.contains_key(&session) && self.connected {
@@ -847,10 +895,12 @@ impl Link {
                     self.keys.remove(&key);
                 }
                 let local = partner == self.me;
-                if !local {
+                let outbox = (!local).then(|| {
                     let r = self.open_room(room, partner, *keys);
+                    let outbox = r.outbox();
                     self.insert_room(room, r, beat);
-                }
+                    outbox
+                });
                 // Even for a session that left meanwhile: the hub ends the
                 // room, which tells the waiter we took.
                 let _ = self
@@ -862,6 +912,7 @@ impl Link {
                         confirm: None,
                         partner: profile,
                         partner_session: None,
+                        outbox,
                     })
                     .await;
             }
@@ -1018,12 +1069,13 @@ impl Link {
         let claim = c.claim.clone();
         let key = claim.key.clone();
         let local = claim.claimer == self.me;
-        let partner_session = if local {
-            self.keys.get(&claim.claimer_key).copied()
+        let (partner_session, outbox) = if local {
+            (self.keys.get(&claim.claimer_key).copied(), None)
         } else {
             let r = self.open_room(claim.room, claim.claimer.clone(), *keys);
+            let outbox = r.outbox();
             self.insert_room(claim.room, r, claim.beat);
-            None
+            (None, Some(outbox))
         };
         let (confirm, answer) = oneshot::channel();
         let _ = self
@@ -1035,6 +1087,7 @@ impl Link {
                 confirm: Some(confirm),
                 partner: claim.profile,
                 partner_session,
+                outbox,
             })
             .await;
         let internal = self.internal.clone();
@@ -1385,10 +1438,11 @@ async fn setup(
     Ok((queue, blocks, key))
 }
 
-/// Reads this broker's room messages through its durable consumer, for as
-/// long as the broker runs, re-creating the consumer if it is lost (after
-/// a long outage it expires by its inactive threshold).
-async fn consume(
+/// Opens this broker's durable consumer of its room messages (retrying
+/// until the server has it) and hands its message stream to the link, which
+/// reads it. The consumer is made again if it was lost (after a long outage
+/// it expires by its inactive threshold).
+async fn open_consumer(
     js: jetstream::Context,
     names: Names,
     me: String,
@@ -1420,45 +1474,32 @@ async fn consume(
             // by its missing heartbeats; async-nats' default (15 s, so
             // about 30 s) would stall the room that long after a cluster
             // node fails, so the server beats more often.
-            let mut messages = consumer
+            consumer
                 .stream()
                 .heartbeat(PULL_HEARTBEAT)
                 .expires(PULL_EXPIRES)
                 .messages()
                 .await
-                .map_err(|e| e.to_string())?;
-            while let Some(message) = messages.next().await {
-                match message {
-                    Ok(message) => {
-                        if internal
-                            .send(Internal::Inbound(message.payload.clone()))
-                            .await
-                            .is_err()
-                        {
-                            return Ok(());
-                        }
-                        // Handed to the link, which takes each in order.
-                        if let Err(e) = message.ack().await {
-                            tracing::debug!(error = %e, "federation: ack failed; the message comes again and is dropped as a repeat");
-                        }
-                    }
-                    Err(e) => tracing::debug!(error = %e, "federation: consumer hiccup"),
-                }
-            }
-            Ok::<(), String>(())
+                .map_err(|e| e.to_string())
         };
-        tokio::select! {
+        let opened = tokio::select! {
             () = stop.cancelled() => return,
-            ended = attempt => {
-                if let Err(e) = ended {
-                    tracing::debug!(error = %e, "federation: room consumer not ready");
-                }
+            opened = attempt => opened,
+        };
+        match opened {
+            Ok(stream) => {
+                let _ = internal.send(Internal::Consumer(Box::new(stream))).await;
+                return;
             }
+            Err(e) => tracing::debug!(error = %e, "federation: room consumer not ready"),
         }
         if internal.is_closed() {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
     }
 }
 

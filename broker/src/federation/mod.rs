@@ -51,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::FederationConfig;
 pub(crate) use link::LEAVE_WITHIN;
+pub(crate) use rooms::Outbox;
 pub(crate) use wire::{EndReport, RealmProfile, who_hex};
 
 use crate::config::Limits;
@@ -126,6 +127,9 @@ pub(crate) enum FromLink {
         confirm: Option<oneshot::Sender<Answer>>,
         partner: RealmProfile,
         partner_session: Option<SessionId>,
+        /// The room's queue to its publisher, for a room with a partner on
+        /// another broker: the hub's texts go straight in.
+        outbox: Option<Outbox>,
     },
     /// Two sessions of this broker that entered at the same moment were
     /// paired with each other (see `realm`): a local room, if both still
@@ -147,8 +151,9 @@ pub(crate) enum FromLink {
         reason: DisconnectReason,
         report: Option<EndReport>,
     },
-    /// `room`'s outbox overflowed: only the first `queued` of our texts
-    /// will be sent (see `rooms::RemoteRoom::send`); the hub ends it.
+    /// `room`'s outbox overflowed: of the texts the link was handed, only
+    /// the first `queued` will be sent (see `rooms::RemoteRoom::send`;
+    /// those the hub queued straight come before them); the hub ends it.
     Overflowed {
         room: RoomId,
         queued: u64,

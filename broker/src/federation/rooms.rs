@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use mcp_chat_proto::{DisconnectReason, RoomId};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -72,8 +73,12 @@ pub struct RemoteRoom {
     /// How many of the partner's texts our client has acknowledged: read
     /// by the publisher, which stamps it on what it sends.
     delivered: watch::Sender<u64>,
-    /// Texts queued for the partner, all told: the most it can confirm.
-    texts_out: u64,
+    /// Texts the publisher has taken for the partner, all told: the most
+    /// it can confirm.
+    texts_out: watch::Receiver<u64>,
+    /// Texts this link queued itself; those the hub queues straight
+    /// ([`Outbox`]) are the hub's to count.
+    queued_here: u64,
     /// A text did not fit: it and every later one are refused.
     overflowed: bool,
     /// The highest confirmation the partner sent us.
@@ -82,6 +87,37 @@ pub struct RemoteRoom {
     ahead: BTreeMap<u64, RoomBody>,
     messages: TokenBucket,
     bytes: TokenBucket,
+}
+
+/// A room's queue to its publisher, handed to the hub when the room opens:
+/// the hub puts its member's texts straight in, one task hop less than
+/// through the link. Everything else (the room's `End`) goes through the
+/// link, which the hub tells after the texts it queued, so the order holds.
+#[derive(Debug, Clone)]
+pub struct Outbox(mpsc::Sender<RoomBody>);
+
+impl Outbox {
+    /// Queues a text. A full queue (which the hub's credit per room keeps
+    /// from happening) gives it back, for the link to decide on, as for
+    /// any text it is handed. A closed one means the link has ended the
+    /// room: the text is dropped, as the link would drop it.
+    pub fn text(&self, text: String, sent_at: u64) -> Result<(), (String, u64)> {
+        // The last slot is the room's end's (see `RemoteRoom::send`).
+        if self.0.capacity() <= 1 {
+            return Err((text, sent_at));
+        }
+        match self.0.try_send(RoomBody::Text { text, sent_at }) {
+            Err(TrySendError::Full(RoomBody::Text { text, sent_at })) => Err((text, sent_at)),
+            _ => Ok(()),
+        }
+    }
+
+    /// A queue of `capacity` with no publisher, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(capacity: usize) -> (Self, mpsc::Receiver<RoomBody>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Self(tx), rx)
+    }
 }
 
 /// What an accepted inbound message amounts to.
@@ -116,6 +152,7 @@ impl RemoteRoom {
         let (outbox, rx) = mpsc::channel(OUTBOX + 1);
         let stop = CancellationToken::new();
         let (delivered, delivered_rx) = watch::channel(0);
+        let (taken, texts_out) = watch::channel(0);
         to.tasks.spawn(publish(
             Publisher {
                 js: to.js.clone(),
@@ -128,6 +165,7 @@ impl RemoteRoom {
                 },
                 to_hub: to.to_hub.clone(),
                 delivered: delivered_rx,
+                taken,
             },
             rx,
             stop.clone(),
@@ -150,7 +188,8 @@ impl RemoteRoom {
             outbox,
             stop,
             delivered,
-            texts_out: 0,
+            texts_out,
+            queued_here: 0,
             overflowed: false,
             confirmed: 0,
             next_in: 1,
@@ -173,14 +212,19 @@ impl RemoteRoom {
         }
         let queued = self.outbox.try_send(body).is_ok();
         if queued && text {
-            self.texts_out += 1;
+            self.queued_here += 1;
         }
         queued
     }
 
-    /// Once a text was refused: how many were queued before it.
+    /// The room's queue, for the hub's texts.
+    pub fn outbox(&self) -> Outbox {
+        Outbox(self.outbox.clone())
+    }
+
+    /// Once a text was refused: how many this link had queued before it.
     pub fn overflowed(&self) -> Option<u64> {
-        self.overflowed.then_some(self.texts_out)
+        self.overflowed.then_some(self.queued_here)
     }
 
     /// Our client has acknowledged `count` of the partner's texts.
@@ -240,7 +284,7 @@ impl RemoteRoom {
         }
         // Never more than we sent; the highest counts, in whatever order
         // the messages come.
-        let claimed = msg.delivered.min(self.texts_out);
+        let claimed = msg.delivered.min(*self.texts_out.borrow());
         let delivered = (claimed > self.confirmed).then(|| {
             self.confirmed = claimed;
             claimed
@@ -286,6 +330,9 @@ struct Publisher {
     out: Outgoing,
     to_hub: mpsc::Sender<FromLink>,
     delivered: watch::Receiver<u64>,
+    /// Counts the texts taken from the queue, before they are published:
+    /// the partner can confirm no more.
+    taken: watch::Sender<u64>,
 }
 
 /// What wakes a publisher.
@@ -347,6 +394,9 @@ async fn publish(mut p: Publisher, mut rx: mpsc::Receiver<RoomBody>, stop: Cance
             .iter()
             .filter(|b| matches!(b, RoomBody::Text { .. }))
             .count() as u64;
+        if texts > 0 {
+            p.taken.send_modify(|n| *n += texts);
+        }
         // Sealed once here; retries below resend these very bytes.
         let sealed: Result<Vec<(bytes::Bytes, String)>, SealError> = batch
             .into_iter()
@@ -594,7 +644,8 @@ mod tests {
             outbox,
             stop: CancellationToken::new(),
             delivered: watch::channel(0).0,
-            texts_out: 0,
+            texts_out: watch::channel(0).1,
+            queued_here: 0,
             overflowed: false,
             confirmed: 0,
             next_in: 1,

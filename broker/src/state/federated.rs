@@ -424,15 +424,23 @@ impl State {
             .is_some_and(|f| f.remote.contains(&room_id))
     }
 
-    /// A message for the remote partner: handed to the link.
+    /// A message for the remote partner: put straight in the room's
+    /// publisher queue, else handed to the link. A full queue (which the
+    /// credit keeps from happening) sends this text and every later one of
+    /// the room through the link, in order; the link ends the room if the
+    /// queue is still full.
     pub(super) fn relay_remote(&mut self, room_id: RoomId, text: String, sent_at: u64) -> bool {
-        let told = self.federated.as_ref().is_some_and(|f| {
-            f.tell(ToLink::Send {
+        let Some(f) = self.federated.as_mut() else {
+            return false;
+        };
+        let told = match f.remote.queue_text(room_id, text, sent_at) {
+            Ok(()) => true,
+            Err((text, sent_at)) => f.tell(ToLink::Send {
                 room: room_id,
                 text,
                 sent_at,
-            })
-        });
+            }),
+        };
         if told {
             self.remote_sent(room_id);
         }
@@ -488,10 +496,16 @@ impl State {
                 confirm,
                 partner,
                 partner_session,
+                outbox,
             } => {
                 let asked = confirm.is_some();
                 let answer =
                     self.realm_matched(session, room, local, asked, &partner, partner_session);
+                if answer == Answer::Taken
+                    && let Some(outbox) = outbox
+                {
+                    self.remote_outbox(room, outbox);
+                }
                 if let Some(confirm) = confirm
                     && confirm.send(answer).is_err()
                     && answer == Answer::Taken

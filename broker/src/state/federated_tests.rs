@@ -70,6 +70,7 @@ fn report_claim(
         confirm: Some(confirm),
         partner: profile(),
         partner_session: None,
+        outbox: None,
     });
 }
 
@@ -140,6 +141,7 @@ async fn a_claim_naming_a_room_in_use_is_refused_and_leaves_it_alone() {
         confirm: None,
         partner: profile(),
         partner_session: None,
+        outbox: None,
     });
     assert!(events(&mut other).is_empty(), "not put in the room");
     assert!(events(&mut w).is_empty(), "its room goes on untouched");

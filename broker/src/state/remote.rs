@@ -27,7 +27,7 @@ use std::collections::{HashMap, VecDeque};
 use mcp_chat_proto::{DisconnectReason, Event, RoomId};
 
 use super::{Delivery, Place, SessionId, State};
-use crate::federation::{EndReport, ToLink};
+use crate::federation::{EndReport, Outbox, ToLink};
 
 /// Texts of one room handed to the link and not yet stored in JetStream,
 /// at most; past that the sender is asked to wait (`rate_limited`). Half
@@ -66,6 +66,27 @@ impl RemoteRooms {
     fn get_mut(&mut self, room: &RoomId) -> Option<&mut Ledger> {
         self.0.get_mut(room)
     }
+
+    /// Queues a text straight for `room`'s publisher; `Err` gives it back
+    /// for the link: the room has no queue here, or its queue was full
+    /// (then it has none from now on, so no later text overtakes this one).
+    pub(super) fn queue_text(
+        &mut self,
+        room: RoomId,
+        text: String,
+        sent_at: u64,
+    ) -> Result<(), (String, u64)> {
+        let Some(ledger) = self.0.get_mut(&room) else {
+            return Err((text, sent_at));
+        };
+        let Some(outbox) = &ledger.outbox else {
+            return Err((text, sent_at));
+        };
+        outbox
+            .text(text, sent_at)
+            .inspect(|()| ledger.queued_straight += 1)
+            .inspect_err(|_| ledger.outbox = None)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -78,6 +99,11 @@ pub(crate) struct Ledger {
     /// acknowledged by our member's client, oldest first.
     unacked: VecDeque<(u64, u64)>,
     acked: u64,
+    /// The room's queue to its publisher (see `relay_remote`).
+    outbox: Option<Outbox>,
+    /// Texts put straight in that queue. Once it is full, the rest go
+    /// through the link, which counts those it queued.
+    queued_straight: u64,
 }
 
 impl Ledger {
@@ -107,9 +133,10 @@ impl Ledger {
         }
     }
 
-    /// The link's outbox for the room overflowed after it had queued
-    /// `queued` of our texts: the rest never leave this broker; those
-    /// queued go out ahead of the room's end, unconfirmed.
+    /// The room's outbox overflowed after `queued` of our texts were put
+    /// in it (by the hub straight, then by the link): the rest never leave
+    /// this broker; those queued go out ahead of the room's end,
+    /// unconfirmed.
     fn overflowed(&self, queued: u64) -> Delivery {
         let queued = queued.min(self.sent);
         Delivery {
@@ -218,7 +245,7 @@ impl State {
             room_id,
             DisconnectReason::FederationLost,
             Some(theirs),
-            |l| l.overflowed(queued),
+            |l| l.overflowed(l.queued_straight.saturating_add(queued)),
         );
     }
 
@@ -309,6 +336,13 @@ impl State {
                     count,
                 });
             }
+        }
+    }
+
+    /// The link opened `room_id` with this queue to its publisher.
+    pub(super) fn remote_outbox(&mut self, room_id: RoomId, outbox: Outbox) {
+        if let Some(l) = self.ledger(room_id) {
+            l.outbox = Some(outbox);
         }
     }
 
@@ -437,6 +471,35 @@ mod tests {
         );
         // And a count beyond what was sent is nothing more than all of it.
         assert_eq!(ledger(3, 3, u64::MAX).unreported(), Delivery::default());
+    }
+
+    #[test]
+    fn a_full_queue_sends_that_text_and_every_later_one_through_the_link() {
+        let mut rooms = RemoteRooms::default();
+        let room = RoomId::new_random();
+        rooms.insert(room);
+        // One slot for a text, and the last one kept for the room's end.
+        let (outbox, mut publisher) = Outbox::for_tests(2);
+        if let Some(l) = rooms.get_mut(&room) {
+            l.outbox = Some(outbox);
+        }
+        assert_eq!(rooms.queue_text(room, "a".into(), 1), Ok(()));
+        assert_eq!(
+            rooms.queue_text(room, "b".into(), 2),
+            Err(("b".into(), 2)),
+            "full but for the end's slot: given back for the link"
+        );
+        assert_eq!(rooms.get_mut(&room).map(|l| l.queued_straight), Some(1));
+        assert!(publisher.try_recv().is_ok());
+        // There is room again, but "b" went to the link: "c" must follow it.
+        assert_eq!(rooms.queue_text(room, "c".into(), 3), Err(("c".into(), 3)));
+        assert!(publisher.try_recv().is_err());
+        let other = RoomId::new_random();
+        assert_eq!(
+            rooms.queue_text(other, "d".into(), 4),
+            Err(("d".into(), 4)),
+            "no queue: through the link"
+        );
     }
 
     #[test]
