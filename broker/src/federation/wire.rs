@@ -336,11 +336,16 @@ pub struct EndReport {
     pub unconfirmed: u64,
 }
 
-/// The JetStream message id of message `seq` of `room` from `from`: the
-/// same on every retry, so a publish repeated after a lost ack is stored
-/// once.
-pub fn msg_id(from: &str, room: RoomId, seq: u64) -> String {
-    format!("{from}.{room}.{seq}")
+/// The JetStream message id of message `seq` of `room` from `from`, whose
+/// sealed bytes are `sealed`: the same on every retry (a retry resends the
+/// same bytes), so a publish repeated after a lost ack is stored once. It
+/// ends with the message's AEAD tag, which only the sealer knows before the
+/// message is published: a realm member who can publish to the stream
+/// cannot store a message under that id first and so make the stream drop
+/// ours as a duplicate (the stream keeps ids for its de-duplication window).
+pub fn msg_id(from: &str, room: RoomId, seq: u64, sealed: &[u8]) -> String {
+    let tag = &sealed[sealed.len().saturating_sub(auth::TAG_LEN)..];
+    format!("{from}.{room}.{seq}.{}", auth::hex(tag))
 }
 
 /// Reads the sealed part of a room message opened with the room's key.
