@@ -92,8 +92,9 @@ enum Internal {
 struct Waiter {
     key: String,
     /// The X25519 key of its entries (the public half is in them): a
-    /// claim's room keys are agreed with it. New with every `key`.
-    kx: x25519_dalek::StaticSecret,
+    /// claim's room keys are agreed with it. New with every `key`, and
+    /// used once: taken by the claim accepted (see [`owner_keys`]).
+    kx: Option<x25519_dalek::StaticSecret>,
     rev: Option<u64>,
     profile: RealmProfile,
     /// Its first entry's revision: it keeps its place when it enters again.
@@ -121,6 +122,24 @@ struct Waiter {
     /// request come: a claimer that died between its delete and its
     /// request. Past [`ORPHAN_AFTER`] the waiter enters again.
     orphaned_since: Option<Instant>,
+}
+
+/// The owner's keys of a room claimed of a waiter whose X25519 secret is
+/// `kx`. The secret is taken: a claim replayed later (a waiter paused as
+/// quiet keeps its entry's key) would otherwise derive the same room keys
+/// and seal from nonce 1 again. Refused (and the secret kept) for a claim
+/// of another entry's key or a weak one; the reason says which.
+fn owner_keys(
+    kx: &mut Option<x25519_dalek::StaticSecret>,
+    pairing: Pairing<'_>,
+) -> Result<RoomKeys, &'static str> {
+    let secret = kx.as_ref().ok_or("claim of a waiter whose key was used")?;
+    if auth::kx_public(secret) != *pairing.owner_kx {
+        return Err("claim with another entry's key");
+    }
+    let keys = auth::room_keys(secret, Side::Owner, pairing).ok_or("claim with a weak key")?;
+    *kx = None;
+    Ok(keys)
 }
 
 /// What a claim of one of our waiters comes to.
@@ -481,7 +500,7 @@ impl Link {
             session,
             Waiter {
                 key: key.clone(),
-                kx,
+                kx: Some(kx),
                 rev: None,
                 profile,
                 arrival,
@@ -566,13 +585,26 @@ impl Link {
         let mut entrants: Vec<Entrant> = Vec::new();
         for session in std::mem::take(&mut self.pending) {
             if let Some(w) = self.waiters.get_mut(&session) {
+                // Its secret went to a claim of its entry meanwhile: the
+                // entry made now carries a fresh one (a claim of the old
+                // entry then fails the key check).
+                if w.kx.is_none() {
+                    w.kx = auth::fresh_secret().ok();
+                }
+                let Some(kx) = w.kx.clone() else {
+                    tracing::error!(
+                        session,
+                        "federation: no randomness for a waiter's key; it stays out of the realm"
+                    );
+                    continue;
+                };
                 entrants.push(Entrant {
                     session,
                     key: w.key.clone(),
                     profile: w.profile.clone(),
                     arrival: w.arrival,
                     withdraw: w.withdraw.take(),
-                    kx: w.kx.clone(),
+                    kx,
                 });
             }
         }
@@ -960,10 +992,6 @@ impl Link {
         if w.confirming.is_some() {
             return Taking::Refused;
         }
-        if auth::kx_public(&w.kx) != c.owner_kx {
-            self.reject(Rejected::Malformed, "claim with another entry's key");
-            return Taking::Refused;
-        }
         let pairing = Pairing {
             room: claim.room,
             owner: &self.me,
@@ -971,9 +999,12 @@ impl Link {
             owner_kx: &c.owner_kx,
             claimer_kx: &c.claimer_kx,
         };
-        let Some(keys) = auth::room_keys(&w.kx, Side::Owner, pairing) else {
-            self.reject(Rejected::Malformed, "claim with a weak key");
-            return Taking::Refused;
+        let keys = match owner_keys(&mut w.kx, pairing) {
+            Ok(keys) => keys,
+            Err(why) => {
+                self.reject(Rejected::Malformed, why);
+                return Taking::Refused;
+            }
         };
         w.confirming = Some(claim.room);
         // Its entry is gone; until the hub answers it is claimed.
@@ -1501,6 +1532,46 @@ fn keep_partners<'a>(
 ) {
     let partners: HashSet<&str> = partners.collect();
     seen.retain(|id, _| partners.contains(id.as_str()));
+}
+
+#[cfg(test)]
+mod owner_key_tests {
+    use super::*;
+
+    /// A room's keys are agreed once per waiter secret: the same claim
+    /// again (replayed after the room ended) gets nothing, so no room key
+    /// and nonce are used twice.
+    #[test]
+    fn a_waiter_secret_makes_one_room_only() {
+        let secret = auth::fresh_secret().unwrap();
+        let owner_kx = auth::kx_public(&secret);
+        let (_, claimer_kx) = auth::fresh_kx().unwrap();
+        let (owner, claimer) = (wire::fresh_id(), wire::fresh_id());
+        let pairing = Pairing {
+            room: auth::room_id_for(&claimer, &claimer_kx),
+            owner: &owner,
+            claimer: &claimer,
+            owner_kx: &owner_kx,
+            claimer_kx: &claimer_kx,
+        };
+        let other_kx = auth::kx_public(&auth::fresh_secret().unwrap());
+        let mut kx = Some(secret);
+        let other = Pairing {
+            owner_kx: &other_kx,
+            ..pairing
+        };
+        assert_eq!(
+            owner_keys(&mut kx, other).err(),
+            Some("claim with another entry's key")
+        );
+        assert!(kx.is_some(), "a refused claim leaves the secret");
+        assert!(owner_keys(&mut kx, pairing).is_ok());
+        assert!(kx.is_none(), "taken by the claim");
+        assert_eq!(
+            owner_keys(&mut kx, pairing).err(),
+            Some("claim of a waiter whose key was used")
+        );
+    }
 }
 
 #[cfg(test)]
