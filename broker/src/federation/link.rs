@@ -1019,32 +1019,28 @@ impl Link {
             self.reject(Rejected::Malformed, "claim without a reply subject");
             return;
         };
+        // Junk, unsigned, forged or oversized claims get no answer: a
+        // signed refusal each would be cheap work for their sender to ask
+        // of us (a genuine broker's claims always parse).
         let parsed = match wire::parse_claim(&msg.payload) {
-            Ok(c) => Some(c),
+            Ok(c) => c,
             Err(why) => {
                 self.reject(why, "claim");
-                None
+                return;
             }
         };
-        // A bad claim is answered too, so its sender does not wait; so is a
-        // second claim while the hub is asked about a first; not a replay.
-        let taking = parsed.as_ref().map(|c| self.take_claim(c));
-        let taken = match (parsed.as_ref(), taking) {
-            (_, Some(Taking::Again)) => return,
-            (Some(c), Some(Taking::Taken(session, keys))) => Some((c, session, keys)),
-            _ => None,
-        };
-        let Some((c, session, keys)) = taken else {
-            // Left, never ours, or not a claim at all.
-            let (room, claimer_kx) = parsed.map_or_else(
-                || (RoomId(uuid::Uuid::nil()), String::new()),
-                |c| (c.claim.room, c.claim.claimer_kx),
-            );
-            let _ = self
-                .client
-                .publish(reply, self.answer(room, claimer_kx, false))
-                .await;
-            return;
+        // A claim of a waiter that left, or a second claim while the hub
+        // is asked about a first, is answered, so its sender does not
+        // wait; not a replay.
+        let c = &parsed;
+        let (session, keys) = match self.take_claim(c) {
+            Taking::Again => return,
+            Taking::Taken(session, keys) => (session, keys),
+            Taking::Refused => {
+                let answer = self.answer(c.claim.room, c.claim.claimer_kx.clone(), false);
+                let _ = self.client.publish(reply, answer).await;
+                return;
+            }
         };
         let claim = c.claim.clone();
         let key = claim.key.clone();
@@ -1115,9 +1111,7 @@ impl Link {
     }
 
     fn presence(&mut self, payload: &[u8]) {
-        let heard = wire::parse_presence(payload)
-            .and_then(|p| heard(&mut self.seen, &p.broker, p.beat, Instant::now()));
-        if let Err(why) = heard {
+        if let Err(why) = presence(&mut self.seen, payload, Instant::now()) {
             self.reject(why, "presence");
         }
     }
@@ -1525,6 +1519,25 @@ fn heard(
     Ok(())
 }
 
+/// Reads a presence: verified, and kept, only if it is news of a broker
+/// tracked (see [`heard`]). Every broker's presence reaches every broker:
+/// the others, and their replays, cost a parse, not a verification.
+fn presence(
+    seen: &mut HashMap<String, (Instant, u64)>,
+    payload: &[u8],
+    now: Instant,
+) -> Result<auth::Opened<wire::Presence>, Rejected> {
+    let opened = wire::parse_presence_if(payload, |p| match seen.get(&p.broker) {
+        None => Ok(false),
+        Some(&(_, last)) if p.beat < last => Err(Rejected::Replayed),
+        Some(&(_, last)) => Ok(p.beat > last),
+    })?;
+    if let auth::Opened::Verified(p) = &opened {
+        heard(seen, &p.broker, p.beat, now)?;
+    }
+    Ok(opened)
+}
+
 /// Forgets every broker that is no longer the partner of an open room.
 fn keep_partners<'a>(
     seen: &mut HashMap<String, (Instant, u64)>,
@@ -1634,5 +1647,60 @@ mod presence_tests {
             "a signature for another kind"
         );
         assert!(partner.next_beat() > p.beat, "counters only grow");
+    }
+
+    /// Presences of brokers not tracked, and repeats, are dropped before
+    /// their signature is checked: a forged one of them is not found
+    /// forged, since it was never verified.
+    #[test]
+    fn only_news_of_a_tracked_broker_is_verified() {
+        let now = Instant::now();
+        let partner = Identity::generate().unwrap();
+        let stranger = Identity::generate().unwrap();
+        let mut seen = HashMap::from([(partner.id().to_owned(), (now, 5))]);
+        let forged = |who: &Identity, beat: u64| {
+            let mut signed: auth::Signed = serde_json::from_slice(&who.sign(
+                auth::PRESENCE,
+                &Presence {
+                    broker: who.id().to_owned(),
+                    beat,
+                },
+            ))
+            .unwrap();
+            signed.sig = "0".repeat(128);
+            wire::encode(&signed)
+        };
+        assert_eq!(
+            presence(&mut seen, &forged(&stranger, 9), now),
+            Ok(auth::Opened::Unwanted),
+            "untracked: not verified"
+        );
+        assert_eq!(
+            presence(&mut seen, &forged(&partner, 5), now),
+            Ok(auth::Opened::Unwanted),
+            "nothing new: not verified"
+        );
+        assert_eq!(
+            presence(&mut seen, &forged(&partner, 4), now),
+            Err(Rejected::Replayed)
+        );
+        assert_eq!(
+            presence(&mut seen, &forged(&partner, 6), now),
+            Err(Rejected::Forged),
+            "news: verified"
+        );
+        assert_eq!(seen.get(partner.id()), Some(&(now, 5)));
+        let good = partner.sign(
+            auth::PRESENCE,
+            &Presence {
+                broker: partner.id().to_owned(),
+                beat: 6,
+            },
+        );
+        assert!(matches!(
+            presence(&mut seen, &good, now),
+            Ok(auth::Opened::Verified(_))
+        ));
+        assert_eq!(seen.get(partner.id()), Some(&(now, 6)));
     }
 }

@@ -96,12 +96,26 @@ impl Authored for Presence {
 }
 
 /// Parses and checks a signed presence.
+#[cfg(test)]
 pub fn parse_presence(payload: &[u8]) -> Result<Presence, Rejected> {
-    let p: Presence = auth::open_signed(payload, auth::PRESENCE, MAX_ENTRY_BYTES)?;
-    if !is_id(&p.broker) {
-        return Err(Rejected::Malformed);
+    match parse_presence_if(payload, |_| Ok(true))? {
+        auth::Opened::Verified(p) => Ok(p),
+        auth::Opened::Unwanted => Err(Rejected::Malformed),
     }
-    Ok(p)
+}
+
+/// Parses a signed presence, checked only if `wanted` (asked first, as
+/// every broker's presence reaches every broker, see `auth::open_signed_if`).
+pub fn parse_presence_if(
+    payload: &[u8],
+    wanted: impl FnOnce(&Presence) -> Result<bool, Rejected>,
+) -> Result<auth::Opened<Presence>, Rejected> {
+    auth::open_signed_if(payload, auth::PRESENCE, MAX_ENTRY_BYTES, |p: &Presence| {
+        if !is_id(&p.broker) {
+            return Err(Rejected::Malformed);
+        }
+        wanted(p)
+    })
 }
 
 /// What a waiter asks of its match, as the realm sees it: what the matching
@@ -226,6 +240,10 @@ impl Authored for Claim {
     }
 }
 
+/// The largest claim: an entry's profile and a few ids and keys more (a
+/// bound checked before anything is parsed).
+pub const MAX_CLAIM_BYTES: usize = 2 * MAX_ENTRY_BYTES;
+
 /// A checked claim with its two X25519 keys.
 #[derive(Debug, Clone)]
 pub struct ClaimKeys {
@@ -237,7 +255,7 @@ pub struct ClaimKeys {
 /// Parses a signed claim and checks its fields: well-formed ids and keys,
 /// and a room that is the claimer's to name.
 pub fn parse_claim(payload: &[u8]) -> Result<ClaimKeys, Rejected> {
-    let c: Claim = auth::open_signed(payload, auth::CLAIM, MAX_WIRE_BYTES)?;
+    let c: Claim = auth::open_signed(payload, auth::CLAIM, MAX_CLAIM_BYTES)?;
     let keys = auth::unhex::<32>(&c.claimer_kx).zip(auth::unhex::<32>(&c.owner_kx));
     let Some((claimer_kx, owner_kx)) = keys else {
         return Err(Rejected::Malformed);
@@ -550,6 +568,17 @@ mod tests {
         // (headers included) were limited to 2048 bytes.
         let size = owner.sign(auth::ENTRY, &big).len();
         assert!(size + 256 <= 2048 && size < MAX_ENTRY_BYTES, "{size}");
+        // So does the largest claim, and one over the bound is refused
+        // unparsed.
+        let mut c = claim(&owner, owner.id());
+        c.profile = big.profile;
+        let signed = owner.sign(auth::CLAIM, &c);
+        assert!(signed.len() < MAX_CLAIM_BYTES, "{}", signed.len());
+        assert!(parse_claim(&signed).is_ok());
+        assert_eq!(
+            parse_claim(&vec![b' '; MAX_CLAIM_BYTES + 1]).err(),
+            Some(Rejected::Oversized)
+        );
     }
 
     fn claim(by: &Identity, claimer: &str) -> Claim {
