@@ -181,6 +181,9 @@ pub const MAX_ENTRY_BYTES: usize = 2048;
 pub struct QueueEntry {
     /// The owning broker's id.
     pub owner: String,
+    /// The entry's key in the bucket: signed, so the entry's bytes copied
+    /// under another key are refused.
+    pub key: String,
     pub profile: RealmProfile,
     /// The revision of the waiter's first entry, when this one is a later
     /// one (its interest wait ended, or it was renewed): it keeps its place
@@ -198,10 +201,17 @@ impl Authored for QueueEntry {
     }
 }
 
-/// Parses and checks a signed queue entry found at `rev`; also returns its
-/// X25519 key.
-pub fn parse_entry(payload: &[u8], rev: u64) -> Result<(QueueEntry, [u8; 32]), Rejected> {
+/// Parses and checks a signed queue entry found at `rev` under `key`; also
+/// returns its X25519 key.
+pub fn parse_entry(
+    payload: &[u8],
+    rev: u64,
+    key: &str,
+) -> Result<(QueueEntry, [u8; 32]), Rejected> {
     let entry: QueueEntry = auth::open_signed(payload, auth::ENTRY, MAX_ENTRY_BYTES)?;
+    if entry.key != key {
+        return Err(Rejected::Forged);
+    }
     check_profile(&entry.profile)?;
     let kx = auth::unhex::<32>(&entry.kx).ok_or(Rejected::Malformed)?;
     // An arrival can only be an earlier revision.
@@ -482,9 +492,13 @@ mod tests {
         }
     }
 
+    /// The bucket key of the test entries.
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+
     fn entry(owner: &Identity) -> QueueEntry {
         QueueEntry {
             owner: owner.id().to_owned(),
+            key: KEY.to_owned(),
             profile: profile(),
             arrival: Some(3),
             kx: hex(&fresh_kx().unwrap().1),
@@ -496,7 +510,7 @@ mod tests {
         let owner = Identity::generate().unwrap();
         let entry = entry(&owner);
         let signed = |e: &QueueEntry| owner.sign(auth::ENTRY, e);
-        let (back, kx) = parse_entry(&signed(&entry), 5).unwrap();
+        let (back, kx) = parse_entry(&signed(&entry), 5, KEY).unwrap();
         assert_eq!(back, entry);
         assert_eq!(hex(&kx), entry.kx);
         assert_eq!(
@@ -507,29 +521,29 @@ mod tests {
             }
         );
         assert_eq!(
-            parse_entry(&signed(&entry), 2),
+            parse_entry(&signed(&entry), 2, KEY),
             Err(Rejected::Malformed),
             "an arrival after its own revision"
         );
         let mut bad = entry.clone();
         bad.profile.interests = vec!["Chess".into()];
-        assert_eq!(parse_entry(&signed(&bad), 5), Err(Rejected::Malformed));
+        assert_eq!(parse_entry(&signed(&bad), 5, KEY), Err(Rejected::Malformed));
         let mut bad = entry.clone();
         bad.profile.interests = (0..6).map(|i| format!("t{i}")).collect();
-        assert_eq!(parse_entry(&signed(&bad), 5), Err(Rejected::Malformed));
+        assert_eq!(parse_entry(&signed(&bad), 5, KEY), Err(Rejected::Malformed));
         let mut bad = entry.clone();
         bad.profile.who = "../x".into();
-        assert_eq!(parse_entry(&signed(&bad), 5), Err(Rejected::Malformed));
+        assert_eq!(parse_entry(&signed(&bad), 5, KEY), Err(Rejected::Malformed));
         let mut bad = entry.clone();
         bad.kx = "00".into();
-        assert_eq!(parse_entry(&signed(&bad), 5), Err(Rejected::Malformed));
+        assert_eq!(parse_entry(&signed(&bad), 5, KEY), Err(Rejected::Malformed));
         assert_eq!(
-            parse_entry(&vec![b' '; MAX_ENTRY_BYTES + 1], 5),
+            parse_entry(&vec![b' '; MAX_ENTRY_BYTES + 1], 5, KEY),
             Err(Rejected::Oversized)
         );
         // An entry of an older broker: no signature at all.
         let unsigned = br#"{"owner":"00000000000000000000000000000000","profile":{"kind":"agent","meet":"anyone","open":true,"who":"0000000000000001","sid":"0000000000000002"}}"#;
-        assert_eq!(parse_entry(unsigned, 5), Err(Rejected::Malformed));
+        assert_eq!(parse_entry(unsigned, 5, KEY), Err(Rejected::Malformed));
     }
 
     #[test]
@@ -539,7 +553,7 @@ mod tests {
         let entry = entry(&owner);
         // Signed by another key, naming the owner.
         assert_eq!(
-            parse_entry(&other.sign(auth::ENTRY, &entry), 5),
+            parse_entry(&other.sign(auth::ENTRY, &entry), 5, KEY),
             Err(Rejected::Forged)
         );
         // Its X25519 key swapped after signing (to read the room).
@@ -547,19 +561,27 @@ mod tests {
         let theirs = hex(&fresh_kx().unwrap().1);
         s.body = s.body.replace(&entry.kx, &theirs);
         assert_eq!(
-            parse_entry(&encode(&s), 5),
+            parse_entry(&encode(&s), 5, KEY),
             Err(Rejected::Forged),
             "a swapped X25519 key"
         );
         // A wrong signature.
         let mut s: Signed = serde_json::from_slice(&owner.sign(auth::ENTRY, &entry)).unwrap();
         s.sig = s.sig.chars().rev().collect();
-        assert_eq!(parse_entry(&encode(&s), 5), Err(Rejected::Forged));
+        assert_eq!(parse_entry(&encode(&s), 5, KEY), Err(Rejected::Forged));
         // Another owner's key put in the envelope: it signs nothing here.
         let mut s: Signed = serde_json::from_slice(&owner.sign(auth::ENTRY, &entry)).unwrap();
         let other_key: Signed = serde_json::from_slice(&other.sign(auth::ENTRY, &entry)).unwrap();
         s.key = other_key.key;
-        assert_eq!(parse_entry(&encode(&s), 5), Err(Rejected::Forged));
+        assert_eq!(parse_entry(&encode(&s), 5, KEY), Err(Rejected::Forged));
+        // Genuine bytes copied under another key: refused.
+        let genuine = owner.sign(auth::ENTRY, &entry);
+        assert!(parse_entry(&genuine, 5, KEY).is_ok());
+        assert_eq!(
+            parse_entry(&genuine, 5, &fresh_id()),
+            Err(Rejected::Forged),
+            "another key"
+        );
         // The largest entry the checks allow fits the bound.
         let mut big = entry.clone();
         big.profile.interests = (0..5).map(|i| format!("{i}{}", "x".repeat(31))).collect();
