@@ -597,6 +597,55 @@ mod tests {
         (o, c, room)
     }
 
+    /// Each direction has its own key, and the keys depend on every part
+    /// of the pairing. The same header and text sealed from both sides use
+    /// the same nonce (both counters start at 1): with one key for both,
+    /// the ciphertexts (the tag aside) would be equal.
+    #[test]
+    fn each_direction_and_pairing_has_its_own_key() {
+        let (owner_secret, owner_kx) = fresh_kx().unwrap();
+        let (claimer_secret, claimer_kx) = fresh_kx().unwrap();
+        let (owner, claimer) = ("0".repeat(32), "1".repeat(32));
+        let room = room_id_for(&claimer, &claimer_kx);
+        let pairing = Pairing {
+            room,
+            owner: &owner,
+            claimer: &claimer,
+            owner_kx: &owner_kx,
+            claimer_kx: &claimer_kx,
+        };
+        let mut o = room_keys(&owner_secret, Side::Owner, pairing).unwrap();
+        let mut c = room_keys(&claimer_secret, Side::Claimer, pairing).unwrap();
+        let from = "2".repeat(32);
+        let a = o.sealer.seal(room, &from, 1, b"same text").unwrap();
+        let b = c.sealer.seal(room, &from, 1, b"same text").unwrap();
+        assert_eq!(a[..HEADER_LEN], b[..HEADER_LEN], "same header, same nonce");
+        let body = |m: &[u8]| m[HEADER_LEN..m.len() - TAG_LEN].to_vec();
+        assert_ne!(body(&a), body(&b), "one key per direction");
+        assert_eq!(c.opener.open(&a).unwrap(), b"same text");
+        // The claimer's keys for a pairing that differs in one part: the
+        // owner's message does not open.
+        let other_id = "3".repeat(32);
+        let other_room = RoomId::new_random();
+        for changed in [
+            Pairing {
+                owner: &other_id,
+                ..pairing
+            },
+            Pairing {
+                claimer: &other_id,
+                ..pairing
+            },
+            Pairing {
+                room: other_room,
+                ..pairing
+            },
+        ] {
+            let c = room_keys(&claimer_secret, Side::Claimer, changed).unwrap();
+            assert_eq!(c.opener.open(&a), Err(Rejected::Forged));
+        }
+    }
+
     #[test]
     fn sealed_messages_open_only_as_sent() {
         let (mut owner, mut claimer, room) = pair_of_rooms();
