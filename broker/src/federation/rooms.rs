@@ -585,19 +585,18 @@ mod tests {
         assert_eq!((one.seq, two.seq), (1, 2));
         assert_eq!(two.delivered, 4);
         assert_eq!(one.body, text("one"));
-        // A retry resends the stored bytes: the very same message again,
-        // which the room drops as a repeat.
-        let mut r = open_room_for_test(&receiver.partner, one.room);
+        // The same bytes again (a captured message replayed, or a retry
+        // the stream stored twice) open in the receiving room, which drops
+        // the repeat.
+        let mut r = open_room_for_test(receiver);
+        let open_in = |r: &RemoteRoom, p: &[u8]| r.open_msg(&Header::read(p).unwrap(), p).unwrap();
         let now = Instant::now();
+        let msg = open_in(&r, &first);
+        assert_eq!(msg.room, one.room);
+        assert_eq!(r.accept(msg, now).unwrap().ready.len(), 1);
+        let again = open_in(&r, &first);
         assert_eq!(
-            r.accept(open(&receiver, &first).unwrap(), now)
-                .unwrap()
-                .ready
-                .len(),
-            1
-        );
-        assert_eq!(
-            r.accept(open(&receiver, &first).unwrap(), now).err(),
+            r.accept(again, now).err(),
             Some(Rejected::Replayed),
             "a captured message replayed"
         );
@@ -629,13 +628,12 @@ mod tests {
         super::super::auth::HEADER_LEN
     }
 
-    /// The accepting half of a room, without a publisher.
-    fn open_room_for_test(partner: &str, _room: RoomId) -> RemoteRoom {
-        let (_, opener_side) = room();
+    /// The accepting half of the room `keys` open, without a publisher.
+    fn open_room_for_test(keys: RemoteRoomKeys) -> RemoteRoom {
         let (outbox, _rx) = mpsc::channel(1);
         RemoteRoom {
-            partner: partner.to_owned(),
-            opener: opener_side.opener,
+            partner: keys.partner,
+            opener: keys.opener,
             outbox,
             stop: CancellationToken::new(),
             delivered: watch::channel(0).0,
