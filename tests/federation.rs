@@ -498,6 +498,11 @@ async fn a_hostile_realm_member_can_neither_read_nor_inject() {
             hostile.push((to.clone(), spliced));
         }
     }
+    // What each broker rejected before (forged answers and claim copies,
+    // counted too): the copies below must add to it.
+    let rejected = |s: &mcp_chat_proto::StatusInfo| s.federation.as_ref().map_or(0, |f| f.rejected);
+    let before_a = rejected(&wait_for_status(&sa.path, "A's status", |_| true).await);
+    let before_b = rejected(&wait_for_status(&sb.path, "B's status", |_| true).await);
     let mut sent: std::collections::HashMap<String, u64> = Default::default();
     for (subject, payload) in hostile {
         *sent.entry(subject.to_string()).or_default() += 1;
@@ -507,14 +512,14 @@ async fn a_hostile_realm_member_can_neither_read_nor_inject() {
     // B's subject is where a1's first text went; A's the other. Every copy
     // is counted by the broker it was sent to.
     let first_text_to = rooms[0].subject.to_string();
-    for (socket, to_b) in [(&sb.path, true), (&sa.path, false)] {
+    for (socket, to_b, before) in [(&sb.path, true, before_b), (&sa.path, false, before_a)] {
         let want: u64 = sent
             .iter()
             .filter(|(s, _)| (**s == first_text_to) == to_b)
             .map(|(_, n)| *n)
             .sum();
         wait_for_status(socket, "the broker to count every forged copy", |s| {
-            s.federation.as_ref().is_some_and(|f| f.rejected >= want)
+            rejected(s) >= before + want
         })
         .await;
     }
