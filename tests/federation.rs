@@ -287,8 +287,11 @@ async fn a_hostile_nats_publisher_cannot_reach_the_clients() {
     for payload in hostile {
         nats.publish(subject.clone(), payload.into()).await.unwrap();
     }
-    // Claims and presence are untrusted too.
+    // Claims and presence are untrusted too. Junk claims are dropped
+    // without an answer (a signed refusal each would be work for nothing).
     let claim_subject = format!("mcpchat.test.claim.{from}");
+    let inbox = nats.new_inbox();
+    let mut answers = nats.subscribe(inbox.clone()).await.unwrap();
     for payload in [
         b"junk".to_vec(),
         serde_json::to_vec(&serde_json::json!({
@@ -296,12 +299,9 @@ async fn a_hostile_nats_publisher_cannot_reach_the_clients() {
         }))
         .unwrap(),
     ] {
-        let answer = nats.request(claim_subject.clone(), payload.into()).await;
-        // A signed answer: its body, as signed, says no.
-        let answer: serde_json::Value = serde_json::from_slice(&answer.unwrap().payload).unwrap();
-        let body: serde_json::Value =
-            serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
-        assert_eq!(body["matched"], false);
+        nats.publish_with_reply(claim_subject.clone(), inbox.clone(), payload.into())
+            .await
+            .unwrap();
     }
     nats.publish("mcpchat.test.presence", "garbage".into())
         .await
@@ -319,6 +319,11 @@ async fn a_hostile_nats_publisher_cannot_reach_the_clients() {
         s.federation.as_ref().is_some_and(|f| f.rejected >= sent)
     })
     .await;
+    synced(&nats).await;
+    assert!(
+        futures::FutureExt::now_or_never(futures::StreamExt::next(&mut answers)).is_none(),
+        "a junk claim was answered"
+    );
 }
 
 /// What a hostile realm member sees of the realm: every payload on every
@@ -493,6 +498,11 @@ async fn a_hostile_realm_member_can_neither_read_nor_inject() {
             hostile.push((to.clone(), spliced));
         }
     }
+    // What each broker rejected before (forged answers and claim copies,
+    // counted too): the copies below must add to it.
+    let rejected = |s: &mcp_chat_proto::StatusInfo| s.federation.as_ref().map_or(0, |f| f.rejected);
+    let before_a = rejected(&wait_for_status(&sa.path, "A's status", |_| true).await);
+    let before_b = rejected(&wait_for_status(&sb.path, "B's status", |_| true).await);
     let mut sent: std::collections::HashMap<String, u64> = Default::default();
     for (subject, payload) in hostile {
         *sent.entry(subject.to_string()).or_default() += 1;
@@ -502,25 +512,68 @@ async fn a_hostile_realm_member_can_neither_read_nor_inject() {
     // B's subject is where a1's first text went; A's the other. Every copy
     // is counted by the broker it was sent to.
     let first_text_to = rooms[0].subject.to_string();
-    for (socket, to_b) in [(&sb.path, true), (&sa.path, false)] {
+    for (socket, to_b, before) in [(&sb.path, true, before_b), (&sa.path, false, before_a)] {
         let want: u64 = sent
             .iter()
             .filter(|(s, _)| (**s == first_text_to) == to_b)
             .map(|(_, n)| *n)
             .sum();
         wait_for_status(socket, "the broker to count every forged copy", |s| {
-            s.federation.as_ref().is_some_and(|f| f.rejected >= want)
+            rejected(s) >= before + want
         })
         .await;
     }
-    // Nothing reached a client: the next thing each sees is its partner's
-    // next text (ProtoClient also checks event seqs stay contiguous).
+    // (d) The stream keeps message ids for its de-duplication window: junk
+    // stored first under the id of a room's next messages would have the
+    // genuine ones dropped as duplicates (and acked as stored). It can
+    // read sender, room and seq in the headers; the ids it can make from
+    // them (the old `from.room.seq`) are taken for the next 64 seqs of
+    // every direction it saw.
+    let mut next: std::collections::HashMap<(String, String), u64> = Default::default();
+    for m in &rooms {
+        let p = &m.payload;
+        let seq = u64::from_be_bytes(p[36..44].try_into().unwrap());
+        let key = format!("{}.{}", hex(&p[20..36]), uuid_text(&p[4..20]));
+        let at = next.entry((m.subject.to_string(), key)).or_default();
+        *at = (*at).max(seq + 1);
+    }
+    assert!(next.len() >= 3, "it saw both directions of a room");
+    for ((subject, key), from) in &next {
+        for seq in *from..*from + 64 {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("{key}.{seq}").as_str());
+            nats.publish_with_headers(subject.clone(), headers, "x".into())
+                .await
+                .unwrap();
+        }
+    }
+    synced(&nats).await;
+    // Nothing reached a client, and nothing was lost: the next thing each
+    // sees is its partner's next text (ProtoClient also checks event seqs
+    // stay contiguous).
     assert_eq!(a1.say(room, "after the storm").await, Reply::Sent);
     assert_eq!(received(&mut b1).await, "after the storm");
     assert_eq!(b1.say(room, "still here").await, Reply::Sent);
     assert_eq!(received(&mut a1).await, "still here");
     assert_eq!(b2.say(room2, "and here").await, Reply::Sent);
     assert_eq!(received(&mut a2).await, "and here");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A room id as the broker writes it (a hyphenated UUID) from its bytes.
+fn uuid_text(bytes: &[u8]) -> String {
+    let h = hex(bytes);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 /// The README's private realm: `examples/nats/private-realm.conf` gives the

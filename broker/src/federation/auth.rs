@@ -141,27 +141,55 @@ fn signed_bytes(context: &str, body: &str) -> Vec<u8> {
 }
 
 /// Checks and parses a signed `T` of `context` from at most `max` bytes:
-/// size, envelope, signature, then that the key is its author's, and only
-/// then the body.
+/// size, envelope, body, that the key is its author's (a hash), and only
+/// then the signature, the costly check: junk and bodies signed by a key
+/// not their author's cost a parse, not a verification.
 pub fn open_signed<T: DeserializeOwned + Authored>(
     payload: &[u8],
     context: &str,
     max: usize,
 ) -> Result<T, Rejected> {
+    match open_signed_if(payload, context, max, |_| Ok(true))? {
+        Opened::Verified(body) => Ok(body),
+        Opened::Unwanted => Err(Rejected::Malformed),
+    }
+}
+
+/// What [`open_signed_if`] made of a payload.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Opened<T> {
+    /// Wanted, and its signature checks out.
+    Verified(T),
+    /// Well formed but not wanted: dropped before its signature is checked.
+    Unwanted,
+}
+
+/// [`open_signed`], with `wanted` asked about the (not yet verified) body
+/// before the signature is checked: false drops it unverified, an error
+/// refuses it.
+pub fn open_signed_if<T: DeserializeOwned + Authored>(
+    payload: &[u8],
+    context: &str,
+    max: usize,
+    wanted: impl FnOnce(&T) -> Result<bool, Rejected>,
+) -> Result<Opened<T>, Rejected> {
     if payload.len() > max {
         return Err(Rejected::Oversized);
     }
     let signed: Signed = serde_json::from_slice(payload).map_err(|_| Rejected::Malformed)?;
     let key = unhex::<32>(&signed.key).ok_or(Rejected::Malformed)?;
     let sig = unhex::<64>(&signed.sig).ok_or(Rejected::Malformed)?;
-    UnparsedPublicKey::new(&ED25519, key)
-        .verify(&signed_bytes(context, &signed.body), &sig)
-        .map_err(|_| Rejected::Forged)?;
     let body: T = serde_json::from_str(&signed.body).map_err(|_| Rejected::Malformed)?;
     if body.author() != id_of(&key) {
         return Err(Rejected::Forged);
     }
-    Ok(body)
+    if !wanted(&body)? {
+        return Ok(Opened::Unwanted);
+    }
+    UnparsedPublicKey::new(&ED25519, key)
+        .verify(&signed_bytes(context, &signed.body), &sig)
+        .map_err(|_| Rejected::Forged)?;
+    Ok(Opened::Verified(body))
 }
 
 /// A fresh X25519 secret: 32 random bytes, cheap. Its public key (a scalar
@@ -458,6 +486,33 @@ pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
 mod tests {
     use super::*;
 
+    /// A body naming a broker whose id is not its key's hash is refused
+    /// before anything else is asked of it, the signature last of all.
+    #[test]
+    fn the_key_is_checked_against_the_author_before_anything_costly() {
+        let owner = Identity::generate().unwrap();
+        let other = Identity::generate().unwrap();
+        let p = super::super::wire::Presence {
+            broker: owner.id().to_owned(),
+            beat: 1,
+        };
+        let mut asked = 0;
+        let mut s: Signed = serde_json::from_slice(&owner.sign(PRESENCE, &p)).unwrap();
+        let theirs: Signed = serde_json::from_slice(&other.sign(PRESENCE, &p)).unwrap();
+        s.key = theirs.key;
+        let opened = open_signed_if(
+            &super::super::wire::encode(&s),
+            PRESENCE,
+            4096,
+            |_: &super::super::wire::Presence| {
+                asked += 1;
+                Ok(true)
+            },
+        );
+        assert_eq!(opened, Err(Rejected::Forged));
+        assert_eq!(asked, 0, "refused by the key's hash, not asked about");
+    }
+
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct Note {
         author: String,
@@ -540,6 +595,55 @@ mod tests {
         let o = room_keys(&owner_secret, Side::Owner, pairing).unwrap();
         let c = room_keys(&claimer_secret, Side::Claimer, pairing).unwrap();
         (o, c, room)
+    }
+
+    /// Each direction has its own key, and the keys depend on every part
+    /// of the pairing. The same header and text sealed from both sides use
+    /// the same nonce (both counters start at 1): with one key for both,
+    /// the ciphertexts (the tag aside) would be equal.
+    #[test]
+    fn each_direction_and_pairing_has_its_own_key() {
+        let (owner_secret, owner_kx) = fresh_kx().unwrap();
+        let (claimer_secret, claimer_kx) = fresh_kx().unwrap();
+        let (owner, claimer) = ("0".repeat(32), "1".repeat(32));
+        let room = room_id_for(&claimer, &claimer_kx);
+        let pairing = Pairing {
+            room,
+            owner: &owner,
+            claimer: &claimer,
+            owner_kx: &owner_kx,
+            claimer_kx: &claimer_kx,
+        };
+        let mut o = room_keys(&owner_secret, Side::Owner, pairing).unwrap();
+        let mut c = room_keys(&claimer_secret, Side::Claimer, pairing).unwrap();
+        let from = "2".repeat(32);
+        let a = o.sealer.seal(room, &from, 1, b"same text").unwrap();
+        let b = c.sealer.seal(room, &from, 1, b"same text").unwrap();
+        assert_eq!(a[..HEADER_LEN], b[..HEADER_LEN], "same header, same nonce");
+        let body = |m: &[u8]| m[HEADER_LEN..m.len() - TAG_LEN].to_vec();
+        assert_ne!(body(&a), body(&b), "one key per direction");
+        assert_eq!(c.opener.open(&a).unwrap(), b"same text");
+        // The claimer's keys for a pairing that differs in one part: the
+        // owner's message does not open.
+        let other_id = "3".repeat(32);
+        let other_room = RoomId::new_random();
+        for changed in [
+            Pairing {
+                owner: &other_id,
+                ..pairing
+            },
+            Pairing {
+                claimer: &other_id,
+                ..pairing
+            },
+            Pairing {
+                room: other_room,
+                ..pairing
+            },
+        ] {
+            let c = room_keys(&claimer_secret, Side::Claimer, changed).unwrap();
+            assert_eq!(c.opener.open(&a), Err(Rejected::Forged));
+        }
     }
 
     #[test]

@@ -94,8 +94,9 @@ enum Internal {
 struct Waiter {
     key: String,
     /// The X25519 key of its entries (the public half is in them): a
-    /// claim's room keys are agreed with it. New with every `key`.
-    kx: x25519_dalek::StaticSecret,
+    /// claim's room keys are agreed with it. New with every `key`, and
+    /// used once: taken by the claim accepted (see [`owner_keys`]).
+    kx: Option<x25519_dalek::StaticSecret>,
     rev: Option<u64>,
     profile: RealmProfile,
     /// Its first entry's revision: it keeps its place when it enters again.
@@ -123,6 +124,24 @@ struct Waiter {
     /// request come: a claimer that died between its delete and its
     /// request. Past [`ORPHAN_AFTER`] the waiter enters again.
     orphaned_since: Option<Instant>,
+}
+
+/// The owner's keys of a room claimed of a waiter whose X25519 secret is
+/// `kx`. The secret is taken: a claim replayed later (a waiter paused as
+/// quiet keeps its entry's key) would otherwise derive the same room keys
+/// and seal from nonce 1 again. Refused (and the secret kept) for a claim
+/// of another entry's key or a weak one; the reason says which.
+fn owner_keys(
+    kx: &mut Option<x25519_dalek::StaticSecret>,
+    pairing: Pairing<'_>,
+) -> Result<RoomKeys, &'static str> {
+    let secret = kx.as_ref().ok_or("claim of a waiter whose key was used")?;
+    if auth::kx_public(secret) != *pairing.owner_kx {
+        return Err("claim with another entry's key");
+    }
+    let keys = auth::room_keys(secret, Side::Owner, pairing).ok_or("claim with a weak key")?;
+    *kx = None;
+    Ok(keys)
 }
 
 /// What a claim of one of our waiters comes to.
@@ -529,7 +548,7 @@ impl Link {
             session,
             Waiter {
                 key: key.clone(),
-                kx,
+                kx: Some(kx),
                 rev: None,
                 profile,
                 arrival,
@@ -614,13 +633,26 @@ impl Link {
         let mut entrants: Vec<Entrant> = Vec::new();
         for session in std::mem::take(&mut self.pending) {
             if let Some(w) = self.waiters.get_mut(&session) {
+                // Its secret went to a claim of its entry meanwhile: the
+                // entry made now carries a fresh one (a claim of the old
+                // entry then fails the key check).
+                if w.kx.is_none() {
+                    w.kx = auth::fresh_secret().ok();
+                }
+                let Some(kx) = w.kx.clone() else {
+                    tracing::error!(
+                        session,
+                        "federation: no randomness for a waiter's key; it stays out of the realm"
+                    );
+                    continue;
+                };
                 entrants.push(Entrant {
                     session,
                     key: w.key.clone(),
                     profile: w.profile.clone(),
                     arrival: w.arrival,
                     withdraw: w.withdraw.take(),
-                    kx: w.kx.clone(),
+                    kx,
                 });
             }
         }
@@ -1011,10 +1043,6 @@ impl Link {
         if w.confirming.is_some() {
             return Taking::Refused;
         }
-        if auth::kx_public(&w.kx) != c.owner_kx {
-            self.reject(Rejected::Malformed, "claim with another entry's key");
-            return Taking::Refused;
-        }
         let pairing = Pairing {
             room: claim.room,
             owner: &self.me,
@@ -1022,9 +1050,12 @@ impl Link {
             owner_kx: &c.owner_kx,
             claimer_kx: &c.claimer_kx,
         };
-        let Some(keys) = auth::room_keys(&w.kx, Side::Owner, pairing) else {
-            self.reject(Rejected::Malformed, "claim with a weak key");
-            return Taking::Refused;
+        let keys = match owner_keys(&mut w.kx, pairing) {
+            Ok(keys) => keys,
+            Err(why) => {
+                self.reject(Rejected::Malformed, why);
+                return Taking::Refused;
+            }
         };
         w.confirming = Some(claim.room);
         // Its entry is gone; until the hub answers it is claimed.
@@ -1039,32 +1070,28 @@ impl Link {
             self.reject(Rejected::Malformed, "claim without a reply subject");
             return;
         };
+        // Junk, unsigned, forged or oversized claims get no answer: a
+        // signed refusal each would be cheap work for their sender to ask
+        // of us (a genuine broker's claims always parse).
         let parsed = match wire::parse_claim(&msg.payload) {
-            Ok(c) => Some(c),
+            Ok(c) => c,
             Err(why) => {
                 self.reject(why, "claim");
-                None
+                return;
             }
         };
-        // A bad claim is answered too, so its sender does not wait; so is a
-        // second claim while the hub is asked about a first; not a replay.
-        let taking = parsed.as_ref().map(|c| self.take_claim(c));
-        let taken = match (parsed.as_ref(), taking) {
-            (_, Some(Taking::Again)) => return,
-            (Some(c), Some(Taking::Taken(session, keys))) => Some((c, session, keys)),
-            _ => None,
-        };
-        let Some((c, session, keys)) = taken else {
-            // Left, never ours, or not a claim at all.
-            let (room, claimer_kx) = parsed.map_or_else(
-                || (RoomId(uuid::Uuid::nil()), String::new()),
-                |c| (c.claim.room, c.claim.claimer_kx),
-            );
-            let _ = self
-                .client
-                .publish(reply, self.answer(room, claimer_kx, false))
-                .await;
-            return;
+        // A claim of a waiter that left, or a second claim while the hub
+        // is asked about a first, is answered, so its sender does not
+        // wait; not a replay.
+        let c = &parsed;
+        let (session, keys) = match self.take_claim(c) {
+            Taking::Again => return,
+            Taking::Taken(session, keys) => (session, keys),
+            Taking::Refused => {
+                let answer = self.answer(c.claim.room, c.claim.claimer_kx.clone(), false);
+                let _ = self.client.publish(reply, answer).await;
+                return;
+            }
         };
         let claim = c.claim.clone();
         let key = claim.key.clone();
@@ -1137,9 +1164,7 @@ impl Link {
     }
 
     fn presence(&mut self, payload: &[u8]) {
-        let heard = wire::parse_presence(payload)
-            .and_then(|p| heard(&mut self.seen, &p.broker, p.beat, Instant::now()));
-        if let Err(why) = heard {
+        if let Err(why) = presence(&mut self.seen, payload, Instant::now()) {
             self.reject(why, "presence");
         }
     }
@@ -1535,6 +1560,25 @@ fn heard(
     Ok(())
 }
 
+/// Reads a presence: verified, and kept, only if it is news of a broker
+/// tracked (see [`heard`]). Every broker's presence reaches every broker:
+/// the others, and their replays, cost a parse, not a verification.
+fn presence(
+    seen: &mut HashMap<String, (Instant, u64)>,
+    payload: &[u8],
+    now: Instant,
+) -> Result<auth::Opened<wire::Presence>, Rejected> {
+    let opened = wire::parse_presence_if(payload, |p| match seen.get(&p.broker) {
+        None => Ok(false),
+        Some(&(_, last)) if p.beat < last => Err(Rejected::Replayed),
+        Some(&(_, last)) => Ok(p.beat > last),
+    })?;
+    if let auth::Opened::Verified(p) = &opened {
+        heard(seen, &p.broker, p.beat, now)?;
+    }
+    Ok(opened)
+}
+
 /// Forgets every broker that is no longer the partner of an open room.
 fn keep_partners<'a>(
     seen: &mut HashMap<String, (Instant, u64)>,
@@ -1542,6 +1586,46 @@ fn keep_partners<'a>(
 ) {
     let partners: HashSet<&str> = partners.collect();
     seen.retain(|id, _| partners.contains(id.as_str()));
+}
+
+#[cfg(test)]
+mod owner_key_tests {
+    use super::*;
+
+    /// A room's keys are agreed once per waiter secret: the same claim
+    /// again (replayed after the room ended) gets nothing, so no room key
+    /// and nonce are used twice.
+    #[test]
+    fn a_waiter_secret_makes_one_room_only() {
+        let secret = auth::fresh_secret().unwrap();
+        let owner_kx = auth::kx_public(&secret);
+        let (_, claimer_kx) = auth::fresh_kx().unwrap();
+        let (owner, claimer) = (wire::fresh_id(), wire::fresh_id());
+        let pairing = Pairing {
+            room: auth::room_id_for(&claimer, &claimer_kx),
+            owner: &owner,
+            claimer: &claimer,
+            owner_kx: &owner_kx,
+            claimer_kx: &claimer_kx,
+        };
+        let other_kx = auth::kx_public(&auth::fresh_secret().unwrap());
+        let mut kx = Some(secret);
+        let other = Pairing {
+            owner_kx: &other_kx,
+            ..pairing
+        };
+        assert_eq!(
+            owner_keys(&mut kx, other).err(),
+            Some("claim with another entry's key")
+        );
+        assert!(kx.is_some(), "a refused claim leaves the secret");
+        assert!(owner_keys(&mut kx, pairing).is_ok());
+        assert!(kx.is_none(), "taken by the claim");
+        assert_eq!(
+            owner_keys(&mut kx, pairing).err(),
+            Some("claim of a waiter whose key was used")
+        );
+    }
 }
 
 #[cfg(test)]
@@ -1604,5 +1688,60 @@ mod presence_tests {
             "a signature for another kind"
         );
         assert!(partner.next_beat() > p.beat, "counters only grow");
+    }
+
+    /// Presences of brokers not tracked, and repeats, are dropped before
+    /// their signature is checked: a forged one of them is not found
+    /// forged, since it was never verified.
+    #[test]
+    fn only_news_of_a_tracked_broker_is_verified() {
+        let now = Instant::now();
+        let partner = Identity::generate().unwrap();
+        let stranger = Identity::generate().unwrap();
+        let mut seen = HashMap::from([(partner.id().to_owned(), (now, 5))]);
+        let forged = |who: &Identity, beat: u64| {
+            let mut signed: auth::Signed = serde_json::from_slice(&who.sign(
+                auth::PRESENCE,
+                &Presence {
+                    broker: who.id().to_owned(),
+                    beat,
+                },
+            ))
+            .unwrap();
+            signed.sig = "0".repeat(128);
+            wire::encode(&signed)
+        };
+        assert_eq!(
+            presence(&mut seen, &forged(&stranger, 9), now),
+            Ok(auth::Opened::Unwanted),
+            "untracked: not verified"
+        );
+        assert_eq!(
+            presence(&mut seen, &forged(&partner, 5), now),
+            Ok(auth::Opened::Unwanted),
+            "nothing new: not verified"
+        );
+        assert_eq!(
+            presence(&mut seen, &forged(&partner, 4), now),
+            Err(Rejected::Replayed)
+        );
+        assert_eq!(
+            presence(&mut seen, &forged(&partner, 6), now),
+            Err(Rejected::Forged),
+            "news: verified"
+        );
+        assert_eq!(seen.get(partner.id()), Some(&(now, 5)));
+        let good = partner.sign(
+            auth::PRESENCE,
+            &Presence {
+                broker: partner.id().to_owned(),
+                beat: 6,
+            },
+        );
+        assert!(matches!(
+            presence(&mut seen, &good, now),
+            Ok(auth::Opened::Verified(_))
+        ));
+        assert_eq!(seen.get(partner.id()), Some(&(now, 6)));
     }
 }

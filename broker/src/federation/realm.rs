@@ -190,7 +190,8 @@ impl Mirror {
         if entry.operation != kv::Operation::Put {
             return;
         }
-        let Ok((value, owner_kx)) = wire::parse_entry(&entry.value, entry.revision) else {
+        let Ok((value, owner_kx)) = wire::parse_entry(&entry.value, entry.revision, &entry.key)
+        else {
             self.invalid += 1;
             return;
         };
@@ -626,6 +627,7 @@ async fn claim_or_wait(
             (None, None) => {
                 let value = QueueEntry {
                     owner: realm.me.clone(),
+                    key: key.to_owned(),
                     profile: entrant.profile.clone(),
                     arrival: entrant.arrival,
                     kx: auth::hex(&auth::kx_public(&entrant.kx)),
@@ -774,23 +776,44 @@ async fn ask(realm: &Realm, owner: &str, payload: bytes::Bytes, claim: &Claim) -
     {
         return Heard::Nothing("cannot publish the claim");
     }
-    let deadline = tokio::time::sleep(CLAIM_TIMEOUT);
+    read_answer(&mut replies, owner, claim, owner == realm.me, CLAIM_TIMEOUT).await
+}
+
+/// After a no-responders status, how long the inbox is still read for a
+/// signed answer: the status is unsigned, and a member can send one first.
+const NO_RESPONDERS_GRACE: Duration = Duration::from_secs(1);
+
+/// Reads `replies` until one is `owner`'s signed answer to `claim`, for at
+/// most `timeout`. A no-responders status is unsigned, so forgeable: it
+/// only shortens the wait to [`NO_RESPONDERS_GRACE`] (the genuine answer
+/// still counts if it comes), and is ignored when the owner is ourselves
+/// (`own`), who surely listen.
+async fn read_answer(
+    replies: &mut (impl futures::Stream<Item = async_nats::Message> + Unpin),
+    owner: &str,
+    claim: &Claim,
+    own: bool,
+    timeout: Duration,
+) -> Heard {
+    let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
+    let mut why = "timed out";
     let mut forged = 0u32;
     loop {
         let reply = tokio::select! {
-            () = &mut deadline => return Heard::Nothing("timed out"),
+            () = &mut deadline => return Heard::Nothing(why),
             reply = replies.next() => match reply {
                 Some(reply) => reply,
                 None => return Heard::Nothing("the inbox closed"),
             },
         };
         if reply.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
-            // Unsigned, so forgeable: taken as "no answer" (the room is
-            // ended towards the owner, in case it did match), and never
-            // from ourselves, who surely listen.
-            if owner != realm.me {
-                return Heard::Nothing("no responders");
+            if !own && why != "no responders" {
+                why = "no responders";
+                let sooner = tokio::time::Instant::now() + NO_RESPONDERS_GRACE;
+                if sooner < deadline.deadline() {
+                    deadline.as_mut().reset(sooner);
+                }
             }
             continue;
         }
@@ -888,6 +911,64 @@ mod tests {
         let genuine = answer_to(&answer(&owner, id, claim.room, true), id, &claim).unwrap();
         assert!(genuine.matched);
         assert_eq!(genuine.beat, 7);
+    }
+
+    /// A forged no-responders status (unsigned) first does not end the
+    /// wait: the owner's signed answer after it still counts; with nothing
+    /// after it, the wait ends short of the claim timeout, as "no
+    /// responders".
+    #[tokio::test(start_paused = true)]
+    async fn a_no_responders_status_does_not_hide_the_signed_answer() {
+        let owner = Identity::generate().unwrap();
+        let kx = auth::fresh_kx().unwrap().1;
+        let claimer = wire::fresh_id();
+        let claim = Claim {
+            key: wire::fresh_id(),
+            room: auth::room_id_for(&claimer, &kx),
+            claimer,
+            claimer_kx: auth::hex(&kx),
+            owner_kx: auth::hex(&[9; 32]),
+            profile: profile(Kind::Agent, Meet::Anyone, &[], true, 1),
+            claimer_key: wire::fresh_id(),
+            beat: 0,
+        };
+        let message = |payload: bytes::Bytes, status| async_nats::Message {
+            subject: "inbox".into(),
+            reply: None,
+            payload,
+            headers: None,
+            status,
+            description: None,
+            length: 0,
+        };
+        let no_responders = || {
+            message(
+                bytes::Bytes::new(),
+                Some(async_nats::StatusCode::NO_RESPONDERS),
+            )
+        };
+        let signed = owner.sign(
+            auth::ANSWER,
+            &ClaimAnswer {
+                owner: owner.id().to_owned(),
+                room: claim.room,
+                claimer_kx: claim.claimer_kx.clone(),
+                matched: true,
+                beat: 7,
+            },
+        );
+        let (tx, mut rx) = futures::channel::mpsc::unbounded();
+        tx.unbounded_send(no_responders()).unwrap();
+        tx.unbounded_send(message(signed, None)).unwrap();
+        let heard = read_answer(&mut rx, owner.id(), &claim, false, CLAIM_TIMEOUT).await;
+        assert!(matches!(heard, Heard::Answer(a) if a.matched));
+        // Nothing after it: "no responders", once the grace is over (the
+        // inbox stays open, as a subscription does).
+        let (tx, mut rx) = futures::channel::mpsc::unbounded();
+        tx.unbounded_send(no_responders()).unwrap();
+        let heard = read_answer(&mut rx, owner.id(), &claim, false, CLAIM_TIMEOUT).await;
+        assert!(matches!(heard, Heard::Nothing("no responders")));
+        drop(tx);
     }
 
     /// The rule applied by walking the whole queue in arrival order: what

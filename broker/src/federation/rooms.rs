@@ -320,7 +320,8 @@ impl Outgoing {
         self.seq += 1;
         let plain = wire::encode(&Sealed { delivered, body });
         let sealed = self.sealer.seal(self.room, &self.from, self.seq, &plain)?;
-        Ok((sealed.into(), wire::msg_id(&self.from, self.room, self.seq)))
+        let id = wire::msg_id(&self.from, self.room, self.seq, &sealed);
+        Ok((sealed.into(), id))
     }
 }
 
@@ -411,8 +412,14 @@ async fn publish(mut p: Publisher, mut rx: mpsc::Receiver<RoomBody>, stop: Cance
             }
         };
         let mut backoff = Duration::from_millis(50);
+        let mut first = true;
         while !pending.is_empty() {
-            let attempt = publish_all(&p.js, &p.subject, std::mem::take(&mut pending));
+            let attempt = publish_all(
+                &p.js,
+                &p.subject,
+                std::mem::take(&mut pending),
+                std::mem::replace(&mut first, false),
+            );
             pending = tokio::select! {
                 () = stop.cancelled() => return,
                 failed = attempt => failed,
@@ -446,10 +453,18 @@ async fn publish(mut p: Publisher, mut rx: mpsc::Receiver<RoomBody>, stop: Cance
 const WINDOW: usize = 256;
 
 /// Publishes every message, then awaits the acks; returns those not stored.
+/// A retry (`first` false) acked as a duplicate was stored by an attempt
+/// whose ack was lost. On a first attempt it means the id was taken before
+/// we sealed the message, which its tag in the id should make impossible
+/// ([`wire::msg_id`]); it is logged, and counted as stored, since a retry
+/// under the same id would only be a duplicate again (the receiver waits
+/// for the message and the room ends by its usual timeouts if it never
+/// comes).
 async fn publish_all(
     js: &jetstream::Context,
     subject: &str,
     messages: Vec<(bytes::Bytes, String)>,
+    first: bool,
 ) -> Vec<(bytes::Bytes, String)> {
     let mut acks = Vec::with_capacity(messages.len());
     for (payload, id) in messages {
@@ -467,7 +482,15 @@ async fn publish_all(
     // one by one a server gone silent would cost a timeout per message.
     let stored = futures::future::join_all(acks.into_iter().map(|(message, sent)| async move {
         let stored = match sent {
-            Ok(ack) => ack.await.is_ok(),
+            Ok(ack) => match ack.await {
+                Ok(ack) => {
+                    if first && ack.duplicate {
+                        tracing::warn!(id = %message.1, "federation: a room message's id was already in the stream when first published");
+                    }
+                    true
+                }
+                Err(_) => false,
+            },
             Err(_) => false,
         };
         (message, stored)
@@ -612,35 +635,55 @@ mod tests {
         assert_eq!((one.seq, two.seq), (1, 2));
         assert_eq!(two.delivered, 4);
         assert_eq!(one.body, text("one"));
-        // A retry resends the stored bytes: the very same message again,
-        // which the room drops as a repeat.
-        let mut r = open_room_for_test(&receiver.partner, one.room);
+        // The same bytes again (a captured message replayed, or a retry
+        // the stream stored twice) open in the receiving room, which drops
+        // the repeat.
+        let mut r = open_room_for_test(receiver);
+        let open_in = |r: &RemoteRoom, p: &[u8]| r.open_msg(&Header::read(p).unwrap(), p).unwrap();
         let now = Instant::now();
+        let msg = open_in(&r, &first);
+        assert_eq!(msg.room, one.room);
+        assert_eq!(r.accept(msg, now).unwrap().ready.len(), 1);
+        let again = open_in(&r, &first);
         assert_eq!(
-            r.accept(open(&receiver, &first).unwrap(), now)
-                .unwrap()
-                .ready
-                .len(),
-            1
-        );
-        assert_eq!(
-            r.accept(open(&receiver, &first).unwrap(), now).err(),
+            r.accept(again, now).err(),
             Some(Rejected::Replayed),
             "a captured message replayed"
         );
+    }
+
+    /// The stream keeps a message id for its de-duplication window, so an
+    /// id a realm member could guess would let it store junk under it first
+    /// and have our message dropped as a duplicate: the id ends with the
+    /// message's tag, known only once it is sealed.
+    #[test]
+    fn a_message_id_is_bound_to_its_sealed_bytes() {
+        let (mut out, _) = room();
+        let (sealed, id) = out.next(0, text("one")).unwrap();
+        let predictable = format!("{}.{}.1", out.from, out.room);
+        assert_ne!(id, predictable);
+        let tag = &sealed[sealed.len() - super::super::auth::TAG_LEN..];
+        assert_eq!(
+            id,
+            format!("{predictable}.{}", super::super::auth::hex(tag))
+        );
+        // The same seq sealed again (a new nonce): another id.
+        out.seq = 0;
+        let (again, id_again) = out.next(0, text("one")).unwrap();
+        assert_ne!(sealed, again);
+        assert_ne!(id, id_again);
     }
 
     fn auth_header_len() -> usize {
         super::super::auth::HEADER_LEN
     }
 
-    /// The accepting half of a room, without a publisher.
-    fn open_room_for_test(partner: &str, _room: RoomId) -> RemoteRoom {
-        let (_, opener_side) = room();
+    /// The accepting half of the room `keys` open, without a publisher.
+    fn open_room_for_test(keys: RemoteRoomKeys) -> RemoteRoom {
         let (outbox, _rx) = mpsc::channel(1);
         RemoteRoom {
-            partner: partner.to_owned(),
-            opener: opener_side.opener,
+            partner: keys.partner,
+            opener: keys.opener,
             outbox,
             stop: CancellationToken::new(),
             delivered: watch::channel(0).0,

@@ -96,12 +96,26 @@ impl Authored for Presence {
 }
 
 /// Parses and checks a signed presence.
+#[cfg(test)]
 pub fn parse_presence(payload: &[u8]) -> Result<Presence, Rejected> {
-    let p: Presence = auth::open_signed(payload, auth::PRESENCE, MAX_ENTRY_BYTES)?;
-    if !is_id(&p.broker) {
-        return Err(Rejected::Malformed);
+    match parse_presence_if(payload, |_| Ok(true))? {
+        auth::Opened::Verified(p) => Ok(p),
+        auth::Opened::Unwanted => Err(Rejected::Malformed),
     }
-    Ok(p)
+}
+
+/// Parses a signed presence, checked only if `wanted` (asked first, as
+/// every broker's presence reaches every broker, see `auth::open_signed_if`).
+pub fn parse_presence_if(
+    payload: &[u8],
+    wanted: impl FnOnce(&Presence) -> Result<bool, Rejected>,
+) -> Result<auth::Opened<Presence>, Rejected> {
+    auth::open_signed_if(payload, auth::PRESENCE, MAX_ENTRY_BYTES, |p: &Presence| {
+        if !is_id(&p.broker) {
+            return Err(Rejected::Malformed);
+        }
+        wanted(p)
+    })
 }
 
 /// What a waiter asks of its match, as the realm sees it: what the matching
@@ -167,6 +181,9 @@ pub const MAX_ENTRY_BYTES: usize = 2048;
 pub struct QueueEntry {
     /// The owning broker's id.
     pub owner: String,
+    /// The entry's key in the bucket: signed, so the entry's bytes copied
+    /// under another key are refused.
+    pub key: String,
     pub profile: RealmProfile,
     /// The revision of the waiter's first entry, when this one is a later
     /// one (its interest wait ended, or it was renewed): it keeps its place
@@ -184,10 +201,17 @@ impl Authored for QueueEntry {
     }
 }
 
-/// Parses and checks a signed queue entry found at `rev`; also returns its
-/// X25519 key.
-pub fn parse_entry(payload: &[u8], rev: u64) -> Result<(QueueEntry, [u8; 32]), Rejected> {
+/// Parses and checks a signed queue entry found at `rev` under `key`; also
+/// returns its X25519 key.
+pub fn parse_entry(
+    payload: &[u8],
+    rev: u64,
+    key: &str,
+) -> Result<(QueueEntry, [u8; 32]), Rejected> {
     let entry: QueueEntry = auth::open_signed(payload, auth::ENTRY, MAX_ENTRY_BYTES)?;
+    if entry.key != key {
+        return Err(Rejected::Forged);
+    }
     check_profile(&entry.profile)?;
     let kx = auth::unhex::<32>(&entry.kx).ok_or(Rejected::Malformed)?;
     // An arrival can only be an earlier revision.
@@ -226,6 +250,10 @@ impl Authored for Claim {
     }
 }
 
+/// The largest claim: an entry's profile and a few ids and keys more (a
+/// bound checked before anything is parsed).
+pub const MAX_CLAIM_BYTES: usize = 2 * MAX_ENTRY_BYTES;
+
 /// A checked claim with its two X25519 keys.
 #[derive(Debug, Clone)]
 pub struct ClaimKeys {
@@ -237,7 +265,7 @@ pub struct ClaimKeys {
 /// Parses a signed claim and checks its fields: well-formed ids and keys,
 /// and a room that is the claimer's to name.
 pub fn parse_claim(payload: &[u8]) -> Result<ClaimKeys, Rejected> {
-    let c: Claim = auth::open_signed(payload, auth::CLAIM, MAX_WIRE_BYTES)?;
+    let c: Claim = auth::open_signed(payload, auth::CLAIM, MAX_CLAIM_BYTES)?;
     let keys = auth::unhex::<32>(&c.claimer_kx).zip(auth::unhex::<32>(&c.owner_kx));
     let Some((claimer_kx, owner_kx)) = keys else {
         return Err(Rejected::Malformed);
@@ -336,11 +364,16 @@ pub struct EndReport {
     pub unconfirmed: u64,
 }
 
-/// The JetStream message id of message `seq` of `room` from `from`: the
-/// same on every retry, so a publish repeated after a lost ack is stored
-/// once.
-pub fn msg_id(from: &str, room: RoomId, seq: u64) -> String {
-    format!("{from}.{room}.{seq}")
+/// The JetStream message id of message `seq` of `room` from `from`, whose
+/// sealed bytes are `sealed`: the same on every retry (a retry resends the
+/// same bytes), so a publish repeated after a lost ack is stored once. It
+/// ends with the message's AEAD tag, which only the sealer knows before the
+/// message is published: a realm member who can publish to the stream
+/// cannot store a message under that id first and so make the stream drop
+/// ours as a duplicate (the stream keeps ids for its de-duplication window).
+pub fn msg_id(from: &str, room: RoomId, seq: u64, sealed: &[u8]) -> String {
+    let tag = &sealed[sealed.len().saturating_sub(auth::TAG_LEN)..];
+    format!("{from}.{room}.{seq}.{}", auth::hex(tag))
 }
 
 /// Reads the sealed part of a room message opened with the room's key.
@@ -459,9 +492,13 @@ mod tests {
         }
     }
 
+    /// The bucket key of the test entries.
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+
     fn entry(owner: &Identity) -> QueueEntry {
         QueueEntry {
             owner: owner.id().to_owned(),
+            key: KEY.to_owned(),
             profile: profile(),
             arrival: Some(3),
             kx: hex(&fresh_kx().unwrap().1),
@@ -473,7 +510,7 @@ mod tests {
         let owner = Identity::generate().unwrap();
         let entry = entry(&owner);
         let signed = |e: &QueueEntry| owner.sign(auth::ENTRY, e);
-        let (back, kx) = parse_entry(&signed(&entry), 5).unwrap();
+        let (back, kx) = parse_entry(&signed(&entry), 5, KEY).unwrap();
         assert_eq!(back, entry);
         assert_eq!(hex(&kx), entry.kx);
         assert_eq!(
@@ -484,29 +521,29 @@ mod tests {
             }
         );
         assert_eq!(
-            parse_entry(&signed(&entry), 2),
+            parse_entry(&signed(&entry), 2, KEY),
             Err(Rejected::Malformed),
             "an arrival after its own revision"
         );
         let mut bad = entry.clone();
         bad.profile.interests = vec!["Chess".into()];
-        assert_eq!(parse_entry(&signed(&bad), 5), Err(Rejected::Malformed));
+        assert_eq!(parse_entry(&signed(&bad), 5, KEY), Err(Rejected::Malformed));
         let mut bad = entry.clone();
         bad.profile.interests = (0..6).map(|i| format!("t{i}")).collect();
-        assert_eq!(parse_entry(&signed(&bad), 5), Err(Rejected::Malformed));
+        assert_eq!(parse_entry(&signed(&bad), 5, KEY), Err(Rejected::Malformed));
         let mut bad = entry.clone();
         bad.profile.who = "../x".into();
-        assert_eq!(parse_entry(&signed(&bad), 5), Err(Rejected::Malformed));
+        assert_eq!(parse_entry(&signed(&bad), 5, KEY), Err(Rejected::Malformed));
         let mut bad = entry.clone();
         bad.kx = "00".into();
-        assert_eq!(parse_entry(&signed(&bad), 5), Err(Rejected::Malformed));
+        assert_eq!(parse_entry(&signed(&bad), 5, KEY), Err(Rejected::Malformed));
         assert_eq!(
-            parse_entry(&vec![b' '; MAX_ENTRY_BYTES + 1], 5),
+            parse_entry(&vec![b' '; MAX_ENTRY_BYTES + 1], 5, KEY),
             Err(Rejected::Oversized)
         );
         // An entry of an older broker: no signature at all.
         let unsigned = br#"{"owner":"00000000000000000000000000000000","profile":{"kind":"agent","meet":"anyone","open":true,"who":"0000000000000001","sid":"0000000000000002"}}"#;
-        assert_eq!(parse_entry(unsigned, 5), Err(Rejected::Malformed));
+        assert_eq!(parse_entry(unsigned, 5, KEY), Err(Rejected::Malformed));
     }
 
     #[test]
@@ -516,7 +553,7 @@ mod tests {
         let entry = entry(&owner);
         // Signed by another key, naming the owner.
         assert_eq!(
-            parse_entry(&other.sign(auth::ENTRY, &entry), 5),
+            parse_entry(&other.sign(auth::ENTRY, &entry), 5, KEY),
             Err(Rejected::Forged)
         );
         // Its X25519 key swapped after signing (to read the room).
@@ -524,19 +561,27 @@ mod tests {
         let theirs = hex(&fresh_kx().unwrap().1);
         s.body = s.body.replace(&entry.kx, &theirs);
         assert_eq!(
-            parse_entry(&encode(&s), 5),
+            parse_entry(&encode(&s), 5, KEY),
             Err(Rejected::Forged),
             "a swapped X25519 key"
         );
         // A wrong signature.
         let mut s: Signed = serde_json::from_slice(&owner.sign(auth::ENTRY, &entry)).unwrap();
         s.sig = s.sig.chars().rev().collect();
-        assert_eq!(parse_entry(&encode(&s), 5), Err(Rejected::Forged));
+        assert_eq!(parse_entry(&encode(&s), 5, KEY), Err(Rejected::Forged));
         // Another owner's key put in the envelope: it signs nothing here.
         let mut s: Signed = serde_json::from_slice(&owner.sign(auth::ENTRY, &entry)).unwrap();
         let other_key: Signed = serde_json::from_slice(&other.sign(auth::ENTRY, &entry)).unwrap();
         s.key = other_key.key;
-        assert_eq!(parse_entry(&encode(&s), 5), Err(Rejected::Forged));
+        assert_eq!(parse_entry(&encode(&s), 5, KEY), Err(Rejected::Forged));
+        // Genuine bytes copied under another key: refused.
+        let genuine = owner.sign(auth::ENTRY, &entry);
+        assert!(parse_entry(&genuine, 5, KEY).is_ok());
+        assert_eq!(
+            parse_entry(&genuine, 5, &fresh_id()),
+            Err(Rejected::Forged),
+            "another key"
+        );
         // The largest entry the checks allow fits the bound.
         let mut big = entry.clone();
         big.profile.interests = (0..5).map(|i| format!("{i}{}", "x".repeat(31))).collect();
@@ -545,6 +590,17 @@ mod tests {
         // (headers included) were limited to 2048 bytes.
         let size = owner.sign(auth::ENTRY, &big).len();
         assert!(size + 256 <= 2048 && size < MAX_ENTRY_BYTES, "{size}");
+        // So does the largest claim, and one over the bound is refused
+        // unparsed.
+        let mut c = claim(&owner, owner.id());
+        c.profile = big.profile;
+        let signed = owner.sign(auth::CLAIM, &c);
+        assert!(signed.len() < MAX_CLAIM_BYTES, "{}", signed.len());
+        assert!(parse_claim(&signed).is_ok());
+        assert_eq!(
+            parse_claim(&vec![b' '; MAX_CLAIM_BYTES + 1]).err(),
+            Some(Rejected::Oversized)
+        );
     }
 
     fn claim(by: &Identity, claimer: &str) -> Claim {
