@@ -31,6 +31,7 @@
 //! up messages here.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
@@ -72,7 +73,7 @@ pub struct RemoteRoom {
     stop: CancellationToken,
     /// How many of the partner's texts our client has acknowledged: read
     /// by the publisher, which stamps it on what it sends.
-    delivered: watch::Sender<u64>,
+    delivered: Arc<watch::Sender<u64>>,
     /// Texts the publisher has taken for the partner, all told: the most
     /// it can confirm.
     texts_out: watch::Receiver<u64>,
@@ -93,8 +94,11 @@ pub struct RemoteRoom {
 /// the hub puts its member's texts straight in, one task hop less than
 /// through the link. Everything else (the room's `End`) goes through the
 /// link, which the hub tells after the texts it queued, so the order holds.
+/// It also carries our client's confirmations straight to the publisher:
+/// a text the hub queues after a confirmation must carry it, and through
+/// the link the confirmation could come second.
 #[derive(Debug, Clone)]
-pub struct Outbox(mpsc::Sender<RoomBody>);
+pub struct Outbox(mpsc::Sender<RoomBody>, Arc<watch::Sender<u64>>);
 
 impl Outbox {
     /// Queues a text. A full queue (which the hub's credit per room keeps
@@ -112,11 +116,19 @@ impl Outbox {
         }
     }
 
+    /// Our client has acknowledged `count` of the partner's texts.
+    pub fn confirm(&self, count: u64) {
+        raise(&self.1, count);
+    }
+
     /// A queue of `capacity` with no publisher, for tests.
     #[cfg(test)]
-    pub(crate) fn for_tests(capacity: usize) -> (Self, mpsc::Receiver<RoomBody>) {
+    pub(crate) fn for_tests(
+        capacity: usize,
+    ) -> (Self, mpsc::Receiver<RoomBody>, watch::Receiver<u64>) {
         let (tx, rx) = mpsc::channel(capacity);
-        (Self(tx), rx)
+        let (delivered, confirmed) = watch::channel(0);
+        (Self(tx, Arc::new(delivered)), rx, confirmed)
     }
 }
 
@@ -187,7 +199,7 @@ impl RemoteRoom {
             opener: keys.opener,
             outbox,
             stop,
-            delivered,
+            delivered: Arc::new(delivered),
             texts_out,
             queued_here: 0,
             overflowed: false,
@@ -219,7 +231,7 @@ impl RemoteRoom {
 
     /// The room's queue, for the hub's texts.
     pub fn outbox(&self) -> Outbox {
-        Outbox(self.outbox.clone())
+        Outbox(self.outbox.clone(), Arc::clone(&self.delivered))
     }
 
     /// Once a text was refused: how many this link had queued before it.
@@ -229,13 +241,7 @@ impl RemoteRoom {
 
     /// Our client has acknowledged `count` of the partner's texts.
     pub fn confirm(&self, count: u64) {
-        self.delivered.send_if_modified(|v| {
-            let moved = count > *v;
-            if moved {
-                *v = count;
-            }
-            moved
-        });
+        raise(&self.delivered, count);
     }
 
     /// Stops publishing (after what is queued, if `flush`).
@@ -334,6 +340,17 @@ struct Publisher {
     /// Counts the texts taken from the queue, before they are published:
     /// the partner can confirm no more.
     taken: watch::Sender<u64>,
+}
+
+/// Raises a confirmation count; one never goes down.
+fn raise(delivered: &watch::Sender<u64>, count: u64) {
+    delivered.send_if_modified(|v| {
+        let moved = count > *v;
+        if moved {
+            *v = count;
+        }
+        moved
+    });
 }
 
 /// What wakes a publisher.
@@ -686,7 +703,7 @@ mod tests {
             opener: keys.opener,
             outbox,
             stop: CancellationToken::new(),
-            delivered: watch::channel(0).0,
+            delivered: Arc::new(watch::channel(0).0),
             texts_out: watch::channel(0).1,
             queued_here: 0,
             overflowed: false,

@@ -308,3 +308,56 @@ async fn a_room_whose_outbox_overflowed_ends_both_ways_with_exact_counts() {
     state.link_report(FromLink::Overflowed { room, queued: 3 });
     assert!(link.try_recv().is_err(), "ended once");
 }
+
+/// The member acknowledges the partner's text, then speaks: the count
+/// reaches the room's publisher before the text does, so the text carries
+/// it (a confirmation that went only through the link could come second,
+/// and the partner's broker would learn of it only from a later message).
+#[tokio::test(start_paused = true)]
+async fn a_text_queued_after_an_acknowledgement_carries_it() {
+    let (mut state, mut link, mut w) = waiting_in_realm();
+    let room = RoomId::new_random();
+    let (outbox, mut publisher, confirmed) = crate::federation::Outbox::for_tests(8);
+    let (confirm, _answer) = oneshot::channel();
+    state.link_report(FromLink::Matched {
+        session: w.id,
+        room,
+        local: false,
+        confirm: Some(confirm),
+        partner: profile(),
+        partner_session: None,
+        outbox: Some(outbox),
+    });
+    assert!(matches!(
+        events(&mut w).as_slice(),
+        [Event::ChatroomFound { room_id, .. }] if *room_id == room
+    ));
+    state.link_report(FromLink::Message {
+        room,
+        text: "hello".into(),
+        sent_at: 1,
+    });
+    let seq = match w.rx.try_recv() {
+        Ok(BrokerMsg::Event {
+            seq,
+            event: Event::MessageReceived { .. },
+        }) => seq,
+        other => panic!("{other:?}"),
+    };
+    while link.try_recv().is_ok() {}
+    state.ack(w.id, w.connection, seq);
+    state.handle_request(
+        w.id,
+        10,
+        Request::SendMessage {
+            room_id: room,
+            message: "thanks".into(),
+        },
+    );
+    assert!(publisher.try_recv().is_ok(), "the text is queued straight");
+    assert_eq!(
+        *confirmed.borrow(),
+        1,
+        "the publisher stamps the text with it"
+    );
+}

@@ -328,6 +328,11 @@ impl State {
         }
         if l.acked > before {
             let count = l.acked;
+            // Straight to the publisher, so the texts the hub queues from
+            // now on carry it; the link hears it too, for texts it queues.
+            if let Some(outbox) = &l.outbox {
+                outbox.confirm(count);
+            }
             if let Some(f) = self.federated.as_ref() {
                 // Lost only when the link is overloaded: a later count
                 // covers it.
@@ -479,7 +484,7 @@ mod tests {
         let room = RoomId::new_random();
         rooms.insert(room);
         // One slot for a text, and the last one kept for the room's end.
-        let (outbox, mut publisher) = Outbox::for_tests(2);
+        let (outbox, mut publisher, _) = Outbox::for_tests(2);
         if let Some(l) = rooms.get_mut(&room) {
             l.outbox = Some(outbox);
         }
