@@ -482,6 +482,25 @@ pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
+/// Both sides' keys of a fresh room between `owner` and `claimer` (the
+/// owner's first), and its id: for tests.
+#[cfg(test)]
+pub(crate) fn keys_of_a_room(owner: &str, claimer: &str) -> (RoomKeys, RoomKeys, RoomId) {
+    let (owner_secret, owner_kx) = fresh_kx().unwrap();
+    let (claimer_secret, claimer_kx) = fresh_kx().unwrap();
+    let room = room_id_for(claimer, &claimer_kx);
+    let pairing = Pairing {
+        room,
+        owner,
+        claimer,
+        owner_kx: &owner_kx,
+        claimer_kx: &claimer_kx,
+    };
+    let o = room_keys(&owner_secret, Side::Owner, pairing).unwrap();
+    let c = room_keys(&claimer_secret, Side::Claimer, pairing).unwrap();
+    (o, c, room)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -581,20 +600,7 @@ mod tests {
     }
 
     fn pair_of_rooms() -> (RoomKeys, RoomKeys, RoomId) {
-        let (owner_secret, owner_kx) = fresh_kx().unwrap();
-        let (claimer_secret, claimer_kx) = fresh_kx().unwrap();
-        let (owner, claimer) = ("0".repeat(32), "1".repeat(32));
-        let room = room_id_for(&claimer, &claimer_kx);
-        let pairing = Pairing {
-            room,
-            owner: &owner,
-            claimer: &claimer,
-            owner_kx: &owner_kx,
-            claimer_kx: &claimer_kx,
-        };
-        let o = room_keys(&owner_secret, Side::Owner, pairing).unwrap();
-        let c = room_keys(&claimer_secret, Side::Claimer, pairing).unwrap();
-        (o, c, room)
+        keys_of_a_room(&"0".repeat(32), &"1".repeat(32))
     }
 
     /// Each direction has its own key, and the keys depend on every part

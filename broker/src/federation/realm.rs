@@ -869,13 +869,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn only_the_owners_signed_answer_to_this_very_claim_counts() {
-        let owner = Identity::generate().unwrap();
-        let hostile = Identity::generate().unwrap();
+    /// A claim of some waiter, by a fresh claimer key.
+    fn a_claim() -> Claim {
         let kx = auth::fresh_kx().unwrap().1;
         let claimer = wire::fresh_id();
-        let claim = Claim {
+        Claim {
             key: wire::fresh_id(),
             room: auth::room_id_for(&claimer, &kx),
             claimer,
@@ -884,7 +882,14 @@ mod tests {
             profile: profile(Kind::Agent, Meet::Anyone, &[], true, 1),
             claimer_key: wire::fresh_id(),
             beat: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn only_the_owners_signed_answer_to_this_very_claim_counts() {
+        let owner = Identity::generate().unwrap();
+        let hostile = Identity::generate().unwrap();
+        let claim = a_claim();
         let answer = |by: &Identity, owner: &str, room: RoomId, matched: bool| {
             by.sign(
                 auth::ANSWER,
@@ -920,18 +925,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_no_responders_status_does_not_hide_the_signed_answer() {
         let owner = Identity::generate().unwrap();
-        let kx = auth::fresh_kx().unwrap().1;
-        let claimer = wire::fresh_id();
-        let claim = Claim {
-            key: wire::fresh_id(),
-            room: auth::room_id_for(&claimer, &kx),
-            claimer,
-            claimer_kx: auth::hex(&kx),
-            owner_kx: auth::hex(&[9; 32]),
-            profile: profile(Kind::Agent, Meet::Anyone, &[], true, 1),
-            claimer_key: wire::fresh_id(),
-            beat: 0,
-        };
+        let claim = a_claim();
         let message = |payload: bytes::Bytes, status| async_nats::Message {
             subject: "inbox".into(),
             reply: None,

@@ -527,7 +527,7 @@ pub fn end(reason: DisconnectReason, report: Option<wire::EndReport>) -> RoomBod
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::federation::auth::{Pairing, Side, fresh_kx, room_id_for, room_keys};
+    use crate::federation::auth::keys_of_a_room;
 
     /// With NATS away the publisher stores nothing and the outbox fills:
     /// the text that does not fit and every later one are refused, and the
@@ -574,34 +574,13 @@ mod tests {
 
     /// Our side's keys of a fresh room.
     fn keys() -> RoomKeys {
-        let (owner_secret, owner_kx) = fresh_kx().unwrap();
-        let (_, claimer_kx) = fresh_kx().unwrap();
-        let (owner, claimer) = (wire::fresh_id(), wire::fresh_id());
-        let pairing = Pairing {
-            room: room_id_for(&claimer, &claimer_kx),
-            owner: &owner,
-            claimer: &claimer,
-            owner_kx: &owner_kx,
-            claimer_kx: &claimer_kx,
-        };
-        room_keys(&owner_secret, Side::Owner, pairing).unwrap()
+        keys_of_a_room(&wire::fresh_id(), &wire::fresh_id()).0
     }
 
     /// Both sides of one room.
     fn room() -> (Outgoing, RemoteRoomKeys) {
-        let (owner_secret, owner_kx) = fresh_kx().unwrap();
-        let (claimer_secret, claimer_kx) = fresh_kx().unwrap();
-        let (owner, claimer) = (wire::fresh_id(), wire::fresh_id());
-        let room = room_id_for(&claimer, &claimer_kx);
-        let pairing = Pairing {
-            room,
-            owner: &owner,
-            claimer: &claimer,
-            owner_kx: &owner_kx,
-            claimer_kx: &claimer_kx,
-        };
-        let o = room_keys(&owner_secret, Side::Owner, pairing).unwrap();
-        let c = room_keys(&claimer_secret, Side::Claimer, pairing).unwrap();
+        let owner = wire::fresh_id();
+        let (o, c, room) = keys_of_a_room(&owner, &wire::fresh_id());
         let out = Outgoing {
             room,
             from: owner.clone(),
