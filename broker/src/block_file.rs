@@ -103,26 +103,14 @@ impl BlockFile {
     /// Writes `loaded` as the whole file: to a private temporary file
     /// first, then renamed over, so a crash leaves the old file or the new.
     fn write(path: &Path, loaded: Loaded) -> std::io::Result<(Self, Loaded)> {
-        if let Some(dir) = path.parent() {
-            let mut builder = std::fs::DirBuilder::new();
-            builder.recursive(true);
-            #[cfg(unix)]
-            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-            builder.create(dir)?;
-        }
         let hex: String = loaded.key.iter().map(|b| format!("{b:02x}")).collect();
-        let temp = suffixed(path, ".new");
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&temp)?;
-        writeln!(file, "{HEADER}\nkey {hex}")?;
-        for (a, b) in &loaded.pairs {
-            writeln!(file, "{a:016x} {b:016x}")?;
-        }
-        file.sync_data()?;
-        std::fs::rename(&temp, path)?;
+        write_private(path, |file| {
+            writeln!(file, "{HEADER}\nkey {hex}")?;
+            for (a, b) in &loaded.pairs {
+                writeln!(file, "{a:016x} {b:016x}")?;
+            }
+            Ok(())
+        })?;
         Ok((Self::append_to(path)?, loaded))
     }
 
@@ -135,8 +123,33 @@ impl BlockFile {
     }
 }
 
+/// Writes a whole private file: its directory made 0700 if missing, the
+/// text written by `body` to a 0600 temporary file first, then renamed over
+/// `path`, so a crash leaves the old file or the new.
+pub(crate) fn write_private(
+    path: &Path,
+    body: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir)?;
+    }
+    let temp = suffixed(path, ".new");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&temp)?;
+    body(&mut file)?;
+    file.sync_data()?;
+    std::fs::rename(&temp, path)
+}
+
 /// `path` with `suffix` added to its name (`broker.blocks.new`).
-fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn suffixed(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)

@@ -19,9 +19,10 @@
 //! ```
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::blocks::{RealmKey, hex, unhex};
+use crate::block_file::{suffixed, write_private};
 
 const HEADER: &str = "mcp-chat realm keys v1";
 
@@ -156,25 +157,13 @@ impl KeyPins {
     }
 
     fn write(&self, pins: &[(RealmId, RealmKey)]) -> std::io::Result<()> {
-        if let Some(dir) = self.path.parent() {
-            let mut builder = std::fs::DirBuilder::new();
-            builder.recursive(true);
-            #[cfg(unix)]
-            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-            builder.create(dir)?;
-        }
-        let temp = suffixed(&self.path, ".new");
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&temp)?;
-        writeln!(file, "{HEADER}")?;
-        for (id, key) in pins {
-            writeln!(file, "{} {} {}", hex(key), id.realm, id.server)?;
-        }
-        file.sync_data()?;
-        std::fs::rename(&temp, &self.path)
+        write_private(&self.path, |file| {
+            writeln!(file, "{HEADER}")?;
+            for (id, key) in pins {
+                writeln!(file, "{} {} {}", hex(key), id.realm, id.server)?;
+            }
+            Ok(())
+        })
     }
 }
 
@@ -197,13 +186,6 @@ fn parse(text: &str) -> Option<Vec<(RealmId, RealmKey)>> {
             Some((RealmId { realm, server }, key))
         })
         .collect()
-}
-
-/// `path` with `suffix` added to its name.
-fn suffixed(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
 }
 
 #[cfg(test)]
@@ -236,7 +218,8 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            let mode =
+                |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode(&path), 0o600);
             assert_eq!(mode(path.parent().unwrap()), 0o700);
         }
