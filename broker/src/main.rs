@@ -175,7 +175,14 @@ fn run(args: Args) -> anyhow::Result<()> {
         ..config
     };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread: the hub owns every room and session, so a second worker
+    // adds no parallelism where it counts, only a cross-thread wake-up
+    // (a futex or eventfd write, and a vCPU to wake on a VM) whenever one
+    // task hands work to another. On the cross-broker path that cost the
+    // bench 1.52× against 1.44× JetStream's own latency; the local relay's
+    // latency and throughput did not move, and a burst of 10,000 sessions
+    // matches 10–40% slower, far above its target (BENCHMARKS.md).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
