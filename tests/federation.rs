@@ -559,6 +559,68 @@ async fn a_hostile_realm_member_can_neither_read_nor_inject() {
     assert_eq!(received(&mut a2).await, "and here");
 }
 
+/// A genuine claim replayed after its room ended, with a reply inbox of the
+/// replayer's choosing, gets no answer and takes nothing: the owner
+/// remembers the rooms it ended lately, counts the copy as rejected, and
+/// goes on matching. (Answered, its signed refusal would tell anyone who
+/// saw the claim that the room is over, and sent with the claimer's own
+/// inbox it would reach the claimer.)
+#[tokio::test]
+async fn a_claim_replayed_after_its_room_ended_gets_no_answer() {
+    let realm = Realm::start().await;
+    let (sa, sb) = (TestSocket::new(), TestSocket::new());
+    let _a = realm.broker(&sa, 20_000).await;
+    let _b = realm.broker(&sb, 20_000).await;
+    let nats = async_nats::connect(realm.nats.url()).await.unwrap();
+    let mut claims = nats
+        .subscribe(format!("mcpchat.{}.claim.*", realm.name))
+        .await
+        .unwrap();
+    synced(&nats).await;
+    // a1 waits on A; B claims it for b1.
+    let mut a1 = ProtoClient::connect(&sa.path).await;
+    let mut b1 = ProtoClient::connect(&sb.path).await;
+    let room = pair(&mut a1, &mut b1).await;
+    let claim = within("the claim", futures::StreamExt::next(&mut claims))
+        .await
+        .unwrap();
+    // A ends the room (and remembers it) before its end reaches b1.
+    assert_eq!(
+        a1.request(mcp_chat_proto::Request::LeaveChat {
+            room_id: room,
+            block: false
+        })
+        .await,
+        Reply::Left
+    );
+    assert_eq!(ended(&mut b1).await, DisconnectReason::Left);
+
+    let rejected = |s: &mcp_chat_proto::StatusInfo| s.federation.as_ref().map_or(0, |f| f.rejected);
+    let before = rejected(&wait_for_status(&sa.path, "A's status", |_| true).await);
+    let inbox = nats.new_inbox();
+    let mut answers = nats.subscribe(inbox.clone()).await.unwrap();
+    synced(&nats).await;
+    nats.publish_with_reply(claim.subject.clone(), inbox, claim.payload.clone())
+        .await
+        .unwrap();
+    synced(&nats).await;
+    wait_for_status(&sa.path, "A to count the replayed claim", |s| {
+        rejected(s) > before
+    })
+    .await;
+    // The copy was dealt with (counted) without an answer; a later one
+    // would have come from that same handling.
+    synced(&nats).await;
+    assert!(
+        futures::FutureExt::now_or_never(futures::StreamExt::next(&mut answers)).is_none(),
+        "the replayed claim was answered"
+    );
+    // Both brokers match on.
+    let mut a2 = ProtoClient::connect(&sa.path).await;
+    let mut b2 = ProtoClient::connect(&sb.path).await;
+    pair(&mut a2, &mut b2).await;
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

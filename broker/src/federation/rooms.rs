@@ -528,6 +528,8 @@ pub fn end(reason: DisconnectReason, report: Option<wire::EndReport>) -> RoomBod
 mod tests {
     use super::*;
     use crate::federation::auth::keys_of_a_room;
+    use async_nats::jetstream::stream;
+    use futures::StreamExt;
 
     /// With NATS away the publisher stores nothing and the outbox fills:
     /// the text that does not fit and every later one are refused, and the
@@ -569,6 +571,80 @@ mod tests {
         assert!(!room.send(text()), "a later text is refused too");
         assert_eq!(room.overflowed(), Some(queued));
         assert!(room.send(end(DisconnectReason::FederationLost, None)));
+        room.close(false);
+    }
+
+    /// A publish that finds no stream is not stored (JetStream has no
+    /// responder for it): the publisher sends the very same bytes, under
+    /// the same message id, until they are stored, stores them once, and
+    /// only then tells the hub they are published.
+    #[tokio::test]
+    async fn a_publish_not_stored_is_sent_again_byte_for_byte_until_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let nats = mcp_chat_testkit::nats::NatsServer::start(dir.path())
+            .await
+            .unwrap();
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = jetstream::new(client.clone());
+        let names = Names {
+            realm: "test".into(),
+        };
+        // Ids as the broker's: the sender's is sealed into each header.
+        let (me, partner) = (wire::fresh_id(), wire::fresh_id());
+        // Every attempt, stored or not, is seen on the subject itself.
+        let mut attempts = client.subscribe(names.room(&partner)).await.unwrap();
+        client.flush().await.unwrap();
+        let (to_hub, mut from_link) = mpsc::channel(16);
+        let tasks = TaskTracker::new();
+        let to = Publishing {
+            js: &js,
+            names: &names,
+            me: &me,
+            to_hub: &to_hub,
+            tasks: &tasks,
+        };
+        let limits = crate::config::Config::default().limits();
+        let mut room = RemoteRoom::open(&to, RoomId::new_random(), partner, keys(), limits);
+        assert!(room.send(RoomBody::Text {
+            text: "hello".into(),
+            sent_at: 1,
+        }));
+        let wait = Duration::from_secs(20);
+        let first = tokio::time::timeout(wait, attempts.next())
+            .await
+            .unwrap()
+            .unwrap();
+        // The server has routed that attempt, with no stream to keep it.
+        let stream = js
+            .create_stream(stream::Config {
+                name: names.stream(),
+                subjects: vec![names.rooms_wildcard()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        match tokio::time::timeout(wait, from_link.recv()).await.unwrap() {
+            Some(FromLink::Published { count, .. }) => assert_eq!(count, 1),
+            other => panic!("expected the text published, got {other:?}"),
+        }
+        let mut stream = stream;
+        assert_eq!(
+            stream.info().await.unwrap().state.messages,
+            1,
+            "stored once"
+        );
+        let stored = stream.get_raw_message(1).await.unwrap();
+        assert_eq!(stored.payload, first.payload, "the same sealed bytes");
+        let id = |h: Option<&async_nats::HeaderMap>| {
+            h.and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.to_string())
+        };
+        assert!(id(first.headers.as_ref()).is_some());
+        assert_eq!(id(Some(&stored.headers)), id(first.headers.as_ref()));
+        let again = tokio::time::timeout(wait, attempts.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.payload, first.payload, "a retry resends the bytes");
         room.close(false);
     }
 
