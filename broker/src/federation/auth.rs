@@ -13,6 +13,14 @@
 //!   size, signature, and that the key hashes to the author named inside
 //!   the body, and only then parses the body: what is checked is byte for
 //!   byte what is used.
+//!
+//!   Signatures do not name the realm, and need not: a copy carried into
+//!   another realm can do nothing there that a member of that realm cannot
+//!   do with its own key. A broker is in one realm, so a copied entry
+//!   names an owner that never hears a claim there (no responders: the
+//!   claimer drops it at once, as it drops a dead broker's entry); claims,
+//!   answers and presences are acted on only from the brokers a broker is
+//!   matching or chatting with, which are in its own realm.
 //! - **Room keys** ([`RoomKeys`]): an entry carries its owner's X25519
 //!   public key for that waiter, a claim the claimer's fresh one for that
 //!   claim. Both sides compute X25519 and derive with HKDF-SHA256 (salt and
@@ -74,6 +82,10 @@ pub struct Identity {
 #[error("no randomness for the broker's identity")]
 pub struct NoRandomness;
 
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode a body to sign: {0}")]
+pub struct SignError(#[from] serde_json::Error);
+
 impl Identity {
     pub fn generate() -> Result<Self, NoRandomness> {
         let pkcs8 =
@@ -92,16 +104,17 @@ impl Identity {
         &self.id
     }
 
-    /// Signs `body` (as its JSON) for `context`.
-    pub fn sign<T: Serialize>(&self, context: &str, body: &T) -> bytes::Bytes {
-        // Serializing these plain structs cannot fail.
-        let body = serde_json::to_string(body).unwrap_or_default();
+    /// Signs `body` (as its JSON) for `context`. The bodies are plain
+    /// structs, which serde cannot fail to encode; were one to fail, the
+    /// caller is told and sends nothing, rather than a signed empty body.
+    pub fn sign<T: Serialize>(&self, context: &str, body: &T) -> Result<bytes::Bytes, SignError> {
+        let body = serde_json::to_string(body)?;
         let sig = self.pair.sign(&signed_bytes(context, &body));
-        super::wire::encode(&Signed {
+        Ok(super::wire::encode(&Signed {
             body,
             key: self.key.clone(),
             sig: hex(sig.as_ref()),
-        })
+        }))
     }
 
     /// The next presence counter.
@@ -516,8 +529,8 @@ mod tests {
             beat: 1,
         };
         let mut asked = 0;
-        let mut s: Signed = serde_json::from_slice(&owner.sign(PRESENCE, &p)).unwrap();
-        let theirs: Signed = serde_json::from_slice(&other.sign(PRESENCE, &p)).unwrap();
+        let mut s: Signed = serde_json::from_slice(&owner.sign(PRESENCE, &p).unwrap()).unwrap();
+        let theirs: Signed = serde_json::from_slice(&other.sign(PRESENCE, &p).unwrap()).unwrap();
         s.key = theirs.key;
         let opened = open_signed_if(
             &super::super::wire::encode(&s),
@@ -557,7 +570,7 @@ mod tests {
         let other = Identity::generate().unwrap();
         assert!(super::super::wire::is_id(me.id()));
         assert_ne!(me.id(), other.id());
-        let signed = me.sign(CLAIM, &note(&me, "hi"));
+        let signed = me.sign(CLAIM, &note(&me, "hi")).unwrap();
         assert_eq!(
             open_signed::<Note>(&signed, CLAIM, 4096),
             Ok(note(&me, "hi"))
@@ -572,7 +585,7 @@ mod tests {
             Err(Rejected::Oversized)
         );
         // Signed by `other`, naming `me`: the key is not the author's.
-        let impostor = other.sign(CLAIM, &note(&me, "hi"));
+        let impostor = other.sign(CLAIM, &note(&me, "hi")).unwrap();
         assert_eq!(
             open_signed::<Note>(&impostor, CLAIM, 4096),
             Err(Rejected::Forged)

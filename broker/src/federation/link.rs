@@ -429,8 +429,12 @@ impl Link {
                             broker: identity.id().to_owned(),
                             beat: identity.next_beat(),
                         };
-                        let signed = identity.sign(auth::PRESENCE, &presence);
-                        let _ = client.publish(subject.clone(), signed).await;
+                        match identity.sign(auth::PRESENCE, &presence) {
+                            Ok(signed) => {
+                                let _ = client.publish(subject.clone(), signed).await;
+                            }
+                            Err(e) => tracing::error!(error = %e, "federation: presence not sent"),
+                        }
                     }
                 }
             }
@@ -752,8 +756,9 @@ impl Link {
                 reply,
             } => {
                 let matched = answer == Answer::Taken;
-                let encoded = self.answer(room, claimer_kx, matched);
-                if let Err(e) = self.client.publish(reply, encoded).await {
+                if let Some(encoded) = self.answer(room, claimer_kx, matched)
+                    && let Err(e) = self.client.publish(reply, encoded).await
+                {
                     tracing::warn!(error = %e, "federation: could not answer a claim");
                 }
                 if !matched && let Some(r) = self.take_room(room) {
@@ -1009,8 +1014,9 @@ impl Link {
         self.rooms.insert(id, room);
     }
 
-    /// Our signed answer to the claim of `room` made with `claimer_kx`.
-    fn answer(&self, room: RoomId, claimer_kx: String, matched: bool) -> bytes::Bytes {
+    /// Our signed answer to the claim of `room` made with `claimer_kx`;
+    /// `None` (logged) leaves the claimer as if the answer were lost.
+    fn answer(&self, room: RoomId, claimer_kx: String, matched: bool) -> Option<bytes::Bytes> {
         let answer = ClaimAnswer {
             owner: self.me.clone(),
             room,
@@ -1018,7 +1024,10 @@ impl Link {
             matched,
             beat: self.identity.beats(),
         };
-        self.identity.sign(auth::ANSWER, &answer)
+        self.identity
+            .sign(auth::ANSWER, &answer)
+            .inspect_err(|e| tracing::error!(error = %e, "federation: a claim not answered"))
+            .ok()
     }
 
     /// Whether a checked claim may take our waiter: it names one, with the
@@ -1096,8 +1105,9 @@ impl Link {
             Taking::Again => return,
             Taking::Taken(session, keys) => (session, keys),
             Taking::Refused => {
-                let answer = self.answer(c.claim.room, c.claim.claimer_kx.clone(), false);
-                let _ = self.client.publish(reply, answer).await;
+                if let Some(answer) = self.answer(c.claim.room, c.claim.claimer_kx.clone(), false) {
+                    let _ = self.client.publish(reply, answer).await;
+                }
                 return;
             }
         };
@@ -1683,15 +1693,15 @@ mod presence_tests {
             beat: partner.next_beat(),
         };
         assert_eq!(
-            wire::parse_presence(&partner.sign(auth::PRESENCE, &p)),
+            wire::parse_presence(&partner.sign(auth::PRESENCE, &p).unwrap()),
             Ok(p.clone())
         );
         assert_eq!(
-            wire::parse_presence(&other.sign(auth::PRESENCE, &p)),
+            wire::parse_presence(&other.sign(auth::PRESENCE, &p).unwrap()),
             Err(Rejected::Forged)
         );
         assert_eq!(
-            wire::parse_presence(&partner.sign(auth::CLAIM, &p)),
+            wire::parse_presence(&partner.sign(auth::CLAIM, &p).unwrap()),
             Err(Rejected::Forged),
             "a signature for another kind"
         );
@@ -1708,13 +1718,16 @@ mod presence_tests {
         let stranger = Identity::generate().unwrap();
         let mut seen = HashMap::from([(partner.id().to_owned(), (now, 5))]);
         let forged = |who: &Identity, beat: u64| {
-            let mut signed: auth::Signed = serde_json::from_slice(&who.sign(
-                auth::PRESENCE,
-                &Presence {
-                    broker: who.id().to_owned(),
-                    beat,
-                },
-            ))
+            let mut signed: auth::Signed = serde_json::from_slice(
+                &who.sign(
+                    auth::PRESENCE,
+                    &Presence {
+                        broker: who.id().to_owned(),
+                        beat,
+                    },
+                )
+                .unwrap(),
+            )
             .unwrap();
             signed.sig = "0".repeat(128);
             wire::encode(&signed)
@@ -1739,13 +1752,15 @@ mod presence_tests {
             "news: verified"
         );
         assert_eq!(seen.get(partner.id()), Some(&(now, 5)));
-        let good = partner.sign(
-            auth::PRESENCE,
-            &Presence {
-                broker: partner.id().to_owned(),
-                beat: 6,
-            },
-        );
+        let good = partner
+            .sign(
+                auth::PRESENCE,
+                &Presence {
+                    broker: partner.id().to_owned(),
+                    beat: 6,
+                },
+            )
+            .unwrap();
         assert!(matches!(
             presence(&mut seen, &good, now),
             Ok(auth::Opened::Verified(_))

@@ -632,9 +632,13 @@ async fn claim_or_wait(
                     arrival: entrant.arrival,
                     kx: auth::hex(&auth::kx_public(&entrant.kx)),
                 };
+                let signed = realm
+                    .identity
+                    .sign(auth::ENTRY, &value)
+                    .map_err(|e| err("signing the realm entry", e))?;
                 let rev = realm
                     .store
-                    .create(key, realm.identity.sign(auth::ENTRY, &value))
+                    .create(key, signed)
                     .await
                     .map_err(|e| err("entering the realm queue", e))?;
                 own = Some(rev);
@@ -727,7 +731,14 @@ async fn confirm(realm: &Realm, entrant: &Entrant, theirs: Queued) -> Confirmed 
         claimer_key: entrant.key.clone(),
         beat: realm.identity.beats(),
     };
-    let payload = realm.identity.sign(auth::CLAIM, &claim);
+    let payload = match realm.identity.sign(auth::CLAIM, &claim) {
+        Ok(payload) => payload,
+        Err(e) => {
+            // As above: the owner hears nothing and re-enters its waiter.
+            tracing::error!(error = %e, "federation: cannot claim a waiter");
+            return Confirmed::Gone;
+        }
+    };
     let heard = ask(realm, &owner, payload, &claim).await;
     match heard {
         Heard::Answer(answer) if answer.matched => Confirmed::Yes(Outcome::Matched {
@@ -907,6 +918,7 @@ mod tests {
                     beat: 7,
                 },
             )
+            .unwrap()
         };
         let id = owner.id();
         // What a hostile member answers first: all dropped.
@@ -947,16 +959,18 @@ mod tests {
                 Some(async_nats::StatusCode::NO_RESPONDERS),
             )
         };
-        let signed = owner.sign(
-            auth::ANSWER,
-            &ClaimAnswer {
-                owner: owner.id().to_owned(),
-                room: claim.room,
-                claimer_kx: claim.claimer_kx.clone(),
-                matched: true,
-                beat: 7,
-            },
-        );
+        let signed = owner
+            .sign(
+                auth::ANSWER,
+                &ClaimAnswer {
+                    owner: owner.id().to_owned(),
+                    room: claim.room,
+                    claimer_kx: claim.claimer_kx.clone(),
+                    matched: true,
+                    beat: 7,
+                },
+            )
+            .unwrap();
         let (tx, mut rx) = futures::channel::mpsc::unbounded();
         tx.unbounded_send(no_responders()).unwrap();
         tx.unbounded_send(message(signed, None)).unwrap();

@@ -509,7 +509,7 @@ mod tests {
     fn queue_entries_are_checked_like_client_input() {
         let owner = Identity::generate().unwrap();
         let entry = entry(&owner);
-        let signed = |e: &QueueEntry| owner.sign(auth::ENTRY, e);
+        let signed = |e: &QueueEntry| owner.sign(auth::ENTRY, e).unwrap();
         let (back, kx) = parse_entry(&signed(&entry), 5, KEY).unwrap();
         assert_eq!(back, entry);
         assert_eq!(hex(&kx), entry.kx);
@@ -553,11 +553,12 @@ mod tests {
         let entry = entry(&owner);
         // Signed by another key, naming the owner.
         assert_eq!(
-            parse_entry(&other.sign(auth::ENTRY, &entry), 5, KEY),
+            parse_entry(&other.sign(auth::ENTRY, &entry).unwrap(), 5, KEY),
             Err(Rejected::Forged)
         );
         // Its X25519 key swapped after signing (to read the room).
-        let mut s: Signed = serde_json::from_slice(&owner.sign(auth::ENTRY, &entry)).unwrap();
+        let mut s: Signed =
+            serde_json::from_slice(&owner.sign(auth::ENTRY, &entry).unwrap()).unwrap();
         let theirs = hex(&fresh_kx().unwrap().1);
         s.body = s.body.replace(&entry.kx, &theirs);
         assert_eq!(
@@ -566,16 +567,19 @@ mod tests {
             "a swapped X25519 key"
         );
         // A wrong signature.
-        let mut s: Signed = serde_json::from_slice(&owner.sign(auth::ENTRY, &entry)).unwrap();
+        let mut s: Signed =
+            serde_json::from_slice(&owner.sign(auth::ENTRY, &entry).unwrap()).unwrap();
         s.sig = s.sig.chars().rev().collect();
         assert_eq!(parse_entry(&encode(&s), 5, KEY), Err(Rejected::Forged));
         // Another owner's key put in the envelope: it signs nothing here.
-        let mut s: Signed = serde_json::from_slice(&owner.sign(auth::ENTRY, &entry)).unwrap();
-        let other_key: Signed = serde_json::from_slice(&other.sign(auth::ENTRY, &entry)).unwrap();
+        let mut s: Signed =
+            serde_json::from_slice(&owner.sign(auth::ENTRY, &entry).unwrap()).unwrap();
+        let other_key: Signed =
+            serde_json::from_slice(&other.sign(auth::ENTRY, &entry).unwrap()).unwrap();
         s.key = other_key.key;
         assert_eq!(parse_entry(&encode(&s), 5, KEY), Err(Rejected::Forged));
         // Genuine bytes copied under another key: refused.
-        let genuine = owner.sign(auth::ENTRY, &entry);
+        let genuine = owner.sign(auth::ENTRY, &entry).unwrap();
         assert!(parse_entry(&genuine, 5, KEY).is_ok());
         assert_eq!(
             parse_entry(&genuine, 5, &fresh_id()),
@@ -588,13 +592,13 @@ mod tests {
         big.profile.interests.sort();
         // It fits a realm bucket made by an older broker too, whose values
         // (headers included) were limited to 2048 bytes.
-        let size = owner.sign(auth::ENTRY, &big).len();
+        let size = owner.sign(auth::ENTRY, &big).unwrap().len();
         assert!(size + 256 <= 2048 && size < MAX_ENTRY_BYTES, "{size}");
         // So does the largest claim, and one over the bound is refused
         // unparsed.
         let mut c = claim(&owner, owner.id());
         c.profile = big.profile;
-        let signed = owner.sign(auth::CLAIM, &c);
+        let signed = owner.sign(auth::CLAIM, &c).unwrap();
         assert!(signed.len() < MAX_CLAIM_BYTES, "{}", signed.len());
         assert!(parse_claim(&signed).is_ok());
         assert_eq!(
@@ -622,14 +626,14 @@ mod tests {
         let claimer = Identity::generate().unwrap();
         let third = Identity::generate().unwrap();
         let good = claim(&claimer, claimer.id());
-        let parsed = parse_claim(&claimer.sign(auth::CLAIM, &good)).unwrap();
+        let parsed = parse_claim(&claimer.sign(auth::CLAIM, &good).unwrap()).unwrap();
         assert_eq!(parsed.claim, good);
         assert_eq!(hex(&parsed.claimer_kx), good.claimer_kx);
         // Naming another broker (the victim) as claimer, signed by a third.
         let victim = Identity::generate().unwrap();
         let forged = claim(&third, victim.id());
         assert_eq!(
-            parse_claim(&third.sign(auth::CLAIM, &forged)).map(|c| c.claim),
+            parse_claim(&third.sign(auth::CLAIM, &forged).unwrap()).map(|c| c.claim),
             Err(Rejected::Forged)
         );
         // Its own claim, but a room id it did not derive (one copied from
@@ -637,13 +641,13 @@ mod tests {
         let mut stolen = claim(&third, third.id());
         stolen.room = good.room;
         assert_eq!(
-            parse_claim(&third.sign(auth::CLAIM, &stolen)).map(|c| c.claim),
+            parse_claim(&third.sign(auth::CLAIM, &stolen).unwrap()).map(|c| c.claim),
             Err(Rejected::Forged)
         );
         let mut bad = claim(&claimer, claimer.id());
         bad.claimer_key = "*".into();
         assert_eq!(
-            parse_claim(&claimer.sign(auth::CLAIM, &bad)).map(|c| c.claim),
+            parse_claim(&claimer.sign(auth::CLAIM, &bad).unwrap()).map(|c| c.claim),
             Err(Rejected::Malformed)
         );
         assert_eq!(
