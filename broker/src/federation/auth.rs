@@ -17,8 +17,8 @@
 //!   Signatures do not name the realm, and need not: a copy carried into
 //!   another realm can do nothing there that a member of that realm cannot
 //!   do with its own key. A broker is in one realm, so a copied entry
-//!   names an owner that never hears a claim there (no responders: the
-//!   claimer drops it at once, as it drops a dead broker's entry); claims,
+//!   names an owner that never hears a claim there: the claim deletes it
+//!   and gets no responders, as one to a dead broker's entry does; claims,
 //!   answers and presences are acted on only from the brokers a broker is
 //!   matching or chatting with, which are in its own realm.
 //! - **Room keys** ([`RoomKeys`]): an entry carries its owner's X25519
