@@ -12,7 +12,7 @@ use mcp_chat_proto::{DisconnectReason, Event, Reply, RoomId};
 use mcp_chat_testkit::nats::NatsServer;
 use mcp_chat_testkit::proto_client::wait_for_status;
 use mcp_chat_tests::federation::{
-    Realm, connected, ended, found, found_with_partner, met, pair, received, synced,
+    Realm, connected, ended, found, found_with_partner, leave, met, pair, received, synced,
 };
 use mcp_chat_tests::frozen_receiver::{assert_delivered_or_reported, send_until_partner_gone};
 use mcp_chat_tests::{BrokerProcess, ProtoClient, TestSocket, within};
@@ -72,15 +72,7 @@ async fn three_brokers_match_fifo_chat_and_leave() {
     assert_eq!(received(&mut b3).await, "local");
 
     // Leaving tells the remote partner.
-    assert_eq!(
-        a1.request(mcp_chat_proto::Request::LeaveChat {
-            room_id: room,
-            block: false
-        })
-        .await,
-        Reply::Left
-    );
-    assert_eq!(ended(&mut b1).await, DisconnectReason::Left);
+    leave(&mut a1, room, &mut b1).await;
     match b1.say(room, "anyone?").await {
         Reply::Error { code, .. } => assert_eq!(code, mcp_chat_proto::ErrorCode::PartnerGone),
         other => panic!("{other:?}"),
@@ -585,15 +577,7 @@ async fn a_claim_replayed_after_its_room_ended_gets_no_answer() {
         .await
         .unwrap();
     // A ends the room (and remembers it) before its end reaches b1.
-    assert_eq!(
-        a1.request(mcp_chat_proto::Request::LeaveChat {
-            room_id: room,
-            block: false
-        })
-        .await,
-        Reply::Left
-    );
-    assert_eq!(ended(&mut b1).await, DisconnectReason::Left);
+    leave(&mut a1, room, &mut b1).await;
 
     let rejected = |s: &mcp_chat_proto::StatusInfo| s.federation.as_ref().map_or(0, |f| f.rejected);
     let before = rejected(&wait_for_status(&sa.path, "A's status", |_| true).await);

@@ -149,6 +149,16 @@ pub async fn ended(client: &mut ProtoClient) -> DisconnectReason {
     }
 }
 
+/// `a` leaves `room` (without blocking), and its partner `b` is told.
+pub async fn leave(a: &mut ProtoClient, room: RoomId, b: &mut ProtoClient) {
+    let leave = mcp_chat_proto::Request::LeaveChat {
+        room_id: room,
+        block: false,
+    };
+    assert_eq!(a.request(leave).await, Reply::Left);
+    assert_eq!(ended(b).await, DisconnectReason::Left);
+}
+
 /// `a` waits, then `b` is matched with it (across brokers, or on one).
 pub async fn pair(a: &mut ProtoClient, b: &mut ProtoClient) -> RoomId {
     assert_eq!(a.enter().await, Reply::Waiting { position: 1 });
