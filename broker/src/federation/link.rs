@@ -94,8 +94,9 @@ enum Internal {
 struct Waiter {
     key: String,
     /// The X25519 key of its entries (the public half is in them): a
-    /// claim's room keys are agreed with it. New with every `key`, and
-    /// used once: taken by the claim accepted (see [`owner_keys`]).
+    /// claim's room keys are agreed with it. Made when its entry is (see
+    /// `run_batch`), new with every `key`, and used once: taken by the
+    /// claim accepted (see [`owner_keys`]).
     kx: Option<x25519_dalek::StaticSecret>,
     rev: Option<u64>,
     profile: RealmProfile,
@@ -544,23 +545,11 @@ impl Link {
 
     fn enter(&mut self, session: SessionId, profile: RealmProfile, arrival: Option<u64>) {
         let key = wire::fresh_id();
-        let kx = match auth::fresh_secret() {
-            Ok(fresh) => fresh,
-            Err(e) => {
-                tracing::error!(session, error = %e, "federation: cannot enter the realm; trying again");
-                let internal = self.internal.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    let _ = internal.send(Internal::Retry(session)).await;
-                });
-                return;
-            }
-        };
         if let Some(old) = self.waiters.insert(
             session,
             Waiter {
                 key: key.clone(),
-                kx: Some(kx),
+                kx: None,
                 rev: None,
                 profile,
                 arrival,
@@ -645,9 +634,9 @@ impl Link {
         let mut entrants: Vec<Entrant> = Vec::new();
         for session in std::mem::take(&mut self.pending) {
             if let Some(w) = self.waiters.get_mut(&session) {
-                // Its secret went to a claim of its entry meanwhile: the
-                // entry made now carries a fresh one (a claim of the old
-                // entry then fails the key check).
+                // New, or its secret went to a claim of its entry
+                // meanwhile: the entry made now carries a fresh one (a
+                // claim of an old entry then fails the key check).
                 if w.kx.is_none() {
                     w.kx = auth::fresh_secret().ok();
                 }
@@ -1048,7 +1037,10 @@ impl Link {
                 .and_then(|s| self.waiters.get(s))
                 .is_some_and(|w| w.confirming == Some(claim.room));
         if again {
-            self.reject(Rejected::Replayed, "claim of a room that exists");
+            self.reject(
+                Rejected::Replayed,
+                "copy of a claim (its room is open, ended lately or being confirmed)",
+            );
             return Taking::Again;
         }
         let Some(&session) = self.keys.get(&claim.key) else {
