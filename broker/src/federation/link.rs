@@ -1555,19 +1555,28 @@ fn heard(
     beat: u64,
     now: Instant,
 ) -> Result<(), Rejected> {
-    if let Some((at, last)) = seen.get_mut(broker) {
-        if beat < *last {
-            return Err(Rejected::Replayed);
-        }
-        // The same counter: the presence a claim or answer named was still
-        // on its way (not counted as hostile), or a replay; either way it
-        // says nothing new.
-        if beat > *last {
-            *at = now;
-            *last = beat;
-        }
+    if is_news(seen, broker, beat)?
+        && let Some(last) = seen.get_mut(broker)
+    {
+        *last = (now, beat);
     }
     Ok(())
+}
+
+/// Whether a presence counter `beat` from `broker` says something new: only
+/// of a tracked broker, and above its last counter. Below it is a replay;
+/// the same counter is the presence a claim or answer named, still on its
+/// way (not counted as hostile), or a replay: either way nothing new.
+fn is_news(
+    seen: &HashMap<String, (Instant, u64)>,
+    broker: &str,
+    beat: u64,
+) -> Result<bool, Rejected> {
+    match seen.get(broker) {
+        None => Ok(false),
+        Some(&(_, last)) if beat < last => Err(Rejected::Replayed),
+        Some(&(_, last)) => Ok(beat > last),
+    }
 }
 
 /// Reads a presence: verified, and kept, only if it is news of a broker
@@ -1578,11 +1587,7 @@ fn presence(
     payload: &[u8],
     now: Instant,
 ) -> Result<auth::Opened<wire::Presence>, Rejected> {
-    let opened = wire::parse_presence_if(payload, |p| match seen.get(&p.broker) {
-        None => Ok(false),
-        Some(&(_, last)) if p.beat < last => Err(Rejected::Replayed),
-        Some(&(_, last)) => Ok(p.beat > last),
-    })?;
+    let opened = wire::parse_presence_if(payload, |p| is_news(seen, &p.broker, p.beat))?;
     if let auth::Opened::Verified(p) = &opened {
         heard(seen, &p.broker, p.beat, now)?;
     }
