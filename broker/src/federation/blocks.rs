@@ -33,6 +33,7 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use super::auth::hex;
 use super::wire::Names;
 
 /// The realm's key for hashing installation ids.
@@ -209,10 +210,6 @@ pub(crate) fn remember(set: &mut HashSet<String>, key: String) {
         return;
     }
     set.insert(key);
-}
-
-pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub(super) fn unhex(text: &[u8]) -> Option<RealmKey> {

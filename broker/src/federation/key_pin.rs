@@ -21,7 +21,8 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use super::blocks::{RealmKey, hex, unhex};
+use super::auth::hex;
+use super::blocks::{RealmKey, unhex};
 use crate::block_file::{suffixed, write_private};
 
 const HEADER: &str = "mcp-chat realm keys v1";
